@@ -1,0 +1,21 @@
+//! Porter's pure protocol core.
+//!
+//! Everything here is deterministic and free of I/O: it knows nothing of tokio, actix,
+//! lapin or Redis, so it can be unit-tested, property-tested and fuzzed in isolation.
+//!
+//! - [`channel`]: Pusher channel and socket id validation, and the parts of a channel name.
+//! - [`pattern`]: channel name patterns with named captures, and templates.
+//! - [`policy`]: the rules that decide, per channel, who may subscribe, what rides along,
+//!   where the task goes and whether the result may be cached.
+//! - [`routing`]: queues, time limits and expiry of a task.
+//! - [`signing`]: Pusher auth signatures, shared secrets, user auth and webhook checks.
+//! - [`wire`]: the task and reply messages exchanged between gateway and workers.
+//! - [`reason`]: the stable refusal reasons a client can read.
+
+pub mod channel;
+pub mod pattern;
+pub mod policy;
+pub mod reason;
+pub mod routing;
+pub mod signing;
+pub mod wire;

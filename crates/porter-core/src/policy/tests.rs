@@ -1,0 +1,276 @@
+use super::*;
+
+fn explain(policy: &Policy, channel: &str) -> (String, Route, bool) {
+    let m = policy.match_name(channel).unwrap();
+    (m.rule.name.clone(), m.rule.route, m.rule.cache.is_some())
+}
+
+#[test]
+fn default_policy_reproduces_seed_000_routing() {
+    let policy = Policy::default();
+    assert_eq!(
+        explain(&policy, "presence-stream@42"),
+        ("presence".into(), Route::HIGH, false)
+    );
+    assert_eq!(
+        explain(&policy, "presence-session-exclusive@1"),
+        ("presence".into(), Route::HIGH, false)
+    );
+    assert_eq!(
+        explain(&policy, "private-stream@42"),
+        ("private-stream".into(), Route::HIGH, true)
+    );
+    assert_eq!(
+        explain(&policy, "private-encrypted-stream@42"),
+        ("private-stream".into(), Route::HIGH, true)
+    );
+    assert_eq!(
+        explain(&policy, "private-stream-viewer@42"),
+        ("private".into(), Route::DEFAULT, true)
+    );
+    assert_eq!(
+        explain(&policy, "private-user@7"),
+        ("private-user".into(), Route::DEFAULT, true)
+    );
+    assert_eq!(
+        explain(&policy, "private-encrypted-chat@9"),
+        ("private".into(), Route::DEFAULT, true)
+    );
+    assert_eq!(
+        explain(&policy, "private-campaign@3"),
+        ("private".into(), Route::DEFAULT, true)
+    );
+}
+
+#[test]
+fn default_policy_refuses_unknown_features_and_public_channels() {
+    let policy = Policy::default();
+    assert_eq!(
+        policy.match_name("private-unknown@1").unwrap_err(),
+        MatchError::NoRule
+    );
+    assert_eq!(
+        policy.match_name("presence-campaign@1").unwrap_err(),
+        MatchError::NoRule
+    );
+    assert_eq!(
+        policy.match_name("private-client@1").unwrap_err(),
+        MatchError::NoRule
+    );
+    assert_eq!(
+        policy.match_name("private-user").unwrap_err(),
+        MatchError::NoRule
+    );
+    assert_eq!(
+        policy.match_name("stream@1").unwrap_err().reason(),
+        "public_channel"
+    );
+    assert_eq!(
+        policy.match_name("private-a b").unwrap_err().reason(),
+        "invalid_channel"
+    );
+}
+
+#[test]
+fn default_cache_scope_is_anonymous_for_private_only() {
+    let policy = Policy::default();
+    for rule in policy.rules() {
+        let presence = rule
+            .patterns
+            .iter()
+            .all(|p| p.as_str().starts_with("presence-"));
+        match rule.cache {
+            Some(spec) => {
+                assert!(!presence, "{}", rule.name);
+                assert_eq!(spec.scope, CacheScope::Anonymous);
+                assert_eq!(spec.ttl, Duration::from_secs(60));
+            }
+            None => assert!(presence, "{}", rule.name),
+        }
+    }
+}
+
+#[test]
+fn first_match_wins() {
+    let policy = Policy::from_toml(
+        r#"
+        [[rule]]
+        name = "special"
+        pattern = "private-stream@{object_id}"
+        allow = "owner"
+        [[rule]]
+        name = "general"
+        pattern = "private-{feature}@{object_id}"
+        allow = "anyone"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        policy.match_name("private-stream@1").unwrap().rule.name,
+        "special"
+    );
+    assert_eq!(
+        policy.match_name("private-user@1").unwrap().rule.name,
+        "general"
+    );
+}
+
+#[test]
+fn guest_chat_rule_with_hyphenated_captures_and_claims() {
+    let policy = Policy::from_toml(
+        r#"
+        [[rule]]
+        name = "guest-chat"
+        pattern = "private-hotel-{hotel_slug}-guest-chat-booking-{booking_id}"
+        allow = { claims = { hotel = "hotel_slug", booking_id = "booking_id" } }
+        private_data = "signed"
+        data = { user_id = "guest_{booking_id}", info = { name = "Guest", booking_id = "{booking_id}" } }
+        "#,
+    )
+    .unwrap();
+    let m = policy
+        .match_name("private-hotel-grand-hotel-guest-chat-booking-BK-2025-ABC123")
+        .unwrap();
+    assert_eq!(m.captures["hotel_slug"], "grand-hotel");
+    assert_eq!(m.captures["booking_id"], "BK-2025-ABC123");
+    assert_eq!(m.rule.private_data, Some(PrivateData::Signed));
+    assert!(matches!(&m.rule.allow, Allow::Claims(c) if c["hotel"] == "hotel_slug"));
+    assert_eq!(m.rule.data.user_id.as_deref(), Some("guest_{booking_id}"));
+    // Routing defaults for a private rule.
+    assert_eq!(m.rule.route, Route::DEFAULT);
+}
+
+#[test]
+fn allow_modes_parse() {
+    let policy = Policy::from_toml(
+        r#"
+        [[rule]]
+        name = "combo"
+        pattern = "private-room-{object_id}"
+        allow = { any_of = ["owner", "member", { all_of = ["authenticated", { webhook = "http://127.0.0.1:9/decide" }] }] }
+        "#,
+    )
+    .unwrap();
+    let rule = &policy.rules()[0];
+    assert_eq!(
+        rule.allow.to_string(),
+        "any_of(owner, member, all_of(authenticated, webhook(http://127.0.0.1:9/decide)))"
+    );
+    assert_eq!(rule.allow.webhook_urls(), vec!["http://127.0.0.1:9/decide"]);
+}
+
+fn error_of(source: &str) -> String {
+    Policy::from_toml(source).unwrap_err().to_string()
+}
+
+#[test]
+fn errors_name_the_rule_and_field() {
+    let e = error_of("[[rule]]\nname = \"a\"\npattern = \"private-{x}\"\nallow = \"everyone\"\n");
+    assert!(e.starts_with("rule #1 `a`: field `allow`:"), "{e}");
+
+    let e = error_of(
+        "[[rule]]\nname = \"a\"\npattern = \"private-{x}\"\nallow = \"anyone\"\nqueue = \"low\"\n",
+    );
+    assert!(e.contains("field `queue`") && e.contains("`low`"), "{e}");
+
+    let e = error_of("[[rule]]\nname = \"a\"\npattern = \"private-{x\"\nallow = \"anyone\"\n");
+    assert!(e.contains("field `pattern`"), "{e}");
+
+    let e = error_of("[[rule]]\nname = \"a\"\npattern = \"public-{x}\"\nallow = \"anyone\"\n");
+    assert!(e.contains("field `pattern`"), "{e}");
+
+    let e = error_of(
+        "[[rule]]\nname = \"a\"\npattern = \"private-{x}\"\nallow = \"anyone\"\ntime_limit = 0\n",
+    );
+    assert!(e.contains("field `time_limit`"), "{e}");
+
+    let e = error_of(
+        "[[rule]]\nname = \"a\"\npattern = \"private-{x}\"\nallow = \"anyone\"\nexpires = \"soon\"\n",
+    );
+    assert!(e.contains("field `expires`"), "{e}");
+
+    let e = error_of(
+        "[[rule]]\nname = \"a\"\npattern = \"private-{x}\"\nallow = \"anyone\"\ncolour = 1\n",
+    );
+    assert!(e.contains("field `colour`") && e.contains("unknown"), "{e}");
+
+    let e = error_of(
+        "[[rule]]\nname = \"a\"\npattern = \"private-{x}\"\nallow = { claims = { hotel = \"slug\" } }\n",
+    );
+    assert!(e.contains("`slug`"), "{e}");
+
+    let e = error_of(
+        "[[rule]]\nname = \"a\"\npattern = \"private-{x}\"\nallow = \"authenticated\"\ncache = true\n",
+    );
+    assert!(e.contains("field `cache`") && e.contains("anyone"), "{e}");
+
+    let e = error_of(
+        "[[rule]]\nname = \"a\"\npattern = \"private-{x}\"\nallow = \"anyone\"\nwhere.y = [\"1\"]\n",
+    );
+    assert!(e.contains("field `where`"), "{e}");
+
+    let e = error_of(
+        "[[rule]]\nname = \"a\"\npattern = \"private-{x}\"\nallow = \"anyone\"\ndata = { info = { n = \"{nope}\" } }\n",
+    );
+    assert!(e.contains("field `data.info`"), "{e}");
+
+    let e = error_of("[[rule]]\nname = \"a\"\npattern = \"private-{x}\"\nallow = \"owner\"\n");
+    assert!(e.contains("object_id"), "{e}");
+
+    let e = error_of("[[rule]]\npattern = \"private-{x}\"\nallow = \"anyone\"\n");
+    assert_eq!(e, "rule #1: field `name`: is required");
+
+    let e = error_of(
+        "[[rule]]\nname = \"a\"\npattern = \"private-{x}\"\nallow = \"anyone\"\n[[rule]]\nname = \"a\"\npattern = \"private-{x}\"\nallow = \"anyone\"\n",
+    );
+    assert!(e.contains("another rule has this name"), "{e}");
+
+    assert_eq!(error_of(""), "policy has no rules");
+    assert!(error_of("rule = 3").contains("[[rule]]"));
+    assert!(error_of("[[rule]\n").starts_with("policy is not valid TOML"));
+}
+
+#[test]
+fn user_cache_scope_is_allowed_for_caller_dependent_rules() {
+    let policy = Policy::from_toml(
+        "[[rule]]\nname = \"a\"\npattern = \"private-{x}\"\nallow = \"member\"\ncache = { scope = \"user\", ttl = 30 }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        policy.rules()[0].cache,
+        Some(CacheSpec {
+            scope: CacheScope::User,
+            ttl: Duration::from_secs(30)
+        })
+    );
+}
+
+#[test]
+fn durations_accept_seconds_and_millis() {
+    let policy = Policy::from_toml(
+        "[[rule]]\nname = \"a\"\npattern = \"private-{x}\"\nallow = \"anyone\"\ntime_limit = \"250ms\"\nexpires = 1.5\n",
+    )
+    .unwrap();
+    assert_eq!(
+        policy.rules()[0].route.time_limit,
+        Duration::from_millis(250)
+    );
+    assert_eq!(policy.rules()[0].route.expires, Duration::from_millis(1500));
+}
+
+#[test]
+fn explain_output_lists_everything() {
+    let policy = Policy::default();
+    let text = policy.match_name("private-stream@42").unwrap().to_string();
+    assert!(text.contains("rule:        private-stream"), "{text}");
+    assert!(
+        text.contains("captures:    feature = stream, object_id = 42"),
+        "{text}"
+    );
+    assert!(text.contains("queue:       auth/high"), "{text}");
+    assert!(text.contains("time_limit:  4000 ms"), "{text}");
+    assert!(
+        text.contains("cache:       shared (ANNON) for 60 s"),
+        "{text}"
+    );
+}
