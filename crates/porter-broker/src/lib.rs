@@ -1,1 +1,102 @@
-//! placeholder
+//! Porter's task transport.
+//!
+//! The gateway publishes [`Task`]s through a [`TaskClient`] and awaits their replies in the
+//! [`Pending`] table; workers take [`Incoming`] tasks from a [`TaskSource`] and answer each
+//! with one reply before acknowledging it. Two implementations share these traits:
+//!
+//! - [`amqp`]: RabbitMQ over lapin, the distributed mode (queues `auth` and `auth/high`,
+//!   one exclusive reply queue per gateway, reconnection with backoff).
+//! - [`local`]: an in-process channel pair for `porter dev` and unit tests.
+
+pub mod amqp;
+pub mod local;
+pub mod pending;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use porter_core::routing::{Queue, Route};
+use porter_core::wire::{Reply, Task};
+use thiserror::Error;
+
+pub use pending::{Pending, PendingReply};
+
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    #[error("the broker is not connected")]
+    Unavailable,
+    #[error("broker error: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("could not encode a message: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("the local transport is closed")]
+    Closed,
+}
+
+/// The full name of a task queue: the deployment's prefix followed by `auth` or `auth/high`.
+///
+/// With the prefix `swag.features.notifications/` the names are exactly seed 000's.
+pub fn queue_name(prefix: &str, queue: Queue) -> String {
+    format!("{prefix}{}", queue.name())
+}
+
+/// A task ready to be published.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub task: &'a Task,
+    pub route: Route,
+    /// Unix milliseconds after which no worker may start the task.
+    pub deadline_ms: u64,
+}
+
+/// The gateway's side: publish tasks, receive their replies.
+#[async_trait]
+pub trait TaskClient: Send + Sync + 'static {
+    /// Publishes tasks. Register each task id in [`TaskClient::pending`] first, so that a
+    /// fast reply cannot arrive before anyone waits for it.
+    async fn publish(&self, tasks: &[Outgoing<'_>]) -> Result<(), BrokerError>;
+
+    /// Where replies are delivered, by task id.
+    fn pending(&self) -> &Pending;
+
+    /// True while the transport can publish.
+    fn is_ready(&self) -> bool;
+}
+
+/// Answers one delivery and acknowledges it.
+#[async_trait]
+pub trait Responder: Send {
+    /// Sends the reply, then acknowledges the task. A reply that cannot be sent leaves the
+    /// task unacknowledged so that the broker can hand it to another worker.
+    async fn reply_and_ack(self: Box<Self>, reply: &Reply) -> Result<(), BrokerError>;
+}
+
+/// A task taken from a queue, with what the worker needs to answer it.
+pub struct Incoming {
+    /// The decoded task, or why it could not be decoded.
+    pub task: Result<Task, String>,
+    /// The correlation id, which names the task even when its body is garbage.
+    pub correlation_id: Option<String>,
+    /// Unix milliseconds after which the task must not run.
+    pub deadline_ms: Option<u64>,
+    pub time_limit: Option<Duration>,
+    pub responder: Box<dyn Responder>,
+}
+
+/// The worker's side: a stream of tasks from one or more queues.
+#[async_trait]
+pub trait TaskSource: Send {
+    /// The next task, or `None` once the source has been stopped.
+    async fn next(&mut self) -> Option<Incoming>;
+
+    /// Releases the connection after the worker has finished what it holds.
+    async fn shutdown(&mut self) {}
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
