@@ -1,1 +1,112 @@
-//! placeholder
+//! Porter's state, behind one [`Store`] trait: the authorization cache, retained events,
+//! member sets, user info and online status.
+//!
+//! [`redis::RedisStore`] is the real one; [`memory::MemoryStore`] serves `porter dev` and unit
+//! tests. Key names follow seed 000 (see [`Keys`]); channel-keyed data uses the channel's
+//! cache name, which drops `-encrypted`, so an encrypted channel and its plain twin share it.
+
+pub mod memory;
+pub mod redis;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store command failed: {0}")]
+    Command(String),
+    #[error("store did not answer in time")]
+    Timeout,
+}
+
+/// Redis key names. The default prefix keeps seed 000's names.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Default for Keys {
+    fn default() -> Keys {
+        Keys::new(Keys::DEFAULT_PREFIX)
+    }
+}
+
+impl Keys {
+    pub const DEFAULT_PREFIX: &'static str = "ext.pusher:";
+
+    pub fn new(prefix: impl Into<String>) -> Keys {
+        Keys {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Hash of cached authorizer data: field = cache scope (`ANNON` or `user:{id}`).
+    pub fn channel_data(&self, channel: &str) -> String {
+        format!("{}channel-data-v2:{channel}", self.prefix)
+    }
+
+    /// Hash of retained events: event name → JSON data.
+    pub fn retained(&self, channel: &str) -> String {
+        format!("{}retained:{channel}", self.prefix)
+    }
+
+    /// Set of user ids allowed by `member` rules.
+    pub fn members(&self, channel: &str) -> String {
+        format!("{}members:{channel}", self.prefix)
+    }
+
+    /// Hash of a user's presence info.
+    pub fn user(&self, user_id: &str) -> String {
+        format!("{}user:{user_id}", self.prefix)
+    }
+
+    /// The global presence flag of a user (seed 002), with a TTL.
+    pub fn online(&self, user_id: &str) -> String {
+        format!("{}online:{user_id}", self.prefix)
+    }
+}
+
+/// One cache look-up: the channel's cache name and the scope field.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheLookup<'a> {
+    pub channel: &'a str,
+    pub scope: &'a str,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reads several cache entries in one round trip.
+    async fn cached(&self, lookups: &[CacheLookup<'_>]) -> Result<Vec<Option<String>>, StoreError>;
+    /// Writes a cache entry; the TTL applies to the channel's whole hash.
+    async fn put_cached(&self, channel: &str, scope: &str, data: &str, ttl: Duration) -> Result<(), StoreError>;
+    /// Drops every cached entry of a channel.
+    async fn drop_cached(&self, channel: &str) -> Result<(), StoreError>;
+
+    /// Retained events of a channel, event name → JSON data, sorted by name.
+    async fn retained_events(&self, channel: &str) -> Result<Vec<(String, String)>, StoreError>;
+    async fn set_retained_event(&self, channel: &str, event: &str, data: &str) -> Result<(), StoreError>;
+    /// Clears one retained event, or all of them when `event` is `None`.
+    async fn clear_retained_events(&self, channel: &str, event: Option<&str>) -> Result<(), StoreError>;
+
+    async fn is_member(&self, channel: &str, user_id: &str) -> Result<bool, StoreError>;
+    async fn add_member(&self, channel: &str, user_id: &str) -> Result<(), StoreError>;
+    async fn remove_member(&self, channel: &str, user_id: &str) -> Result<(), StoreError>;
+
+    /// A user's info hash, sorted by field.
+    async fn user_info(&self, user_id: &str) -> Result<Vec<(String, String)>, StoreError>;
+    async fn set_user_info(&self, user_id: &str, fields: &[(String, String)]) -> Result<(), StoreError>;
+
+    async fn is_online(&self, user_id: &str) -> Result<bool, StoreError>;
+    async fn set_online(&self, user_id: &str, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

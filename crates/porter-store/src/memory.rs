@@ -1,0 +1,232 @@
+//! The in-memory store of `porter dev` and unit tests: the same semantics as Redis for the
+//! operations Porter uses, TTLs included, in one process.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use crate::{CacheLookup, Keys, Store, StoreError};
+
+enum Value {
+    Hash(BTreeMap<String, String>),
+    Set(BTreeSet<String>),
+    Flag,
+}
+
+struct Entry {
+    value: Value,
+    expires: Option<Instant>,
+}
+
+#[derive(Default)]
+pub struct MemoryStore {
+    keys: Keys,
+    data: Mutex<HashMap<String, Entry>>,
+}
+
+impl MemoryStore {
+    pub fn new(keys: Keys) -> MemoryStore {
+        MemoryStore {
+            keys,
+            data: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn data(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        // Each operation leaves the map consistent before it can panic.
+        self.data.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn live<'a>(data: &'a mut HashMap<String, Entry>, key: &str) -> Option<&'a mut Entry> {
+        let expired = data
+            .get(key)
+            .is_some_and(|e| e.expires.is_some_and(|at| at <= Instant::now()));
+        if expired {
+            data.remove(key);
+        }
+        data.get_mut(key)
+    }
+
+    fn hash_get(&self, key: &str, field: &str) -> Option<String> {
+        match Self::live(&mut self.data(), key).map(|e| &e.value) {
+            Some(Value::Hash(h)) => h.get(field).cloned(),
+            _ => None,
+        }
+    }
+
+    fn hash_all(&self, key: &str) -> Vec<(String, String)> {
+        match Self::live(&mut self.data(), key).map(|e| &e.value) {
+            Some(Value::Hash(h)) => h.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn hash_set(&self, key: String, fields: &[(&str, &str)], ttl: Option<Duration>) {
+        let mut data = self.data();
+        let existing = Self::live(&mut data, &key).is_some();
+        let entry = if existing {
+            data.get_mut(&key)
+        } else {
+            data.insert(
+                key.clone(),
+                Entry {
+                    value: Value::Hash(BTreeMap::new()),
+                    expires: None,
+                },
+            );
+            data.get_mut(&key)
+        };
+        if let Some(entry) = entry {
+            if !matches!(entry.value, Value::Hash(_)) {
+                entry.value = Value::Hash(BTreeMap::new());
+            }
+            if let Value::Hash(h) = &mut entry.value {
+                for (field, value) in fields {
+                    h.insert((*field).to_owned(), (*value).to_owned());
+                }
+            }
+            if let Some(ttl) = ttl {
+                entry.expires = Some(Instant::now() + ttl);
+            }
+        }
+    }
+
+    fn delete(&self, key: &str) {
+        self.data().remove(key);
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn cached(&self, lookups: &[CacheLookup<'_>]) -> Result<Vec<Option<String>>, StoreError> {
+        Ok(lookups
+            .iter()
+            .map(|l| self.hash_get(&self.keys.channel_data(l.channel), l.scope))
+            .collect())
+    }
+
+    async fn put_cached(&self, channel: &str, scope: &str, data: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.hash_set(self.keys.channel_data(channel), &[(scope, data)], Some(ttl));
+        Ok(())
+    }
+
+    async fn drop_cached(&self, channel: &str) -> Result<(), StoreError> {
+        self.delete(&self.keys.channel_data(channel));
+        Ok(())
+    }
+
+    async fn retained_events(&self, channel: &str) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self.hash_all(&self.keys.retained(channel)))
+    }
+
+    async fn set_retained_event(&self, channel: &str, event: &str, data: &str) -> Result<(), StoreError> {
+        self.hash_set(self.keys.retained(channel), &[(event, data)], None);
+        Ok(())
+    }
+
+    async fn clear_retained_events(&self, channel: &str, event: Option<&str>) -> Result<(), StoreError> {
+        let key = self.keys.retained(channel);
+        match event {
+            None => self.delete(&key),
+            Some(event) => {
+                if let Some(Entry { value: Value::Hash(h), .. }) = Self::live(&mut self.data(), &key) {
+                    h.remove(event);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn is_member(&self, channel: &str, user_id: &str) -> Result<bool, StoreError> {
+        let key = self.keys.members(channel);
+        Ok(matches!(
+            Self::live(&mut self.data(), &key).map(|e| &e.value),
+            Some(Value::Set(s)) if s.contains(user_id)
+        ))
+    }
+
+    async fn add_member(&self, channel: &str, user_id: &str) -> Result<(), StoreError> {
+        let mut data = self.data();
+        let entry = data.entry(self.keys.members(channel)).or_insert(Entry {
+            value: Value::Set(BTreeSet::new()),
+            expires: None,
+        });
+        if let Value::Set(s) = &mut entry.value {
+            s.insert(user_id.to_owned());
+        } else {
+            entry.value = Value::Set(BTreeSet::from([user_id.to_owned()]));
+        }
+        Ok(())
+    }
+
+    async fn remove_member(&self, channel: &str, user_id: &str) -> Result<(), StoreError> {
+        if let Some(Entry { value: Value::Set(s), .. }) = self.data().get_mut(&self.keys.members(channel)) {
+            s.remove(user_id);
+        }
+        Ok(())
+    }
+
+    async fn user_info(&self, user_id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self.hash_all(&self.keys.user(user_id)))
+    }
+
+    async fn set_user_info(&self, user_id: &str, fields: &[(String, String)]) -> Result<(), StoreError> {
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.hash_set(self.keys.user(user_id), &fields, None);
+        Ok(())
+    }
+
+    async fn is_online(&self, user_id: &str) -> Result<bool, StoreError> {
+        Ok(Self::live(&mut self.data(), &self.keys.online(user_id)).is_some())
+    }
+
+    async fn set_online(&self, user_id: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.data().insert(
+            self.keys.online(user_id),
+            Entry {
+                value: Value::Flag,
+                expires: Some(Instant::now() + ttl),
+            },
+        );
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn cache_entries_expire() {
+        let store = MemoryStore::default();
+        store.put_cached("private-a@1", "ANNON", "{}", Duration::from_secs(5)).await.unwrap();
+        let lookup = [CacheLookup { channel: "private-a@1", scope: "ANNON" }];
+        assert_eq!(store.cached(&lookup).await.unwrap(), vec![Some("{}".to_owned())]);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(store.cached(&lookup).await.unwrap(), vec![None]);
+    }
+
+    #[tokio::test]
+    async fn members_and_events() {
+        let store = MemoryStore::default();
+        store.add_member("c", "7").await.unwrap();
+        assert!(store.is_member("c", "7").await.unwrap());
+        store.remove_member("c", "7").await.unwrap();
+        assert!(!store.is_member("c", "7").await.unwrap());
+        store.set_retained_event("c", "b", "2").await.unwrap();
+        store.set_retained_event("c", "a", "1").await.unwrap();
+        assert_eq!(
+            store.retained_events("c").await.unwrap(),
+            vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
+        store.clear_retained_events("c", Some("a")).await.unwrap();
+        assert_eq!(store.retained_events("c").await.unwrap().len(), 1);
+    }
+}
