@@ -1,0 +1,90 @@
+//! Decides one task: finds the rule, evaluates who may subscribe, gathers the data, and
+//! writes the cache after a cacheable success.
+
+use std::sync::Arc;
+
+use porter_core::channel::Channel;
+use porter_core::policy::{CacheScope, Policy};
+use porter_core::reason;
+use porter_core::wire::{ANONYMOUS_SCOPE, AuthData, Task};
+use porter_store::Store;
+
+use crate::decision::{Facts, Verdict, decide};
+use crate::registry::{Context, Registry};
+use crate::webhook::WebhookClient;
+
+#[derive(Clone)]
+pub struct Authorizer {
+    policy: Arc<Policy>,
+    store: Arc<dyn Store>,
+    registry: Registry,
+    webhooks: WebhookClient,
+}
+
+/// The cache field for a result: shared, or per user (`None`: not cacheable for this caller).
+pub fn cache_scope(scope: CacheScope, user_id: Option<&str>) -> Option<String> {
+    match scope {
+        CacheScope::Anonymous => Some(ANONYMOUS_SCOPE.to_owned()),
+        CacheScope::User => user_id.map(|u| format!("user:{u}")),
+    }
+}
+
+impl Authorizer {
+    pub fn new(policy: Arc<Policy>, store: Arc<dyn Store>, registry: Registry) -> Authorizer {
+        Authorizer {
+            policy,
+            store,
+            registry,
+            webhooks: WebhookClient::new(),
+        }
+    }
+
+    /// Decides a task: the data to sign, or the refusal reason.
+    pub async fn authorize(&self, task: &Task) -> Result<AuthData, String> {
+        let channel = Channel::parse(&task.channel).map_err(|e| e.reason().to_owned())?;
+        // The gateway names the rule it matched; the worker's policy must agree on it, so a
+        // rolling deploy with differing policies refuses instead of guessing.
+        let matched = self.policy.match_channel(&channel).map_err(|e| e.reason().to_owned())?;
+        if matched.rule.name != task.rule {
+            tracing::warn!(channel = %task.channel, gateway_rule = %task.rule, worker_rule = %matched.rule.name, "gateway and worker policies disagree");
+            return Err(reason::NO_RULE.to_owned());
+        }
+        let rule = matched.rule;
+        let mut verdict = Verdict::default();
+        let facts = Facts {
+            task,
+            store: self.store.as_ref(),
+            webhooks: &self.webhooks,
+        };
+        decide(&rule.allow, &facts, &mut verdict).await?;
+
+        let cx = Context {
+            task,
+            channel: &channel,
+            rule,
+            store: self.store.as_ref(),
+            webhook: verdict.webhook.as_ref(),
+        };
+        let data = self.registry.run(&cx).await.map_err(|error| {
+            tracing::warn!(channel = %task.channel, %error, "store failed while gathering data");
+            reason::INTERNAL.to_owned()
+        })?;
+        if channel.kind.is_presence() && data.user_id.is_none() {
+            return Err(reason::UNAUTHENTICATED.to_owned());
+        }
+
+        if let Some(spec) = rule.cache
+            && let Some(scope) = cache_scope(spec.scope, task.user_id.as_deref())
+        {
+            match serde_json::to_string(&data) {
+                Ok(json) => {
+                    if let Err(error) = self.store.put_cached(&channel.cache_name(), &scope, &json, spec.ttl).await {
+                        tracing::warn!(channel = %task.channel, %error, "could not write the cache");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "could not encode data for the cache"),
+            }
+        }
+        Ok(data)
+    }
+}

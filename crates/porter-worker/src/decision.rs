@@ -1,0 +1,123 @@
+//! Evaluates a rule's [`Allow`] for a task: who may subscribe.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use porter_core::channel::Channel;
+use porter_core::policy::Allow;
+use porter_core::reason;
+use porter_core::wire::Task;
+use porter_store::Store;
+use serde_json::Value;
+
+use crate::webhook::{WebhookAnswer, WebhookClient};
+
+/// The outcome of the decision, with the webhook's answer when one was asked.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub refusal: Option<String>,
+    pub webhook: Option<WebhookAnswer>,
+}
+
+/// What a decision may consult.
+pub struct Facts<'a> {
+    pub task: &'a Task,
+    pub store: &'a dyn Store,
+    pub webhooks: &'a WebhookClient,
+}
+
+/// A claim's value as the string it is compared with (strings as they are, numbers and
+/// booleans in their JSON form); objects and arrays never match.
+fn claim_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Decides; `Ok(())` is allowed, `Err(reason)` refused.
+pub fn decide<'a>(
+    allow: &'a Allow,
+    facts: &'a Facts<'a>,
+    verdict: &'a mut Verdict,
+) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+    Box::pin(async move {
+        let task = facts.task;
+        match allow {
+            Allow::Anyone => Ok(()),
+            Allow::Authenticated => task
+                .user_id
+                .as_ref()
+                .map(drop)
+                .ok_or_else(|| reason::UNAUTHENTICATED.to_owned()),
+            Allow::Owner => {
+                let user = task.user_id.as_deref().ok_or(reason::UNAUTHENTICATED)?;
+                let object = task.captures.get("object_id").map(String::as_str).or(task.object_id.as_deref());
+                if object == Some(user) {
+                    Ok(())
+                } else {
+                    Err(reason::FORBIDDEN.to_owned())
+                }
+            }
+            Allow::Member => {
+                let user = task.user_id.as_deref().ok_or(reason::UNAUTHENTICATED)?;
+                let channel = Channel::parse(&task.channel).map_err(|e| e.reason().to_owned())?;
+                match facts.store.is_member(&channel.cache_name(), user).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(reason::FORBIDDEN.to_owned()),
+                    Err(error) => {
+                        tracing::warn!(channel = %task.channel, %error, "member check failed");
+                        Err(reason::INTERNAL.to_owned())
+                    }
+                }
+            }
+            Allow::Claims(pairs) => {
+                for (claim, capture) in pairs {
+                    let expected = task.captures.get(capture);
+                    let actual = task.claims.get(claim).and_then(claim_text);
+                    if expected.is_none() || actual.as_ref() != expected {
+                        return Err(if task.claims.is_empty() {
+                            reason::UNAUTHENTICATED.to_owned()
+                        } else {
+                            reason::FORBIDDEN.to_owned()
+                        });
+                    }
+                }
+                Ok(())
+            }
+            Allow::Webhook { url } => match facts.webhooks.ask(url, task).await {
+                None => Err(reason::AUTHORIZER_UNAVAILABLE.to_owned()),
+                Some(answer) => {
+                    let allowed = answer.allow;
+                    let refusal = answer.reason.clone();
+                    verdict.webhook = Some(answer);
+                    if allowed {
+                        Ok(())
+                    } else {
+                        Err(refusal
+                            .filter(|r| !r.is_empty() && r.len() <= 200)
+                            .unwrap_or_else(|| reason::FORBIDDEN.to_owned()))
+                    }
+                }
+            },
+            Allow::AnyOf(options) => {
+                let mut last = reason::FORBIDDEN.to_owned();
+                for option in options {
+                    match decide(option, facts, verdict).await {
+                        Ok(()) => return Ok(()),
+                        Err(reason) => last = reason,
+                    }
+                }
+                Err(last)
+            }
+            Allow::AllOf(all) => {
+                for option in all {
+                    decide(option, facts, verdict).await?;
+                }
+                Ok(())
+            }
+        }
+    })
+}

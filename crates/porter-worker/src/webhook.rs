@@ -1,0 +1,91 @@
+//! The webhook authorizer: asks the application whether a caller may subscribe.
+//!
+//! The worker POSTs the task's facts as JSON and expects `{allow, user_info?, events?,
+//! reason?}`. Any failure (non-2xx, invalid JSON, timeout, connection refused) is a refusal
+//! with `authorizer_unavailable`: the decision never defaults to allow.
+
+use std::time::Duration;
+
+use porter_core::wire::{Event, Task};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// What the worker sends.
+#[derive(Debug, Serialize)]
+struct WebhookRequest<'a> {
+    channel: &'a str,
+    channel_type: &'a str,
+    feature: &'a str,
+    object_id: Option<&'a str>,
+    captures: &'a std::collections::BTreeMap<String, String>,
+    user_id: Option<&'a str>,
+    client_id: Option<&'a str>,
+    claims: &'a serde_json::Map<String, Value>,
+}
+
+/// What the application answers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct WebhookAnswer {
+    pub allow: bool,
+    #[serde(default)]
+    pub user_info: Option<Value>,
+    #[serde(default)]
+    pub events: Vec<Event>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A pooled keep-alive HTTP client for webhook authorizers.
+#[derive(Clone)]
+pub struct WebhookClient {
+    http: reqwest::Client,
+}
+
+impl Default for WebhookClient {
+    fn default() -> WebhookClient {
+        WebhookClient::new()
+    }
+}
+
+impl WebhookClient {
+    pub fn new() -> WebhookClient {
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(32)
+            .build()
+            .unwrap_or_default();
+        WebhookClient { http }
+    }
+
+    /// Asks the webhook. `None` means no usable answer.
+    pub async fn ask(&self, url: &str, task: &Task) -> Option<WebhookAnswer> {
+        let request = WebhookRequest {
+            channel: &task.channel,
+            channel_type: task.channel_type.as_str(),
+            feature: &task.feature,
+            object_id: task.object_id.as_deref(),
+            captures: &task.captures,
+            user_id: task.user_id.as_deref(),
+            client_id: task.client_id.as_deref(),
+            claims: &task.claims,
+        };
+        let response = match self.http.post(url).json(&request).send().await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::warn!(channel = %task.channel, error = %error.without_url(), "webhook authorizer unreachable");
+                return None;
+            }
+        };
+        if !response.status().is_success() {
+            tracing::warn!(channel = %task.channel, status = %response.status(), "webhook authorizer failed");
+            return None;
+        }
+        match response.json::<WebhookAnswer>().await {
+            Ok(answer) => Some(answer),
+            Err(_) => {
+                tracing::warn!(channel = %task.channel, "webhook authorizer answered invalid JSON");
+                None
+            }
+        }
+    }
+}
