@@ -17,8 +17,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use futures_util::stream::SelectAll;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
@@ -28,7 +27,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::{BrokerError, Incoming, Outgoing, Pending, Responder, TaskClient, TaskSource, queue_name};
+use crate::{
+    BrokerError, Incoming, Outgoing, Pending, Responder, TaskClient, TaskSource, queue_name,
+};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -138,7 +139,10 @@ fn mark_broken(inner: &ClientInner) {
     if inner.ready.swap(false, Ordering::AcqRel) {
         warn!("broker connection lost; reconnecting");
     }
-    *inner.live.write().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    *inner
+        .live
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     inner.broken.notify_one();
 }
 
@@ -152,7 +156,10 @@ async fn supervise(inner: Arc<ClientInner>) {
             Ok((connection, live, consumer)) => {
                 delay = BACKOFF_START;
                 info!(reply_queue = %live.reply_queue, "connected to the broker");
-                *inner.live.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(live);
+                *inner
+                    .live
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(live);
                 inner.ready.store(true, Ordering::Release);
                 tokio::select! {
                     () = read_replies(consumer, &inner.pending) => {}
@@ -253,7 +260,13 @@ impl TaskClient for AmqpClient {
             let queue = queue_name(&self.inner.config.queue_prefix, outgoing.route.queue);
             if let Err(error) = live
                 .channel
-                .basic_publish("", &queue, BasicPublishOptions::default(), &body, properties)
+                .basic_publish(
+                    "",
+                    &queue,
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
                 .await
             {
                 self.mark_broken();
@@ -287,7 +300,12 @@ pub struct AmqpSource {
 }
 
 impl AmqpSource {
-    pub fn new(config: AmqpConfig, queues: Vec<Queue>, prefetch: u16, stop: CancellationToken) -> AmqpSource {
+    pub fn new(
+        config: AmqpConfig,
+        queues: Vec<Queue>,
+        prefetch: u16,
+        stop: CancellationToken,
+    ) -> AmqpSource {
         AmqpSource {
             config,
             queues,
@@ -310,11 +328,18 @@ impl AmqpSource {
         for queue in &self.queues {
             // One channel per queue: each gets its own prefetch window.
             let channel = connection.create_channel().await?;
-            channel.basic_qos(self.prefetch, BasicQosOptions::default()).await?;
+            channel
+                .basic_qos(self.prefetch, BasicQosOptions::default())
+                .await?;
             let name = queue_name(&self.config.queue_prefix, *queue);
             declare_task_queue(&channel, &name).await?;
             let consumer = channel
-                .basic_consume(&name, "porter-worker", BasicConsumeOptions::default(), FieldTable::default())
+                .basic_consume(
+                    &name,
+                    "porter-worker",
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
                 .await?;
             consumers.push(consumer);
         }
@@ -382,8 +407,10 @@ impl TaskSource for AmqpSource {
                     let props = &delivery.properties;
                     let correlation_id = props.correlation_id().as_ref().map(|c| c.to_string());
                     let deadline_ms = header_u64(props.headers(), HEADER_DEADLINE_MS);
-                    let time_limit = header_u64(props.headers(), HEADER_TIME_LIMIT_MS).map(Duration::from_millis);
-                    let task = serde_json::from_slice::<Task>(&delivery.data).map_err(|e| e.to_string());
+                    let time_limit = header_u64(props.headers(), HEADER_TIME_LIMIT_MS)
+                        .map(Duration::from_millis);
+                    let task =
+                        serde_json::from_slice::<Task>(&delivery.data).map_err(|e| e.to_string());
                     let responder = AmqpResponder {
                         reply_to: props.reply_to().clone(),
                         correlation_id: props.correlation_id().clone(),
@@ -447,7 +474,13 @@ impl Responder for AmqpResponder {
                 properties = properties.with_correlation_id(correlation_id.clone());
             }
             self.replies
-                .basic_publish("", reply_to.as_str(), BasicPublishOptions::default(), &body, properties)
+                .basic_publish(
+                    "",
+                    reply_to.as_str(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
                 .await?;
         }
         self.acker.ack(BasicAckOptions::default()).await?;

@@ -57,7 +57,10 @@ impl TaskClient for LocalClient {
                 expires_at_ms: now + outgoing.route.expires.as_millis() as u64,
                 time_limit: outgoing.route.time_limit,
             };
-            self.sender.send(message).await.map_err(|_| BrokerError::Closed)?;
+            self.sender
+                .send(message)
+                .await
+                .map_err(|_| BrokerError::Closed)?;
         }
         Ok(())
     }

@@ -43,7 +43,10 @@ impl Pending {
         Pending::default()
     }
 
-    fn shard(&self, id: &str) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Reply>>> {
+    fn shard(
+        &self,
+        id: &str,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Reply>>> {
         // A panic while holding this lock cannot leave the map inconsistent (single
         // insert/remove), so a poisoned lock is safe to keep using.
         self.inner.shards[shard_of(id)]
@@ -130,7 +133,10 @@ mod tests {
         assert_eq!(pending.len(), 1);
         assert!(pending.complete(Reply::refused("a", "no")));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-        assert_eq!(waiter.wait_until(deadline).await.unwrap().reason.as_deref(), Some("no"));
+        assert_eq!(
+            waiter.wait_until(deadline).await.unwrap().reason.as_deref(),
+            Some("no")
+        );
         assert_eq!(pending.len(), 0);
     }
 

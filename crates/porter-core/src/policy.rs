@@ -170,6 +170,17 @@ pub enum CacheScope {
     User,
 }
 
+impl CacheScope {
+    /// The cache hash field for a caller: seed 000's `ANNON`, or `user:{id}`.
+    /// `None` when the result is per user and the caller has no user id.
+    pub fn field(self, user_id: Option<&str>) -> Option<String> {
+        match self {
+            CacheScope::Anonymous => Some(crate::wire::ANONYMOUS_SCOPE.to_owned()),
+            CacheScope::User => user_id.map(|u| format!("user:{u}")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheSpec {
     pub scope: CacheScope,

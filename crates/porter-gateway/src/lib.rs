@@ -1,1 +1,60 @@
-//! placeholder
+//! Porter's HTTP gateway (actix-web): validates requests, resolves identity, serves cache
+//! hits, fans the rest out as tasks, awaits the replies until the batch deadline, signs and
+//! aggregates.
+//!
+//! - [`batch`]: the fan-out/aggregate core shared by every endpoint.
+//! - [`routes`]: the endpoints and their request formats.
+//! - [`identity`]: who is asking (JWT bearer tokens, client id).
+//! - [`error`]: request-level errors as JSON with stable codes.
+//! - [`metrics`]: Prometheus counters and histograms.
+//!
+//! Architecture Invariant: signing happens only here; the Pusher secret never leaves the
+//! gateway, and tasks never carry the socket id.
+
+pub mod batch;
+pub mod error;
+pub mod identity;
+pub mod metrics;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use porter_broker::TaskClient;
+use porter_core::policy::{Policy, PrivateData};
+use porter_core::signing::Signer;
+use porter_store::Store;
+
+pub use routes::configure;
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Channels one request may ask for.
+    pub max_channels: usize,
+    /// Added to the largest `expires` of a batch to form its deadline.
+    pub grace: Duration,
+    /// How private channels carry their data unless a rule says otherwise.
+    pub private_data: PrivateData,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> GatewayConfig {
+        GatewayConfig {
+            max_channels: 100,
+            grace: Duration::from_millis(250),
+            private_data: PrivateData::Events,
+        }
+    }
+}
+
+/// Everything a request handler needs; shared by all workers of the HTTP server.
+pub struct AppState {
+    pub signer: Signer,
+    pub policy: Arc<Policy>,
+    pub tasks: Arc<dyn TaskClient>,
+    pub store: Arc<dyn Store>,
+    pub identity: identity::Verifier,
+    pub config: GatewayConfig,
+    pub metrics: metrics::Metrics,
+}

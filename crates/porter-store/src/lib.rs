@@ -86,15 +86,30 @@ pub trait Store: Send + Sync + 'static {
     /// Reads several cache entries in one round trip.
     async fn cached(&self, lookups: &[CacheLookup<'_>]) -> Result<Vec<Option<String>>, StoreError>;
     /// Writes a cache entry; the TTL applies to the channel's whole hash.
-    async fn put_cached(&self, channel: &str, scope: &str, data: &str, ttl: Duration) -> Result<(), StoreError>;
+    async fn put_cached(
+        &self,
+        channel: &str,
+        scope: &str,
+        data: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
     /// Drops every cached entry of a channel.
     async fn drop_cached(&self, channel: &str) -> Result<(), StoreError>;
 
     /// Retained events of a channel, event name → JSON data, sorted by name.
     async fn retained_events(&self, channel: &str) -> Result<Vec<(String, String)>, StoreError>;
-    async fn set_retained_event(&self, channel: &str, event: &str, data: &str) -> Result<(), StoreError>;
+    async fn set_retained_event(
+        &self,
+        channel: &str,
+        event: &str,
+        data: &str,
+    ) -> Result<(), StoreError>;
     /// Clears one retained event, or all of them when `event` is `None`.
-    async fn clear_retained_events(&self, channel: &str, event: Option<&str>) -> Result<(), StoreError>;
+    async fn clear_retained_events(
+        &self,
+        channel: &str,
+        event: Option<&str>,
+    ) -> Result<(), StoreError>;
 
     async fn is_member(&self, channel: &str, user_id: &str) -> Result<bool, StoreError>;
     async fn add_member(&self, channel: &str, user_id: &str) -> Result<(), StoreError>;
@@ -102,7 +117,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// A user's info hash, sorted by field.
     async fn user_info(&self, user_id: &str) -> Result<Vec<(String, String)>, StoreError>;
-    async fn set_user_info(&self, user_id: &str, fields: &[(String, String)]) -> Result<(), StoreError>;
+    async fn set_user_info(
+        &self,
+        user_id: &str,
+        fields: &[(String, String)],
+    ) -> Result<(), StoreError>;
 
     async fn is_online(&self, user_id: &str) -> Result<bool, StoreError>;
     async fn set_online(&self, user_id: &str, ttl: Duration) -> Result<(), StoreError>;

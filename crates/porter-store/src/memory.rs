@@ -108,7 +108,13 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn put_cached(&self, channel: &str, scope: &str, data: &str, ttl: Duration) -> Result<(), StoreError> {
+    async fn put_cached(
+        &self,
+        channel: &str,
+        scope: &str,
+        data: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         self.hash_set(self.keys.channel_data(channel), &[(scope, data)], Some(ttl));
         Ok(())
     }
@@ -122,17 +128,30 @@ impl Store for MemoryStore {
         Ok(self.hash_all(&self.keys.retained(channel)))
     }
 
-    async fn set_retained_event(&self, channel: &str, event: &str, data: &str) -> Result<(), StoreError> {
+    async fn set_retained_event(
+        &self,
+        channel: &str,
+        event: &str,
+        data: &str,
+    ) -> Result<(), StoreError> {
         self.hash_set(self.keys.retained(channel), &[(event, data)], None);
         Ok(())
     }
 
-    async fn clear_retained_events(&self, channel: &str, event: Option<&str>) -> Result<(), StoreError> {
+    async fn clear_retained_events(
+        &self,
+        channel: &str,
+        event: Option<&str>,
+    ) -> Result<(), StoreError> {
         let key = self.keys.retained(channel);
         match event {
             None => self.delete(&key),
             Some(event) => {
-                if let Some(Entry { value: Value::Hash(h), .. }) = Self::live(&mut self.data(), &key) {
+                if let Some(Entry {
+                    value: Value::Hash(h),
+                    ..
+                }) = Self::live(&mut self.data(), &key)
+                {
                     h.remove(event);
                 }
             }
@@ -163,7 +182,11 @@ impl Store for MemoryStore {
     }
 
     async fn remove_member(&self, channel: &str, user_id: &str) -> Result<(), StoreError> {
-        if let Some(Entry { value: Value::Set(s), .. }) = self.data().get_mut(&self.keys.members(channel)) {
+        if let Some(Entry {
+            value: Value::Set(s),
+            ..
+        }) = self.data().get_mut(&self.keys.members(channel))
+        {
             s.remove(user_id);
         }
         Ok(())
@@ -173,8 +196,15 @@ impl Store for MemoryStore {
         Ok(self.hash_all(&self.keys.user(user_id)))
     }
 
-    async fn set_user_info(&self, user_id: &str, fields: &[(String, String)]) -> Result<(), StoreError> {
-        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    async fn set_user_info(
+        &self,
+        user_id: &str,
+        fields: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let fields: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         self.hash_set(self.keys.user(user_id), &fields, None);
         Ok(())
     }
@@ -206,9 +236,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn cache_entries_expire() {
         let store = MemoryStore::default();
-        store.put_cached("private-a@1", "ANNON", "{}", Duration::from_secs(5)).await.unwrap();
-        let lookup = [CacheLookup { channel: "private-a@1", scope: "ANNON" }];
-        assert_eq!(store.cached(&lookup).await.unwrap(), vec![Some("{}".to_owned())]);
+        store
+            .put_cached("private-a@1", "ANNON", "{}", Duration::from_secs(5))
+            .await
+            .unwrap();
+        let lookup = [CacheLookup {
+            channel: "private-a@1",
+            scope: "ANNON",
+        }];
+        assert_eq!(
+            store.cached(&lookup).await.unwrap(),
+            vec![Some("{}".to_owned())]
+        );
         tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(store.cached(&lookup).await.unwrap(), vec![None]);
     }

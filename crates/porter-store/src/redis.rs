@@ -82,7 +82,13 @@ impl Store for RedisStore {
         self.run(async |c| pipe.query_async(c).await).await
     }
 
-    async fn put_cached(&self, channel: &str, scope: &str, data: &str, ttl: Duration) -> Result<(), StoreError> {
+    async fn put_cached(
+        &self,
+        channel: &str,
+        scope: &str,
+        data: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         let key = self.keys.channel_data(channel);
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -105,15 +111,28 @@ impl Store for RedisStore {
         Ok(events)
     }
 
-    async fn set_retained_event(&self, channel: &str, event: &str, data: &str) -> Result<(), StoreError> {
+    async fn set_retained_event(
+        &self,
+        channel: &str,
+        event: &str,
+        data: &str,
+    ) -> Result<(), StoreError> {
         let key = self.keys.retained(channel);
-        self.run(async |c| c.hset::<_, _, _, ()>(&key, event, data).await).await
+        self.run(async |c| c.hset::<_, _, _, ()>(&key, event, data).await)
+            .await
     }
 
-    async fn clear_retained_events(&self, channel: &str, event: Option<&str>) -> Result<(), StoreError> {
+    async fn clear_retained_events(
+        &self,
+        channel: &str,
+        event: Option<&str>,
+    ) -> Result<(), StoreError> {
         let key = self.keys.retained(channel);
         match event {
-            Some(event) => self.run(async |c| c.hdel::<_, _, ()>(&key, event).await).await,
+            Some(event) => {
+                self.run(async |c| c.hdel::<_, _, ()>(&key, event).await)
+                    .await
+            }
             None => self.run(async |c| c.del::<_, ()>(&key).await).await,
         }
     }
@@ -125,12 +144,14 @@ impl Store for RedisStore {
 
     async fn add_member(&self, channel: &str, user_id: &str) -> Result<(), StoreError> {
         let key = self.keys.members(channel);
-        self.run(async |c| c.sadd::<_, _, ()>(&key, user_id).await).await
+        self.run(async |c| c.sadd::<_, _, ()>(&key, user_id).await)
+            .await
     }
 
     async fn remove_member(&self, channel: &str, user_id: &str) -> Result<(), StoreError> {
         let key = self.keys.members(channel);
-        self.run(async |c| c.srem::<_, _, ()>(&key, user_id).await).await
+        self.run(async |c| c.srem::<_, _, ()>(&key, user_id).await)
+            .await
     }
 
     async fn user_info(&self, user_id: &str) -> Result<Vec<(String, String)>, StoreError> {
@@ -140,12 +161,17 @@ impl Store for RedisStore {
         Ok(fields)
     }
 
-    async fn set_user_info(&self, user_id: &str, fields: &[(String, String)]) -> Result<(), StoreError> {
+    async fn set_user_info(
+        &self,
+        user_id: &str,
+        fields: &[(String, String)],
+    ) -> Result<(), StoreError> {
         if fields.is_empty() {
             return Ok(());
         }
         let key = self.keys.user(user_id);
-        self.run(async |c| c.hset_multiple::<_, _, _, ()>(&key, fields).await).await
+        self.run(async |c| c.hset_multiple::<_, _, _, ()>(&key, fields).await)
+            .await
     }
 
     async fn is_online(&self, user_id: &str) -> Result<bool, StoreError> {
@@ -155,10 +181,13 @@ impl Store for RedisStore {
 
     async fn set_online(&self, user_id: &str, ttl: Duration) -> Result<(), StoreError> {
         let key = self.keys.online(user_id);
-        self.run(async |c| c.set_ex::<_, _, ()>(&key, "1", ttl.as_secs().max(1)).await).await
+        self.run(async |c| c.set_ex::<_, _, ()>(&key, "1", ttl.as_secs().max(1)).await)
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.run(async |c| redis::cmd("PING").query_async::<String>(c).await).await.map(drop)
+        self.run(async |c| redis::cmd("PING").query_async::<String>(c).await)
+            .await
+            .map(drop)
     }
 }

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use porter_core::channel::Channel;
-use porter_core::policy::{CacheScope, Policy};
+use porter_core::policy::Policy;
 use porter_core::reason;
-use porter_core::wire::{ANONYMOUS_SCOPE, AuthData, Task};
+use porter_core::wire::{AuthData, Task};
 use porter_store::Store;
 
 use crate::decision::{Facts, Verdict, decide};
@@ -19,14 +19,6 @@ pub struct Authorizer {
     store: Arc<dyn Store>,
     registry: Registry,
     webhooks: WebhookClient,
-}
-
-/// The cache field for a result: shared, or per user (`None`: not cacheable for this caller).
-pub fn cache_scope(scope: CacheScope, user_id: Option<&str>) -> Option<String> {
-    match scope {
-        CacheScope::Anonymous => Some(ANONYMOUS_SCOPE.to_owned()),
-        CacheScope::User => user_id.map(|u| format!("user:{u}")),
-    }
 }
 
 impl Authorizer {
@@ -44,7 +36,10 @@ impl Authorizer {
         let channel = Channel::parse(&task.channel).map_err(|e| e.reason().to_owned())?;
         // The gateway names the rule it matched; the worker's policy must agree on it, so a
         // rolling deploy with differing policies refuses instead of guessing.
-        let matched = self.policy.match_channel(&channel).map_err(|e| e.reason().to_owned())?;
+        let matched = self
+            .policy
+            .match_channel(&channel)
+            .map_err(|e| e.reason().to_owned())?;
         if matched.rule.name != task.rule {
             tracing::warn!(channel = %task.channel, gateway_rule = %task.rule, worker_rule = %matched.rule.name, "gateway and worker policies disagree");
             return Err(reason::NO_RULE.to_owned());
@@ -74,11 +69,15 @@ impl Authorizer {
         }
 
         if let Some(spec) = rule.cache
-            && let Some(scope) = cache_scope(spec.scope, task.user_id.as_deref())
+            && let Some(scope) = spec.scope.field(task.user_id.as_deref())
         {
             match serde_json::to_string(&data) {
                 Ok(json) => {
-                    if let Err(error) = self.store.put_cached(&channel.cache_name(), &scope, &json, spec.ttl).await {
+                    if let Err(error) = self
+                        .store
+                        .put_cached(&channel.cache_name(), &scope, &json, spec.ttl)
+                        .await
+                    {
                         tracing::warn!(channel = %task.channel, %error, "could not write the cache");
                     }
                 }

@@ -54,7 +54,11 @@ pub fn decide<'a>(
                 .ok_or_else(|| reason::UNAUTHENTICATED.to_owned()),
             Allow::Owner => {
                 let user = task.user_id.as_deref().ok_or(reason::UNAUTHENTICATED)?;
-                let object = task.captures.get("object_id").map(String::as_str).or(task.object_id.as_deref());
+                let object = task
+                    .captures
+                    .get("object_id")
+                    .map(String::as_str)
+                    .or(task.object_id.as_deref());
                 if object == Some(user) {
                     Ok(())
                 } else {

@@ -58,7 +58,12 @@ impl Registry {
     }
 
     /// Registers a receiver for a channel type and feature (`None` = all).
-    pub fn register(&mut self, kind: Option<ChannelKind>, feature: Option<&str>, receiver: Arc<dyn Receiver>) {
+    pub fn register(
+        &mut self,
+        kind: Option<ChannelKind>,
+        feature: Option<&str>,
+        receiver: Arc<dyn Receiver>,
+    ) {
         if let Some(list) = Arc::get_mut(&mut self.receivers) {
             list.push(Registration {
                 kind,
@@ -89,7 +94,10 @@ impl Registry {
         let mut out = AuthData::default();
         for registration in self.receivers.iter() {
             let kind_ok = registration.kind.is_none_or(|k| k == cx.channel.kind);
-            let feature_ok = registration.feature.as_deref().is_none_or(|f| f == cx.channel.feature);
+            let feature_ok = registration
+                .feature
+                .as_deref()
+                .is_none_or(|f| f == cx.channel.feature);
             if kind_ok && feature_ok {
                 registration.receiver.receive(cx, &mut out).await?;
             }
@@ -115,10 +123,11 @@ impl Receiver for RetainedEvents {
     async fn receive(&self, cx: &Context<'_>, out: &mut AuthData) -> Result<(), StoreError> {
         if cx.rule.data.events {
             let events = cx.store.retained_events(&cx.channel.cache_name()).await?;
-            out.events.extend(events.into_iter().map(|(event, data)| Event {
-                event,
-                data: event_data(data),
-            }));
+            out.events
+                .extend(events.into_iter().map(|(event, data)| Event {
+                    event,
+                    data: event_data(data),
+                }));
         }
         Ok(())
     }
@@ -135,7 +144,12 @@ impl Receiver for OnlineStatus {
     }
 
     async fn receive(&self, cx: &Context<'_>, out: &mut AuthData) -> Result<(), StoreError> {
-        let object = cx.task.captures.get("object_id").map(String::as_str).or(cx.channel.object_id);
+        let object = cx
+            .task
+            .captures
+            .get("object_id")
+            .map(String::as_str)
+            .or(cx.channel.object_id);
         if let (true, Some(user)) = (cx.rule.data.online, object) {
             let online = cx.store.is_online(user).await?;
             out.events.push(Event {
@@ -218,10 +232,17 @@ impl Receiver for MemberInfo {
             },
         };
         for (field, template) in &spec.info {
-            info.insert(field.clone(), Value::String(render_template(template, &values)));
+            info.insert(
+                field.clone(),
+                Value::String(render_template(template, &values)),
+            );
         }
         out.user_id = user_id;
-        out.user_info = if info.is_empty() { None } else { Some(Value::Object(info)) };
+        out.user_info = if info.is_empty() {
+            None
+        } else {
+            Some(Value::Object(info))
+        };
         Ok(())
     }
 }

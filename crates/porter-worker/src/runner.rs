@@ -36,7 +36,9 @@ impl Worker {
         let limit = self.config.concurrency.max(1);
         let permits = Arc::new(Semaphore::new(limit));
         while let Some(incoming) = source.next().await {
-            let Ok(permit) = permits.clone().acquire_owned().await else { break };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
             let authorizer = self.authorizer.clone();
             tokio::spawn(async move {
                 handle(&authorizer, incoming).await;
@@ -88,7 +90,11 @@ pub async fn handle(authorizer: &Authorizer, incoming: Incoming) {
                 }
             }
         };
-        let outcome = if reply.ok { "authorized" } else { reply.reason.as_deref().unwrap_or("refused") };
+        let outcome = if reply.ok {
+            "authorized"
+        } else {
+            reply.reason.as_deref().unwrap_or("refused")
+        };
         tracing::Span::current().record("outcome", outcome);
         debug!("task done");
         if let Err(error) = responder.reply_and_ack(&reply).await {

@@ -1,1 +1,43 @@
-fn main() {}
+//! `porter`: the command line of Porter.
+//!
+//! `porter gateway` and `porter worker` are the distributed mode (RabbitMQ + Redis);
+//! `porter dev` runs both in one process over the in-process transport and memory store;
+//! `porter sign`, `porter token` and `porter policy` are tools for trying things by hand;
+//! `porter bench` is the load generator behind `docs/benchmarks.md`.
+
+mod bench;
+mod cli;
+mod serve;
+mod tools;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, PolicyCommand};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sign(args) => tools::sign(&args),
+        Command::Token(args) => tools::token(&args),
+        Command::Policy(PolicyCommand::Check { file }) => tools::policy_check(&file),
+        Command::Policy(PolicyCommand::Explain { channel, policy }) => {
+            tools::policy_explain(&channel, policy.as_deref())
+        }
+        Command::Gateway(args) => serve::gateway(args),
+        Command::Worker(args) => serve::worker(args),
+        Command::Dev(args) => serve::dev(args),
+        Command::Bench(args) => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(bench::run(args))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line, as the CLI promises; `{:#}` joins the context chain.
+            eprintln!("porter: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

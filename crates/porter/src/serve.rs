@@ -1,0 +1,260 @@
+//! Wiring of the long-running modes: `gateway`, `worker` and `dev`.
+//!
+//! The same gateway and worker code runs in every mode; only the transport (AMQP or local)
+//! and the store (Redis or memory) differ.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+use porter_broker::amqp::{AmqpClient, AmqpConfig, AmqpSource};
+use porter_broker::{TaskClient, local};
+use porter_core::policy::{Policy, PrivateData};
+use porter_core::routing::Queue;
+use porter_gateway::identity::Verifier;
+use porter_gateway::{AppState, GatewayConfig};
+use porter_store::memory::MemoryStore;
+use porter_store::redis::RedisStore;
+use porter_store::{Keys, Store};
+use porter_worker::registry::Registry;
+use porter_worker::{Authorizer, Worker, WorkerConfig};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Credentials, DevArgs, GatewayArgs, HttpArgs, WorkerArgs};
+use crate::tools::{load_policy, mint, signer};
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn app_state(
+    http: &HttpArgs,
+    policy: Arc<Policy>,
+    tasks: Arc<dyn TaskClient>,
+    store: Arc<dyn Store>,
+) -> anyhow::Result<web::Data<AppState>> {
+    Ok(web::Data::new(AppState {
+        signer: signer(&http.credentials)?,
+        policy,
+        tasks,
+        store,
+        identity: Verifier::hs256(http.jwt_secret.as_deref().map(str::as_bytes)),
+        config: GatewayConfig {
+            max_channels: http.max_channels.max(1),
+            grace: Duration::from_millis(http.grace_ms),
+            private_data: if http.sign_private_data {
+                PrivateData::Signed
+            } else {
+                PrivateData::Events
+            },
+        },
+        metrics: Default::default(),
+    }))
+}
+
+async fn serve_http(
+    state: web::Data<AppState>,
+    listen: std::net::SocketAddr,
+    workers: Option<usize>,
+) -> anyhow::Result<()> {
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(porter_gateway::configure)
+    })
+    .bind(listen)
+    .with_context(|| format!("cannot listen on {listen}"))?;
+    if let Some(workers) = workers {
+        server = server.workers(workers.max(1));
+    }
+    tracing::info!(%listen, "gateway listening");
+    server.run().await.context("HTTP server failed")
+}
+
+pub fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let policy = Arc::new(load_policy(args.backends.policy.as_deref())?);
+    actix_web::rt::System::new().block_on(async move {
+        let stop = CancellationToken::new();
+        let client = AmqpClient::start(
+            AmqpConfig {
+                url: args.backends.amqp_url.clone(),
+                queue_prefix: args.backends.queue_prefix.clone(),
+            },
+            stop.clone(),
+        );
+        let store = RedisStore::new(
+            &args.backends.redis_url,
+            Keys::new(&args.backends.key_prefix),
+            64,
+        )
+        .context("invalid REDIS_URL")?;
+        let state = app_state(&args.http, policy, Arc::new(client), Arc::new(store))?;
+        let result = serve_http(state, args.listen, args.http.http_workers).await;
+        stop.cancel();
+        result
+    })
+}
+
+fn parse_queues(names: &[String]) -> anyhow::Result<Vec<Queue>> {
+    let queues = names
+        .iter()
+        .filter(|n| !n.trim().is_empty())
+        .map(|n| {
+            Queue::parse(n.trim())
+                .with_context(|| format!("unknown queue `{n}`; use auth and/or auth/high"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!queues.is_empty(), "--queues must name at least one queue");
+    Ok(queues)
+}
+
+/// Cancels the token on SIGTERM or Ctrl-C.
+fn cancel_on_signal(stop: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let Ok(mut term) = signal(SignalKind::terminate()) {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            } else {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("stopping: finishing the tasks in hand");
+        stop.cancel();
+    });
+}
+
+pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let policy = Arc::new(load_policy(args.backends.policy.as_deref())?);
+    let queues = parse_queues(&args.queues)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let stop = CancellationToken::new();
+        cancel_on_signal(stop.clone());
+        let store = RedisStore::new(
+            &args.backends.redis_url,
+            Keys::new(&args.backends.key_prefix),
+            64,
+        )
+        .context("invalid REDIS_URL")?;
+        let authorizer = Authorizer::new(policy, Arc::new(store), Registry::builtin());
+        let source = AmqpSource::new(
+            AmqpConfig {
+                url: args.backends.amqp_url.clone(),
+                queue_prefix: args.backends.queue_prefix.clone(),
+            },
+            queues,
+            args.prefetch.max(1),
+            stop,
+        );
+        Worker::new(
+            authorizer,
+            WorkerConfig {
+                concurrency: args.concurrency,
+            },
+        )
+        .run(source)
+        .await;
+        tracing::info!("worker stopped");
+        Ok(())
+    })
+}
+
+/// Demo credentials of `porter dev`: the values of Pusher's documentation, never for production.
+const DEV_KEY: &str = "278d425bdf160c739803";
+const DEV_SECRET: &str = "7ad3773142a6692b25b8";
+const DEV_MASTER_KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+const DEV_JWT_SECRET: &str = "porter-dev-secret";
+
+async fn seed_demo_data(store: &MemoryStore) -> anyhow::Result<()> {
+    store
+        .set_retained_event("private-stream@42", "stream.online", r#"{"online":true}"#)
+        .await?;
+    store
+        .set_retained_event(
+            "private-stream@42",
+            "stream.viewers.updated",
+            r#"{"viewers":128}"#,
+        )
+        .await?;
+    store
+        .set_user_info(
+            "7",
+            &[
+                ("name".to_owned(), "\"Ann\"".to_owned()),
+                ("level".to_owned(), "12".to_owned()),
+            ],
+        )
+        .await?;
+    store
+        .set_online("7", Duration::from_secs(24 * 3600))
+        .await?;
+    Ok(())
+}
+
+pub fn dev(args: DevArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let policy = Arc::new(load_policy(args.policy.as_deref())?);
+    let http = HttpArgs {
+        credentials: Credentials {
+            app_id: "100000".to_owned(),
+            key: Some(DEV_KEY.to_owned()),
+            secret: Some(DEV_SECRET.to_owned()),
+            master_key: Some(DEV_MASTER_KEY.to_owned()),
+        },
+        jwt_secret: Some(DEV_JWT_SECRET.to_owned()),
+        max_channels: 100,
+        grace_ms: 250,
+        sign_private_data: false,
+        http_workers: None,
+    };
+    actix_web::rt::System::new().block_on(async move {
+        let stop = CancellationToken::new();
+        let (client, source) = local::channel(stop.clone());
+        let store = Arc::new(MemoryStore::new(Keys::default()));
+        seed_demo_data(&store).await?;
+        let authorizer = Authorizer::new(policy.clone(), store.clone(), Registry::builtin());
+        for _ in 0..args.workers.max(1) {
+            let worker = Worker::new(authorizer.clone(), WorkerConfig { concurrency: 256 });
+            let source = source.clone();
+            actix_web::rt::spawn(async move { worker.run(source).await });
+        }
+        let state = app_state(&http, policy, Arc::new(client), store)?;
+
+        let mut claims = Map::new();
+        claims.insert("sub".into(), Value::String("7".into()));
+        claims.insert("name".into(), Value::String("Ann".into()));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        claims.insert("exp".into(), (now + 24 * 3600).into());
+        let token = mint(&claims, DEV_JWT_SECRET.as_bytes())?;
+        let url = format!("http://{}", args.listen);
+        println!("Porter dev: gateway and {} workers in one process, in memory.", args.workers.max(1));
+        println!("  url:        {url}");
+        println!("  app:        id 100000, key {DEV_KEY} (demo credentials)");
+        println!("  demo token: {token}   (user 7, Ann)");
+        println!();
+        println!("Try:");
+        println!(
+            "  curl -s -H 'Authorization: Bearer {token}' '{url}/pusher/batch-authenticate?app_id=100000&socket_id=123.456&channels=private-stream@42&channels=presence-stream@42&channels=private-encrypted-chat@9'"
+        );
+        println!("  curl -s -X POST -d 'socket_id=123.456&channel_name=private-user@7' {url}/pusher/auth");
+        let result = serve_http(state, args.listen, http.http_workers).await;
+        stop.cancel();
+        result
+    })
+}

@@ -1,0 +1,119 @@
+//! The by-hand tools: `porter sign`, `porter token`, `porter policy`.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use porter_core::channel::{Channel, validate_socket_id};
+use porter_core::policy::Policy;
+use porter_core::signing::{Secret, Signer};
+use serde_json::{Map, Value};
+
+use crate::cli::{Credentials, SignArgs, TokenArgs};
+
+/// Builds the signer; a bad master key is a start-up error.
+pub fn signer(credentials: &Credentials) -> anyhow::Result<Signer> {
+    let key = credentials
+        .key
+        .as_deref()
+        .context("PUSHER_KEY (or --key) is required")?;
+    let secret = credentials
+        .secret
+        .as_deref()
+        .context("PUSHER_SECRET (or --secret) is required")?;
+    Signer::new(
+        &credentials.app_id,
+        key,
+        &Secret::new(secret),
+        credentials.master_key.as_deref(),
+    )
+    .context("invalid Pusher credentials")
+}
+
+/// Loads a policy file, or the built-in policy.
+pub fn load_policy(path: Option<&Path>) -> anyhow::Result<Policy> {
+    match path {
+        None => Ok(Policy::default()),
+        Some(path) => {
+            let source = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Policy::from_toml(&source).with_context(|| format!("{}", path.display()))
+        }
+    }
+}
+
+pub fn sign(args: &SignArgs) -> anyhow::Result<()> {
+    let signer = signer(&args.credentials)?;
+    validate_socket_id(&args.socket_id).context("invalid --socket-id")?;
+    let output = if args.user {
+        let user_data = args
+            .user_data
+            .as_deref()
+            .context("--user needs --user-data")?;
+        serde_json::to_string(&signer.sign_user(&args.socket_id, user_data))?
+    } else {
+        let channel = args.channel.as_deref().context("--channel is required")?;
+        Channel::parse(channel).with_context(|| format!("invalid channel `{channel}`"))?;
+        let auth = signer
+            .sign_channel(&args.socket_id, channel, args.channel_data.as_deref())
+            .context("cannot sign")?;
+        serde_json::to_string(&auth)?
+    };
+    println!("{output}");
+    Ok(())
+}
+
+pub fn token(args: &TokenArgs) -> anyhow::Result<()> {
+    if args.jwt_secret.is_empty() {
+        bail!("PORTER_JWT_SECRET (or --jwt-secret) must not be empty");
+    }
+    let mut claims = Map::new();
+    for pair in &args.claims {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--claim `{pair}` is not KEY=VALUE"))?;
+        if key.is_empty() {
+            bail!("--claim `{pair}` has an empty key");
+        }
+        claims.insert(key.to_owned(), Value::String(value.to_owned()));
+    }
+    claims.insert("sub".into(), Value::String(args.sub.clone()));
+    if let Some(name) = &args.name {
+        claims.insert("name".into(), Value::String(name.clone()));
+    }
+    if let Some(email) = &args.email {
+        claims.insert("email".into(), Value::String(email.clone()));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    claims.insert("iat".into(), now.into());
+    claims.insert("exp".into(), (now + args.ttl).into());
+    println!("{}", mint(&claims, args.jwt_secret.as_bytes())?);
+    Ok(())
+}
+
+/// Signs claims as an HS256 JWT.
+pub fn mint(claims: &Map<String, Value>, secret: &[u8]) -> anyhow::Result<String> {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .context("cannot sign the token")
+}
+
+pub fn policy_check(file: &Path) -> anyhow::Result<()> {
+    let policy = load_policy(Some(file))?;
+    println!("{}: {} rules, valid", file.display(), policy.rules().len());
+    Ok(())
+}
+
+pub fn policy_explain(channel: &str, policy: Option<&Path>) -> anyhow::Result<()> {
+    let policy = load_policy(policy)?;
+    let matched = policy
+        .match_name(channel)
+        .map_err(|e| anyhow::anyhow!("{channel}: {e} (reason `{}`)", e.reason()))?;
+    println!("channel:     {channel}");
+    println!("{matched}");
+    Ok(())
+}
