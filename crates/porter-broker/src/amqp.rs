@@ -143,7 +143,8 @@ fn mark_broken(inner: &ClientInner) {
         .live
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-    inner.broken.notify_one();
+    // `notify_waiters` stores no permit: a stale one would end the next connection at once.
+    inner.broken.notify_waiters();
 }
 
 async fn supervise(inner: Arc<ClientInner>) {

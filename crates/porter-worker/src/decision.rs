@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use porter_core::channel::Channel;
+use porter_core::pattern::render_template;
 use porter_core::policy::Allow;
 use porter_core::reason;
 use porter_core::wire::Task;
@@ -91,7 +92,12 @@ pub fn decide<'a>(
                 }
                 Ok(())
             }
-            Allow::Webhook { url } => match facts.webhooks.ask(url, task).await {
+            // Captures may appear in the URL (`…/{verdict}`), so one rule can route by channel.
+            Allow::Webhook { url } => match facts
+                .webhooks
+                .ask(&render_template(url, &task.captures), task)
+                .await
+            {
                 None => Err(reason::AUTHORIZER_UNAVAILABLE.to_owned()),
                 Some(answer) => {
                     let allowed = answer.allow;

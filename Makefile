@@ -1,0 +1,27 @@
+# Porter: common tasks. `make test` is the command CI runs (see .ci/run).
+# clippy and test both use the dev profile, so their build artifacts are shared.
+
+.PHONY: build services lint test bench dev
+
+build:
+	cargo build --workspace --all-targets --locked
+
+# Start Redis and RabbitMQ locally if they are not already running.
+services:
+	./scripts/services.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+# All tests, including integration tests against the real RabbitMQ and Redis.
+test: services
+	$(MAKE) lint
+	cargo test --workspace
+
+bench:
+	cargo bench -p porter-core
+	# Load benchmark: see docs/benchmarks.md (`cargo run --release -- bench --help`).
+
+dev:
+	cargo run --release -- dev
