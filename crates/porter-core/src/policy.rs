@@ -65,7 +65,7 @@ impl Allow {
     pub fn is_caller_independent(&self) -> bool {
         match self {
             Allow::Anyone => true,
-            Allow::AnyOf(options) => options.iter().any(|a| *a == Allow::Anyone),
+            Allow::AnyOf(options) => options.contains(&Allow::Anyone),
             Allow::AllOf(all) => all.iter().all(Allow::is_caller_independent),
             _ => false,
         }
@@ -480,13 +480,12 @@ fn parse_rule(index: usize, raw: &Value) -> Result<Rule, PolicyError> {
         scope: CacheScope::Anonymous,
         ..
     }) = cache
+        && (!allow.is_caller_independent() || !data.is_caller_independent())
     {
-        if !allow.is_caller_independent() || !data.is_caller_independent() {
-            return Err(err(
-                "cache",
-                "scope `anonymous` shares one result with every caller, so it needs `allow = \"anyone\"` and data that does not depend on the caller; use scope `user`".into(),
-            ));
-        }
+        return Err(err(
+            "cache",
+            "scope `anonymous` shares one result with every caller, so it needs `allow = \"anyone\"` and data that does not depend on the caller; use scope `user`".into(),
+        ));
     }
 
     let private_data = match table.get("private_data") {
