@@ -42,10 +42,21 @@ pub struct AmqpConfig {
     pub queue_prefix: String,
 }
 
-fn connection_properties() -> ConnectionProperties {
-    ConnectionProperties::default()
+/// Connection properties; `name` is what the RabbitMQ management UI shows for the connection.
+fn connection_properties(role: &str, config: &AmqpConfig) -> ConnectionProperties {
+    let mut properties = ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio)
+        .with_reactor(tokio_reactor_trait::Tokio);
+    let name = format!(
+        "porter {role} pid {} {}",
+        std::process::id(),
+        config.queue_prefix
+    );
+    properties.client_properties.insert(
+        "connection_name".into(),
+        AMQPValue::LongString(name.trim_end().into()),
+    );
+    properties
 }
 
 /// Declares a task queue. Gateway and worker must use the same arguments, or the second to
@@ -185,7 +196,11 @@ async fn supervise(inner: Arc<ClientInner>) {
 }
 
 async fn connect_client(inner: &ClientInner) -> Result<(Connection, Live, Consumer), BrokerError> {
-    let connection = Connection::connect(&inner.config.url, connection_properties()).await?;
+    let connection = Connection::connect(
+        &inner.config.url,
+        connection_properties("gateway", &inner.config),
+    )
+    .await?;
     let channel = connection.create_channel().await?;
     for queue in Queue::ALL {
         declare_task_queue(&channel, &queue_name(&inner.config.queue_prefix, queue)).await?;
@@ -323,7 +338,11 @@ impl AmqpSource {
     }
 
     async fn connect(&self) -> Result<WorkerLive, BrokerError> {
-        let connection = Connection::connect(&self.config.url, connection_properties()).await?;
+        let connection = Connection::connect(
+            &self.config.url,
+            connection_properties("worker", &self.config),
+        )
+        .await?;
         let replies = connection.create_channel().await?;
         let mut consumers = SelectAll::new();
         for queue in &self.queues {

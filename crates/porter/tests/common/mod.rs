@@ -322,3 +322,35 @@ pub async fn webhook_server() -> u16 {
     });
     port
 }
+
+/// Closes, from the broker's side, every connection of this deployment (named after its
+/// prefix), leaving other tests' connections alone. Returns how many were closed.
+pub fn close_connections_of(prefix: &str) -> usize {
+    let output = Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .expect("rabbitmqctl list_connections");
+    let mut closed = 0;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        // The client properties carry `connection_name`, which ends with the queue prefix.
+        let Some((pid, properties)) = line.split_once(char::is_whitespace) else {
+            continue;
+        };
+        if properties.contains(prefix) {
+            let status = Command::new("rabbitmqctl")
+                .args(["close_connection", pid.trim(), "porter reconnect test"])
+                .status()
+                .expect("rabbitmqctl close_connection");
+            if status.success() {
+                closed += 1;
+            }
+        }
+    }
+    closed
+}
