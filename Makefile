@@ -20,7 +20,7 @@ test: services
 	cargo test --workspace
 
 bench:
-	cargo bench -p porter-core
+	cargo bench -p porter-core --bench core
 	# Load benchmark: see docs/benchmarks.md (`cargo run --release -- bench --help`).
 
 dev:
