@@ -35,6 +35,7 @@ pub trait Receiver: Send + Sync {
     async fn receive(&self, cx: &Context<'_>, out: &mut AuthData) -> Result<(), StoreError>;
 }
 
+#[derive(Clone)]
 struct Registration {
     kind: Option<ChannelKind>,
     feature: Option<String>,
@@ -64,29 +65,12 @@ impl Registry {
         feature: Option<&str>,
         receiver: Arc<dyn Receiver>,
     ) {
-        if let Some(list) = Arc::get_mut(&mut self.receivers) {
-            list.push(Registration {
-                kind,
-                feature: feature.map(str::to_owned),
-                receiver,
-            });
-        } else {
-            let mut list: Vec<Registration> = self
-                .receivers
-                .iter()
-                .map(|r| Registration {
-                    kind: r.kind,
-                    feature: r.feature.clone(),
-                    receiver: r.receiver.clone(),
-                })
-                .collect();
-            list.push(Registration {
-                kind,
-                feature: feature.map(str::to_owned),
-                receiver,
-            });
-            self.receivers = Arc::new(list);
-        }
+        // Copy-on-write: a registry shared by running workers is never changed under them.
+        Arc::make_mut(&mut self.receivers).push(Registration {
+            kind,
+            feature: feature.map(str::to_owned),
+            receiver,
+        });
     }
 
     /// Runs every matching receiver.
