@@ -2,6 +2,7 @@
 //! hits, fans the rest out as tasks, awaits the replies until the batch deadline, signs and
 //! aggregates.
 //!
+//! - [`admin`]: the admin token guard.
 //! - [`batch`]: the fan-out/aggregate core shared by every endpoint.
 //! - [`routes`]: the endpoints and their request formats.
 //! - [`identity`]: who is asking (JWT bearer tokens, client id).
@@ -11,6 +12,7 @@
 //! Architecture Invariant: signing happens only here; the Pusher secret never leaves the
 //! gateway, and tasks never carry the socket id.
 
+pub mod admin;
 pub mod batch;
 pub mod error;
 pub mod identity;
@@ -57,4 +59,6 @@ pub struct AppState {
     pub identity: identity::Verifier,
     pub config: GatewayConfig,
     pub metrics: metrics::Metrics,
+    /// Guards `/admin/*`.
+    pub admin: admin::AdminGuard,
 }

@@ -148,6 +148,9 @@ pub struct HttpArgs {
     /// Sign private channels' data into `channel_data` (seed 000) instead of `events`.
     #[arg(long, env = "PORTER_SIGN_PRIVATE_DATA")]
     pub sign_private_data: bool,
+    /// Bearer token of the admin API; without it the admin API is disabled.
+    #[arg(long, env = "PORTER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "PORTER_HTTP_WORKERS")]
     pub http_workers: Option<usize>,

@@ -12,6 +12,7 @@ use porter_broker::amqp::{AmqpClient, AmqpConfig, AmqpSource};
 use porter_broker::{TaskClient, local};
 use porter_core::policy::{Policy, PrivateData};
 use porter_core::routing::Queue;
+use porter_gateway::admin::AdminGuard;
 use porter_gateway::identity::Verifier;
 use porter_gateway::{AppState, GatewayConfig};
 use porter_store::memory::MemoryStore;
@@ -56,6 +57,7 @@ fn app_state(
             },
         },
         metrics: Default::default(),
+        admin: AdminGuard::new(http.admin_token.as_deref()),
     }))
 }
 
@@ -221,6 +223,7 @@ pub fn dev(args: DevArgs) -> anyhow::Result<()> {
         max_channels: 100,
         grace_ms: 250,
         sign_private_data: false,
+        admin_token: None,
         http_workers: None,
     };
     actix_web::rt::System::new().block_on(async move {
