@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# The load benchmark of docs/benchmarks.md: one gateway, two workers, RabbitMQ, Redis and the
-# load generator on this host. Usage: scripts/bench.sh [runs] [duration-seconds]
+# The load benchmark of docs/benchmarks.md, everything on this host.
+# Usage: scripts/bench.sh [runs] [duration-seconds] [suite...]
+#   suites: floor (bare RabbitMQ round trips, exclusive queue vs direct reply-to),
+#           distributed (one gateway, two workers: miss10 hit10 single storm),
+#           direct (miss10 and single with the gateway on direct reply-to),
+#           dev (`porter dev`: miss10 hit10 single); default: all of them.
 # Starts its own processes (with a unique queue and key prefix) and stops them by pid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
 duration=${2:-10}
+shift $(( $# > 2 ? 2 : $# ))
+suites=("$@")
+[ ${#suites[@]} -eq 0 ] && suites=(floor distributed direct dev)
+
 ./scripts/services.sh >/dev/null
 cargo build --release -q -p porter
 bin=target/release/porter
@@ -21,27 +29,67 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-"$bin" gateway --listen 127.0.0.1:$port & gateway=$!; pids+=("$gateway")
-"$bin" worker --concurrency 128 --prefetch 256 & w1=$!; pids+=("$w1")
-"$bin" worker --concurrency 128 --prefetch 256 & w2=$!; pids+=("$w2")
-for _ in $(seq 100); do
-    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break
-    sleep 0.1
-done
-sleep 1
+services=()
+beam=$(pgrep -o beam.smp || true); [ -n "$beam" ] && services+=(--pid rabbitmq=$beam)
+redis=$(pgrep -o redis-server || true); [ -n "$redis" ] && services+=(--pid redis=$redis)
 
-watch=(--pid gateway=$gateway --pid worker1=$w1 --pid worker2=$w2)
-beam=$(pgrep -o beam.smp || true); [ -n "$beam" ] && watch+=(--pid rabbitmq=$beam)
-redis=$(pgrep -o redis-server || true); [ -n "$redis" ] && watch+=(--pid redis=$redis)
-
-for scenario in miss10 hit10 single; do
-    for run in $(seq "$runs"); do
-        echo "== $scenario run $run"
-        "$bin" bench --url "http://127.0.0.1:$port" --scenario "$scenario" --connections 16 \
-            --duration "$duration" --warmup 2 "${watch[@]}" --json
+wait_ready() {
+    for _ in $(seq 100); do
+        curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break
+        sleep 0.1
     done
-done
-for run in $(seq "$runs"); do
-    echo "== storm run $run"
-    "$bin" bench --url "http://127.0.0.1:$port" --scenario storm --clients 1000 "${watch[@]}" --json
+    sleep 1
+}
+
+# load SCENARIO... : every scenario `runs` times against the gateway on $port.
+load() {
+    for scenario in "$@"; do
+        for run in $(seq "$runs"); do
+            echo "== $label $scenario run $run"
+            if [ "$scenario" = storm ]; then
+                "$bin" bench --url "http://127.0.0.1:$port" --scenario storm --clients 1000 \
+                    "${watch[@]}" --json
+            else
+                "$bin" bench --url "http://127.0.0.1:$port" --scenario "$scenario" \
+                    --connections 16 --duration "$duration" --warmup 2 "${watch[@]}" --json
+            fi
+        done
+    done
+}
+
+# distributed MODE SCENARIO... : a gateway (reply mode MODE) and two workers.
+distributed() {
+    local mode=$1; shift
+    PORTER_REPLY_MODE=$mode "$bin" gateway --listen 127.0.0.1:$port & local gateway=$!
+    "$bin" worker --concurrency 128 --prefetch 256 & local w1=$!
+    "$bin" worker --concurrency 128 --prefetch 256 & local w2=$!
+    pids+=("$gateway" "$w1" "$w2")
+    wait_ready
+    watch=(--pid gateway=$gateway --pid worker1=$w1 --pid worker2=$w2 "${services[@]}")
+    label="distributed/$mode" load "$@"
+    kill "$gateway" "$w1" "$w2"; wait "$gateway" "$w1" "$w2" 2>/dev/null || true
+}
+
+for suite in "${suites[@]}"; do
+    case $suite in
+    floor)
+        for mode in exclusive direct; do
+            for run in $(seq "$runs"); do
+                echo "== floor $mode run $run"
+                "$bin" bench --scenario floor --reply-mode $mode --connections 16 \
+                    --duration "$duration" --warmup 2 "${services[@]}" --json
+            done
+        done
+        ;;
+    distributed) distributed exclusive miss10 hit10 single storm ;;
+    direct) distributed direct miss10 single ;;
+    dev)
+        "$bin" dev --listen 127.0.0.1:$port >/dev/null & dev=$!; pids+=("$dev")
+        wait_ready
+        watch=(--pid dev=$dev --jwt-secret porter-dev-secret)
+        label=dev load miss10 hit10 single
+        kill "$dev"; wait "$dev" 2>/dev/null || true
+        ;;
+    *) echo "unknown suite $suite" >&2; exit 2 ;;
+    esac
 done

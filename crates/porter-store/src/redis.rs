@@ -1,13 +1,22 @@
-//! The Redis store, over a deadpool connection pool.
+//! The Redis store, over a few multiplexed connections.
+//!
+//! Why not a connection pool: a pooled checkout (deadpool-redis) sends a `PING` to recycle the
+//! connection, which doubled the round trips of every call. A multiplexed connection pipelines
+//! the commands of every concurrent caller over one socket instead, and
+//! [`ConnectionManager`] reconnects it by itself after Redis restarts.
 //!
 //! Every call is bounded by a timeout, so a Redis that hangs costs a request a fixed delay
-//! (and the gateway treats it as a cache miss) instead of hanging it.
+//! (and the gateway treats it as a cache miss) instead of hanging it. Connections are opened
+//! lazily, so a process starts with Redis down and recovers when it comes up.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
 use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::OnceCell;
 
 use crate::{CacheLookup, Keys, Store, StoreError};
 
@@ -16,52 +25,72 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
 
 #[derive(Clone)]
 pub struct RedisStore {
-    pool: Pool,
+    shared: Arc<Shared>,
     keys: Keys,
+}
+
+struct Shared {
+    client: redis::Client,
+    /// Opened on first use; each multiplexes every caller that lands on it.
+    connections: Vec<OnceCell<ConnectionManager>>,
+    next: AtomicUsize,
 }
 
 impl From<redis::RedisError> for StoreError {
     fn from(error: redis::RedisError) -> StoreError {
-        StoreError::Command(error.to_string())
-    }
-}
-
-impl From<deadpool_redis::PoolError> for StoreError {
-    fn from(error: deadpool_redis::PoolError) -> StoreError {
-        StoreError::Unavailable(error.to_string())
+        if error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal() {
+            StoreError::Unavailable(error.to_string())
+        } else {
+            StoreError::Command(error.to_string())
+        }
     }
 }
 
 impl RedisStore {
-    /// Builds a pool; connections are opened lazily, so this succeeds with Redis down.
-    pub fn new(url: &str, keys: Keys, max_connections: usize) -> Result<RedisStore, StoreError> {
-        let mut config = Config::from_url(url);
-        config.pool = Some(PoolConfig {
-            max_size: max_connections,
-            timeouts: Timeouts {
-                wait: Some(CALL_TIMEOUT),
-                create: Some(CALL_TIMEOUT),
-                recycle: Some(CALL_TIMEOUT),
-            },
-            ..PoolConfig::default()
-        });
-        let pool = config
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(RedisStore { pool, keys })
+    /// Checks the URL; connections are opened lazily, so this succeeds with Redis down.
+    /// `connections` multiplexed connections are used round-robin (one is enough for
+    /// tens of thousands of calls a second; two spread the parsing over two cores).
+    pub fn new(url: &str, keys: Keys, connections: usize) -> Result<RedisStore, StoreError> {
+        let client =
+            redis::Client::open(url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(RedisStore {
+            shared: Arc::new(Shared {
+                client,
+                connections: (0..connections.max(1)).map(|_| OnceCell::new()).collect(),
+                next: AtomicUsize::new(0),
+            }),
+            keys,
+        })
     }
 
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
 
-    /// Runs one call with a pooled connection, bounded by [`CALL_TIMEOUT`].
+    /// One of the multiplexed connections, opened if it is not yet.
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        let shared = &self.shared;
+        let index = shared.next.fetch_add(1, Ordering::Relaxed) % shared.connections.len();
+        let manager = shared.connections[index]
+            .get_or_try_init(|| {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(CALL_TIMEOUT)
+                    .set_response_timeout(CALL_TIMEOUT)
+                    .set_number_of_retries(1)
+                    .set_max_delay(CALL_TIMEOUT.as_millis() as u64);
+                ConnectionManager::new_with_config(shared.client.clone(), config)
+            })
+            .await?;
+        Ok(manager.clone())
+    }
+
+    /// Runs one call on a multiplexed connection, bounded by [`CALL_TIMEOUT`].
     async fn run<T, F>(&self, call: F) -> Result<T, StoreError>
     where
-        F: AsyncFnOnce(&mut deadpool_redis::Connection) -> Result<T, redis::RedisError>,
+        F: AsyncFnOnce(&mut ConnectionManager) -> Result<T, redis::RedisError>,
     {
         tokio::time::timeout(CALL_TIMEOUT, async {
-            let mut connection = self.pool.get().await?;
+            let mut connection = self.connection().await?;
             Ok(call(&mut connection).await?)
         })
         .await

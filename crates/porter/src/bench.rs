@@ -8,7 +8,9 @@
 //! - `hit10`: the same endpoint with a fixed set of 10 private channels (cache hits);
 //! - `single`: `POST /pusher/auth` with one random channel, as pusher-js sends it;
 //! - `storm`: `--clients` clients with 5 channels each, all at once; reports the time until
-//!   every client is authorized.
+//!   every client is authorized;
+//! - `floor`: no gateway at all: the bare RabbitMQ publish → consume → reply loop of
+//!   [`crate::floor`], `--connections` tasks in flight, the ceiling `miss10` is measured against.
 //!
 //! ```text
 //! porter bench --scenario miss10 --connections 16 --duration 10 \
@@ -28,6 +30,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use porter_broker::amqp::ReplyMode;
+
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOCK_TICKS_PER_S: f64 = 100.0;
 
@@ -38,6 +42,7 @@ pub enum Scenario {
     Hit10,
     Single,
     Storm,
+    Floor,
 }
 
 impl Scenario {
@@ -82,6 +87,21 @@ pub struct BenchArgs {
     /// Also print one JSON line with all results.
     #[arg(long)]
     json: bool,
+    /// RabbitMQ of the `floor` scenario.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    amqp_url: String,
+    /// Reply mode of the `floor` scenario: `exclusive` or `direct`.
+    #[arg(long, default_value = "exclusive", value_parser = parse_reply_mode)]
+    reply_mode: ReplyMode,
+}
+
+fn parse_reply_mode(name: &str) -> Result<ReplyMode, String> {
+    ReplyMode::parse(name).ok_or_else(|| format!("unknown reply mode `{name}`"))
 }
 
 fn parse_pid_arg(s: &str) -> Result<(String, u32), String> {
@@ -108,6 +128,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     ensure!(args.clients > 0, "--clients must be at least 1");
     let duration = Duration::try_from_secs_f64(args.duration).context("bad --duration")?;
     let warmup = Duration::try_from_secs_f64(args.warmup).context("bad --warmup")?;
+    if args.scenario == Scenario::Floor {
+        return run_floor(&args, warmup, duration).await;
+    }
     let rest = args
         .url
         .strip_prefix("http://")
@@ -163,6 +186,38 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         (tally, duration, args.connections, None, cpu)
     };
     report(&args, &tally, window, connections, storm, &cpu);
+    Ok(())
+}
+
+async fn run_floor(args: &BenchArgs, warmup: Duration, duration: Duration) -> Result<()> {
+    // Sample CPU over the measured window only: the warm-up ends at a known instant.
+    // Both sides of the loop run in this process, so its own CPU is part of the floor.
+    let mut pids = args.pids.clone();
+    pids.push(("porter-floor".to_owned(), std::process::id()));
+    let watched = pids.clone();
+    let sampler = tokio::spawn(async move {
+        tokio::time::sleep(warmup).await;
+        (cpu_snapshot(&pids), Instant::now())
+    });
+    let loops = crate::floor::run(
+        &args.amqp_url,
+        args.reply_mode,
+        args.connections,
+        warmup,
+        duration,
+    )
+    .await?;
+    let (before, from) = sampler.await.context("CPU sampler panicked")?;
+    let cpu = cpu_report(&watched, before, from.elapsed());
+    let mut tally = Tally::default();
+    for result in loops {
+        tally.ok += result.latencies_us.len() as u64;
+        tally.lat_us.extend(result.latencies_us);
+        for (kind, count) in result.errors {
+            *tally.errors.entry(kind).or_default() += count;
+        }
+    }
+    report(args, &tally, duration, args.connections, None, &cpu);
     Ok(())
 }
 
@@ -344,7 +399,7 @@ async fn storm_connection(mut conn: Conn, next: Arc<AtomicUsize>, clients: usize
 fn channels_per_request(scenario: Scenario) -> u64 {
     match scenario {
         Scenario::Miss10 | Scenario::Hit10 => 10,
-        Scenario::Single => 1,
+        Scenario::Single | Scenario::Floor => 1,
         Scenario::Storm => 5,
     }
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use porter_broker::amqp::ReplyMode;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -160,6 +161,10 @@ pub struct HttpArgs {
 pub struct GatewayArgs {
     #[arg(long, env = "PORTER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Where workers reply: `exclusive` (a reply queue per gateway) or `direct` (RabbitMQ's
+    /// direct reply-to).
+    #[arg(long, env = "PORTER_REPLY_MODE", default_value = "exclusive", value_parser = parse_reply_mode)]
+    pub reply_mode: ReplyMode,
     #[command(flatten)]
     pub backends: Backends,
     #[command(flatten)]
@@ -195,4 +200,9 @@ pub struct DevArgs {
     pub workers: usize,
     #[arg(long, env = "PORTER_POLICY")]
     pub policy: Option<PathBuf>,
+}
+
+fn parse_reply_mode(name: &str) -> Result<ReplyMode, String> {
+    ReplyMode::parse(name)
+        .ok_or_else(|| format!("unknown reply mode `{name}`; use exclusive or direct"))
 }

@@ -7,6 +7,7 @@
 
 mod bench;
 mod cli;
+mod floor;
 mod serve;
 mod tools;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
-use porter_broker::amqp::{AmqpClient, AmqpConfig, AmqpSource};
+use porter_broker::amqp::{AmqpClient, AmqpConfig, AmqpSource, ReplyMode};
 use porter_broker::{TaskClient, local};
 use porter_core::policy::{Policy, PrivateData};
 use porter_core::routing::Queue;
@@ -89,13 +89,14 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             AmqpConfig {
                 url: args.backends.amqp_url.clone(),
                 queue_prefix: args.backends.queue_prefix.clone(),
+                reply_mode: args.reply_mode,
             },
             stop.clone(),
         );
         let store = RedisStore::new(
             &args.backends.redis_url,
             Keys::new(&args.backends.key_prefix),
-            64,
+            2,
         )
         .context("invalid REDIS_URL")?;
         let state = app_state(&args.http, policy, Arc::new(client), Arc::new(store))?;
@@ -151,7 +152,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         let store = RedisStore::new(
             &args.backends.redis_url,
             Keys::new(&args.backends.key_prefix),
-            64,
+            2,
         )
         .context("invalid REDIS_URL")?;
         let authorizer = Authorizer::new(policy, Arc::new(store), Registry::builtin());
@@ -159,6 +160,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             AmqpConfig {
                 url: args.backends.amqp_url.clone(),
                 queue_prefix: args.backends.queue_prefix.clone(),
+                reply_mode: ReplyMode::default(),
             },
             queues,
             args.prefetch.max(1),

@@ -191,6 +191,7 @@ async fn expired_tasks_are_not_run_and_slow_authorizers_are_cut_off() {
         AmqpConfig {
             url: AMQP_URL.into(),
             queue_prefix: deployment.prefix.clone(),
+            reply_mode: Default::default(),
         },
         stop.clone(),
     );
@@ -341,6 +342,57 @@ async fn a_worker_killed_mid_task_leaves_it_to_another() {
     assert_eq!(
         body["private-hook-allow@2"]["events"][0]["event"],
         "hook.said"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_task_in_hand_and_leaves_the_rest_to_others() {
+    let hook = webhook_server().await;
+    let deployment = Deployment::new("sigterm").with_policy(&short_policy(hook));
+    let _gateway = deployment.gateway();
+    let mut draining = deployment.worker();
+    deployment.wait_ready().await;
+    eventually("the worker to consume", Duration::from_secs(10), || async {
+        let (_, body) = get_json(
+            &deployment.batch_url("1.1", &["private-hook-allow@0"]),
+            None,
+        )
+        .await;
+        body["private-hook-allow@0"].get("auth").map(drop)
+    })
+    .await;
+
+    // The `/slow` webhook answers after 1.5 s: SIGTERM arrives while the worker waits on it.
+    let url = deployment.batch_url("5.5", &["private-hook-slow@1"]);
+    let in_hand = tokio::spawn(async move { get_json(&url, None).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &draining.pid().to_string()])
+        .status();
+    // Published after the signal: the draining worker must not take it.
+    let url = deployment.batch_url("6.6", &["private-hook-allow@2"]);
+    let after = tokio::spawn(async move { get_json(&url, None).await });
+
+    let (status, body) = in_hand.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["private-hook-slow@1"]["auth"],
+        expected_auth("5.5", "private-hook-slow@1", None),
+        "the task in hand is finished and answered: {body}"
+    );
+    let exit = draining
+        .terminate(Duration::from_secs(10))
+        .expect("the worker exits after draining");
+    assert!(exit.success(), "a drained worker exits cleanly: {exit:?}");
+
+    // Nothing lost: the task published after SIGTERM waits in the queue for the next worker.
+    let _next = deployment.worker();
+    let (status, body) = after.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["private-hook-allow@2"]["auth"],
+        expected_auth("6.6", "private-hook-allow@2", None),
+        "{body}"
     );
 }
 
