@@ -189,6 +189,55 @@ impl Deployment {
     }
 }
 
+/// Removes what this test left on the shared services: its two durable task queues and its
+/// Redis keys. Runs after the test's processes are gone (they are declared after the
+/// deployment, so they drop first), on a thread of its own because `Drop` cannot await.
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        let prefix = self.prefix.clone();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let properties = lapin::ConnectionProperties::default()
+                    .with_executor(tokio_executor_trait::Tokio::current())
+                    .with_reactor(tokio_reactor_trait::Tokio);
+                if let Ok(connection) = lapin::Connection::connect(AMQP_URL, properties).await
+                    && let Ok(channel) = connection.create_channel().await
+                {
+                    for queue in ["auth", "auth/high"] {
+                        let _ = channel
+                            .queue_delete(
+                                &format!("{prefix}{queue}"),
+                                lapin::options::QueueDeleteOptions::default(),
+                            )
+                            .await;
+                    }
+                    let _ = connection.close(200, "test cleanup").await;
+                }
+                if let Ok(client) = redis::Client::open(REDIS_URL)
+                    && let Ok(mut redis) = client.get_multiplexed_async_connection().await
+                {
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(format!("{prefix}*"))
+                        .query_async(&mut redis)
+                        .await
+                        .unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: redis::RedisResult<()> =
+                            redis::cmd("DEL").arg(&keys).query_async(&mut redis).await;
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
 /// An HS256 token for the gateway.
 pub fn token(sub: &str, extra: &[(&str, Value)]) -> String {
     let mut claims = Map::new();
