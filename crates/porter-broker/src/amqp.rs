@@ -502,6 +502,9 @@ impl TaskSource for AmqpSource {
     async fn shutdown(&mut self) {
         if let Some(live) = self.live.take() {
             let _ = live.connection.close(200, "worker shutting down").await;
+            // lapin's I/O thread notices the close on its next turn; give it that turn before
+            // the runtime goes away, or it reports the runtime's shutdown as an I/O error.
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.connected.store(false, Ordering::Release);
     }
