@@ -125,6 +125,8 @@ struct ClientInner {
     ready: AtomicBool,
     broken: Notify,
     stop: CancellationToken,
+    /// The supervisor, awaited by [`AmqpClient::close`].
+    supervisor: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Clone)]
@@ -143,9 +145,29 @@ impl AmqpClient {
             ready: AtomicBool::new(false),
             broken: Notify::new(),
             stop,
+            supervisor: std::sync::Mutex::new(None),
         });
-        tokio::spawn(supervise(inner.clone()));
+        let supervisor = tokio::spawn(supervise(inner.clone()));
+        *inner
+            .supervisor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(supervisor);
         AmqpClient { inner }
+    }
+
+    /// Stops and waits until the connection is closed, so that nothing of it outlives the
+    /// runtime (lapin's I/O thread would report the runtime's shutdown as an error).
+    pub async fn close(&self) {
+        self.inner.stop.cancel();
+        let supervisor = self
+            .inner
+            .supervisor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(supervisor) = supervisor {
+            let _ = supervisor.await;
+        }
     }
 
     /// Waits until connected, up to `timeout`. Returns whether it is connected.
@@ -205,6 +227,8 @@ async fn supervise(inner: Arc<ClientInner>) {
                     () = inner.broken.notified() => {}
                     () = inner.stop.cancelled() => {
                         let _ = connection.close(200, "gateway shutting down").await;
+                        // Give lapin's I/O thread its turn to see the close (see `close`).
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         return;
                     }
                 }

@@ -186,6 +186,10 @@ pub struct WorkerArgs {
     /// Tasks run at once.
     #[arg(long, env = "PORTER_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
+    /// Runtime threads (0: one per core). Workers scale by process; one thread per process
+    /// avoids cross-thread wake-ups on a host whose cores they share.
+    #[arg(long, env = "PORTER_THREADS", default_value_t = 0)]
+    pub threads: usize,
     /// Unacknowledged tasks the broker may hand this worker per queue.
     #[arg(long, env = "PORTER_PREFETCH", default_value_t = 128)]
     pub prefetch: u16,

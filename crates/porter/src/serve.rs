@@ -99,9 +99,14 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             2,
         )
         .context("invalid REDIS_URL")?;
-        let state = app_state(&args.http, policy, Arc::new(client), Arc::new(store))?;
+        let state = app_state(
+            &args.http,
+            policy,
+            Arc::new(client.clone()),
+            Arc::new(store),
+        )?;
         let result = serve_http(state, args.listen, args.http.http_workers).await;
-        stop.cancel();
+        client.close().await;
         result
     })
 }
@@ -145,7 +150,11 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     init_tracing();
     let policy = Arc::new(load_policy(args.backends.policy.as_deref())?);
     let queues = parse_queues(&args.queues)?;
-    let runtime = tokio::runtime::Runtime::new()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if args.threads > 0 {
+        runtime.worker_threads(args.threads);
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
         let stop = CancellationToken::new();
         cancel_on_signal(stop.clone());
