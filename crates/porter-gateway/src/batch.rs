@@ -18,7 +18,7 @@ use porter_core::wire::{AuthData, Event, FORMAT_VERSION, Task};
 use porter_store::CacheLookup;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -139,7 +139,15 @@ pub async fn authorize(
         }
     }
     if !tasks.is_empty() {
-        let replies = fan_out(state, &prepared, &misses, &tasks).await;
+        // The in-flight cap: past it the request is refused before anything is published.
+        let replies = match crate::protection::admit_tasks(state, identity, tasks.len()) {
+            Ok(permit) => {
+                let replies = fan_out(state, &prepared, &misses, &tasks).await;
+                drop(permit);
+                replies
+            }
+            Err(error) => Err(error),
+        };
         match replies {
             Err(error) => {
                 // Nothing could be served without the broker: the whole request fails fast.
@@ -147,7 +155,7 @@ pub async fn authorize(
                     return Err(error);
                 }
                 for &i in &misses {
-                    results[prepared[i].index] = Some(Err(reason::BROKER_UNAVAILABLE.to_owned()));
+                    results[prepared[i].index] = Some(Err(error.code.to_owned()));
                 }
             }
             Ok(replies) => {
@@ -172,13 +180,21 @@ pub async fn authorize(
         }
     }
 
+    let mut rules: Vec<&str> = vec!["-"; unique.len()];
+    for p in &prepared {
+        rules[p.index] = p.matched.rule.name.as_str();
+    }
+    let who = crate::audit::Who::of(identity, None);
     Ok(unique
         .into_iter()
         .zip(results)
-        .map(|(name, result)| {
+        .zip(rules)
+        .map(|((name, result), rule)| {
             let result = result.unwrap_or_else(|| Err(reason::INTERNAL.to_owned()));
-            if result.is_err() && !matches!(&result, Err(r) if r == reason::TIMEOUT) {
-                debug!(channel = name, reason = ?result.as_ref().err(), "channel refused");
+            if let Err(why) = &result
+                && why != reason::TIMEOUT
+            {
+                crate::audit::refused(&who, Some(name), rule, why);
             }
             (name.to_owned(), result)
         })

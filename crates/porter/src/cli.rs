@@ -154,6 +154,8 @@ pub struct HttpArgs {
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "PORTER_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
+    #[command(flatten)]
+    pub protection: ProtectionArgs,
 }
 
 #[derive(Args, Debug)]
@@ -195,4 +197,77 @@ pub struct DevArgs {
     pub workers: usize,
     #[arg(long, env = "PORTER_POLICY")]
     pub policy: Option<PathBuf>,
+    /// Rate limits (counted in memory), CORS and presence settings, as for the gateway.
+    #[command(flatten)]
+    pub protection: ProtectionArgs,
+}
+
+/// Abuse protection and presence settings of the HTTP side. The defaults limit nothing that
+/// ordinary traffic does: rate limits and CORS are off until configured.
+#[derive(Args, Debug, Clone)]
+pub struct ProtectionArgs {
+    /// Requests per authenticated user, `COUNT/PERIOD` (`20/s`, `600/m`); off when unset.
+    #[arg(long, env = "PORTER_RATE_LIMIT_USER")]
+    pub rate_limit_user: Option<porter_store::Quota>,
+    /// Requests per `X-Client-ID`, `COUNT/PERIOD`; off when unset.
+    #[arg(long, env = "PORTER_RATE_LIMIT_CLIENT")]
+    pub rate_limit_client: Option<porter_store::Quota>,
+    /// Requests per client IP, `COUNT/PERIOD`; off when unset.
+    #[arg(long, env = "PORTER_RATE_LIMIT_IP")]
+    pub rate_limit_ip: Option<porter_store::Quota>,
+    /// Proxies whose `X-Forwarded-For` is believed, comma-separated addresses or CIDRs.
+    #[arg(long, env = "PORTER_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<porter_gateway::protection::IpNet>,
+    /// Channel tasks this gateway may have in flight; past it requests get 503 (0: no cap).
+    #[arg(long, env = "PORTER_MAX_TASKS_IN_FLIGHT", default_value_t = 20_000)]
+    pub max_tasks_in_flight: usize,
+    /// Total bytes of request headers; larger requests get 431.
+    #[arg(long, env = "PORTER_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+    /// Origins allowed by CORS, comma-separated (`*` = any); CORS is off when empty.
+    #[arg(long, env = "PORTER_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Seconds a heartbeat keeps a user online.
+    #[arg(long, env = "PORTER_PRESENCE_TTL", default_value_t = 60)]
+    pub presence_ttl: u64,
+    /// Seconds a webhook's `time_ms` may be off from now before it is refused as a replay.
+    #[arg(long, env = "PORTER_WEBHOOK_MAX_AGE", default_value_t = 300)]
+    pub webhook_max_age: u64,
+}
+
+impl Default for ProtectionArgs {
+    fn default() -> ProtectionArgs {
+        ProtectionArgs {
+            rate_limit_user: None,
+            rate_limit_client: None,
+            rate_limit_ip: None,
+            trusted_proxies: Vec::new(),
+            max_tasks_in_flight: 20_000,
+            max_header_bytes: 16 * 1024,
+            cors_origins: Vec::new(),
+            presence_ttl: 60,
+            webhook_max_age: 300,
+        }
+    }
+}
+
+impl ProtectionArgs {
+    pub fn config(&self) -> porter_gateway::protection::ProtectionConfig {
+        porter_gateway::protection::ProtectionConfig {
+            rate_user: self.rate_limit_user,
+            rate_client: self.rate_limit_client,
+            rate_ip: self.rate_limit_ip,
+            trusted_proxies: self.trusted_proxies.clone(),
+            max_tasks_in_flight: Some(self.max_tasks_in_flight).filter(|c| *c > 0),
+            max_header_bytes: self.max_header_bytes.max(1024),
+            cors_origins: self
+                .cors_origins
+                .iter()
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            presence_ttl: std::time::Duration::from_secs(self.presence_ttl.max(1)),
+            webhook_max_age: std::time::Duration::from_secs(self.webhook_max_age.max(1)),
+        }
+    }
 }
