@@ -50,8 +50,8 @@ pub fn auth_failed(who: &Who<'_>, why: &str) {
     info!(
         target: TARGET,
         event = "auth_failed",
-        user = ?who.user,
-        client = ?who.client,
+        user = ?who.user.unwrap_or("-"),
+        client = ?who.client.unwrap_or("-"),
         ip = %ip_text(who.ip),
         why,
         "authentication failed"
@@ -63,10 +63,10 @@ pub fn refused(who: &Who<'_>, channel: Option<&str>, rule: &str, why: &str) {
     info!(
         target: TARGET,
         event = "refused",
-        user = ?who.user,
-        client = ?who.client,
+        user = ?who.user.unwrap_or("-"),
+        client = ?who.client.unwrap_or("-"),
         ip = %ip_text(who.ip),
-        channel = ?channel,
+        channel = ?channel.unwrap_or("-"),
         rule,
         why,
         "refused"

@@ -74,7 +74,11 @@ pub async fn cors(
             let mut response = HttpResponse::NoContent().finish();
             let headers = response.headers_mut();
             insert(headers, "access-control-allow-origin", &origin);
-            insert(headers, "access-control-allow-methods", "GET, POST, OPTIONS");
+            insert(
+                headers,
+                "access-control-allow-methods",
+                "GET, POST, OPTIONS",
+            );
             insert(headers, "access-control-allow-headers", ALLOWED_HEADERS);
             insert(headers, "access-control-max-age", MAX_AGE);
             insert(headers, "vary", "Origin");

@@ -46,7 +46,10 @@ pub async fn heartbeat(
     result
 }
 
-async fn heartbeat_inner(request: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
+async fn heartbeat_inner(
+    request: &HttpRequest,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
     let identity = protection::identify(state, request)?;
     let Some(user) = identity.user_id.as_deref() else {
         let ip = state.protection.client_ip(request);

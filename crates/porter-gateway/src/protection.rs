@@ -95,7 +95,10 @@ impl Protection {
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.config.trusted_proxies.iter().any(|net| net.contains(ip))
+        self.config
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(ip))
     }
 
     /// The client's IP: the peer, or, when the peer is a trusted proxy, the nearest
@@ -175,7 +178,8 @@ impl IpNet {
                     == masked(u32::from(ip).into(), self.prefix, 32)
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                masked(u128::from(net), self.prefix, 128) == masked(u128::from(ip), self.prefix, 128)
+                masked(u128::from(net), self.prefix, 128)
+                    == masked(u128::from(ip), self.prefix, 128)
             }
             _ => false,
         }
@@ -236,7 +240,9 @@ pub async fn check_rate(
             bucket,
             retry_after,
         }) => {
-            let rule = buckets.get(bucket).map_or("rate_limit", |(rule, _, _)| *rule);
+            let rule = buckets
+                .get(bucket)
+                .map_or("rate_limit", |(rule, _, _)| *rule);
             state.metrics.protection_refusal(rule);
             audit::refused(&Who::of(identity, ip), None, rule, "rate_limited");
             Err(ApiError::new(

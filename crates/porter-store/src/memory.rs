@@ -9,9 +9,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::ratelimit::gcra;
-use crate::{
-    CacheLookup, Keys, PRESENCE_CHANNELS_TTL, RateCheck, RateDecision, Store, StoreError,
-};
+use crate::{CacheLookup, Keys, PRESENCE_CHANNELS_TTL, RateCheck, RateDecision, Store, StoreError};
 
 enum Value {
     Hash(BTreeMap<String, String>),
@@ -381,7 +379,10 @@ mod tests {
         assert!(store.is_online("7").await.unwrap());
         store.leave_presence("7", "presence-a@1").await.unwrap();
         assert!(store.is_online("7").await.unwrap(), "still in presence-b@2");
-        store.set_online("7", Duration::from_secs(30)).await.unwrap();
+        store
+            .set_online("7", Duration::from_secs(30))
+            .await
+            .unwrap();
         store.leave_presence("7", "presence-b@2").await.unwrap();
         assert!(store.is_online("7").await.unwrap(), "still heartbeating");
         tokio::time::advance(Duration::from_secs(31)).await;
@@ -417,22 +418,43 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // The refused request did not charge the IP bucket: one more passes there.
-        assert_eq!(store.rate_limit(&[ip]).await.unwrap(), RateDecision::Allowed);
+        assert_eq!(
+            store.rate_limit(&[ip]).await.unwrap(),
+            RateDecision::Allowed
+        );
         assert!(matches!(
             store.rate_limit(&[ip]).await.unwrap(),
             RateDecision::Limited { bucket: 0, .. }
         ));
         tokio::time::advance(Duration::from_millis(500)).await;
-        assert_eq!(store.rate_limit(&[user]).await.unwrap(), RateDecision::Allowed);
+        assert_eq!(
+            store.rate_limit(&[user]).await.unwrap(),
+            RateDecision::Allowed
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_sighting_repeats_only_after_its_ttl() {
         let store = MemoryStore::default();
-        assert!(store.first_sighting("x", Duration::from_secs(5)).await.unwrap());
-        assert!(!store.first_sighting("x", Duration::from_secs(5)).await.unwrap());
+        assert!(
+            store
+                .first_sighting("x", Duration::from_secs(5))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .first_sighting("x", Duration::from_secs(5))
+                .await
+                .unwrap()
+        );
         tokio::time::advance(Duration::from_secs(6)).await;
-        assert!(store.first_sighting("x", Duration::from_secs(5)).await.unwrap());
+        assert!(
+            store
+                .first_sighting("x", Duration::from_secs(5))
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]

@@ -25,7 +25,9 @@ pub struct Quota {
 
 /// A quota that does not parse.
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("invalid rate `{0}`: use COUNT/PERIOD with PERIOD one of s, m, h or a number of seconds, e.g. 20/s, 600/m, 100/10s")]
+#[error(
+    "invalid rate `{0}`: use COUNT/PERIOD with PERIOD one of s, m, h or a number of seconds, e.g. 20/s, 600/m, 100/10s"
+)]
 pub struct QuotaError(String);
 
 impl Quota {
@@ -92,7 +94,10 @@ pub struct RateCheck<'a> {
 pub enum RateDecision {
     Allowed,
     /// Refused; `bucket` is the index of the first check that refused.
-    Limited { bucket: usize, retry_after: Duration },
+    Limited {
+        bucket: usize,
+        retry_after: Duration,
+    },
 }
 
 /// One bucket's GCRA step: `Ok(new_tat)` when allowed, `Err(retry_after_us)` when not.

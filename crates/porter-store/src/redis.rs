@@ -10,9 +10,7 @@ use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
 use redis::AsyncCommands;
 
 use crate::ratelimit::GCRA_SCRIPT;
-use crate::{
-    CacheLookup, Keys, PRESENCE_CHANNELS_TTL, RateCheck, RateDecision, Store, StoreError,
-};
+use crate::{CacheLookup, Keys, PRESENCE_CHANNELS_TTL, RateCheck, RateDecision, Store, StoreError};
 
 /// The longest any one store call may take.
 const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -228,9 +226,8 @@ impl Store for RedisStore {
                 .arg(check.quota.interval_us())
                 .arg(check.quota.tolerance_us());
         }
-        let (index, retry_us): (usize, u64) = self
-            .run(async |c| invocation.invoke_async(c).await)
-            .await?;
+        let (index, retry_us): (usize, u64) =
+            self.run(async |c| invocation.invoke_async(c).await).await?;
         Ok(match index {
             0 => RateDecision::Allowed,
             i => RateDecision::Limited {
