@@ -1,5 +1,5 @@
 //! Abuse protection of the gateway: rate limits per user, client id and IP; the cap on
-//! channel tasks in flight; the request-header size limit; the client IP behind trusted
+//! channel tasks in flight; the request header and body size limits; the client IP behind trusted
 //! proxies; and the audited identity look-up.
 //!
 //! Rate limits are counted in the store (Redis in production, so every replica shares one
@@ -338,32 +338,55 @@ pub fn admit_tasks<'a>(
     })
 }
 
-/// Middleware: refuses a request whose header names and values together exceed
-/// `max_header_bytes` with 431 `headers_too_large`.
-pub async fn limit_headers(
+/// Middleware: refuses, before any handler runs, a request whose header names and values
+/// together exceed `max_header_bytes` (431 `headers_too_large`) or whose declared
+/// `Content-Length` exceeds [`crate::routes::MAX_BODY`] (413 `body_too_large`). Bodies
+/// without a declared length are still cut off at `MAX_BODY` by the extractors.
+pub async fn limit_request_size(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let limit = request
-        .app_data::<web::Data<AppState>>()
-        .map(|state| state.protection.config.max_header_bytes);
-    if let Some(limit) = limit {
-        let size: usize = request
+    if let Some(state) = request.app_data::<web::Data<AppState>>().cloned() {
+        let limit = state.protection.config.max_header_bytes;
+        let header_bytes: usize = request
             .headers()
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len())
             .sum();
-        if size > limit {
-            if let Some(state) = request.app_data::<web::Data<AppState>>() {
-                state.metrics.protection_refusal("max_header_bytes");
-                let ip = state.protection.client_ip(request.request());
-                audit::refused(&Who::ip(ip), None, "max_header_bytes", "headers_too_large");
-            }
-            let error = ApiError::new(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers_too_large",
-                format!("request headers may total at most {limit} bytes"),
-            );
+        let body_bytes = request
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let refusal = if header_bytes > limit {
+            Some((
+                "max_header_bytes",
+                ApiError::new(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "headers_too_large",
+                    format!("request headers may total at most {limit} bytes"),
+                ),
+            ))
+        } else if body_bytes > crate::routes::MAX_BODY as u64 {
+            Some((
+                "max_body_bytes",
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!(
+                        "the request body may be at most {} bytes",
+                        crate::routes::MAX_BODY
+                    ),
+                ),
+            ))
+        } else {
+            None
+        };
+        if let Some((rule, error)) = refusal {
+            state.metrics.protection_refusal(rule);
+            let ip = state.protection.client_ip(request.request());
+            audit::refused(&Who::ip(ip), None, rule, error.code);
             return Ok(request
                 .into_response(error.error_response())
                 .map_into_right_body());

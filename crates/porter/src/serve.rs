@@ -71,7 +71,7 @@ async fn serve_http(
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .wrap(from_fn(porter_gateway::protection::limit_headers))
+            .wrap(from_fn(porter_gateway::protection::limit_request_size))
             .wrap(from_fn(porter_gateway::cors::cors))
             .configure(porter_gateway::configure)
     })

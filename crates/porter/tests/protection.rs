@@ -450,7 +450,7 @@ async fn the_in_flight_cap_refuses_a_burst_with_503_never_500() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cors_preflight_and_header_limits() {
+async fn cors_preflight_and_request_size_limits() {
     let deployment = Deployment::new("cors")
         .with_env("PORTER_CORS_ORIGINS", "https://app.example")
         .with_env("PORTER_MAX_HEADER_BYTES", "4096");
@@ -535,6 +535,21 @@ async fn cors_preflight_and_header_limits() {
     let body: Value = big.json().await.unwrap();
     assert_eq!(body["error"], "headers_too_large");
 
+    // A declared body past the limit: 413 with a JSON error, before any handler runs.
+    let huge = client
+        .post(deployment.url("/pusher/auth"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "socket_id=1.1&channel_name={}",
+            "a".repeat(70 * 1024)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413);
+    let body: Value = huge.json().await.unwrap();
+    assert_eq!(body["error"], "body_too_large");
+
     // Channels per request are capped (PORTER_MAX_CHANNELS, 100 by default).
     let names: Vec<String> = (0..101).map(|i| format!("private-a@{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -607,6 +622,14 @@ async fn no_token_or_secret_appears_in_the_logs_of_a_whole_flow() {
     // Past the rate limit, a refusal is audited (who, rule, why), without the token.
     let limited = get(&url, Some(&token), &[]).await;
     assert_eq!(limited.status(), 429);
+    // A channel refused by the policy (presence needs a user) is audited with its rule.
+    let anonymous = get(
+        &deployment.batch_url("123.456", &["presence-chat@2"]),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(anonymous.status(), 200);
     let refused = get(&url, Some(&forged), &[]).await;
     assert_eq!(refused.status(), 401);
     let hook = webhook_body(
@@ -626,6 +649,12 @@ async fn no_token_or_secret_appears_in_the_logs_of_a_whole_flow() {
     );
     assert!(logs.contains("rate_limit_user"), "the 429 is audited");
     assert!(logs.contains("9001"), "audit lines name the user");
+    assert!(
+        logs.lines().any(|l| l.contains("porter::audit")
+            && l.contains("presence-chat@2")
+            && l.contains("unauthenticated")),
+        "the policy refusal is audited with its channel and reason"
+    );
     for secret in &must_not_appear {
         assert!(
             !logs.contains(secret.as_str()),
