@@ -663,3 +663,48 @@ async fn no_token_or_secret_appears_in_the_logs_of_a_whole_flow() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn porter_dev_counts_rate_limits_in_memory() {
+    let port = free_port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_porter"))
+        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--rate-limit-ip",
+            "2/m",
+            "--cors-origins",
+            "https://app.example",
+        ])
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start porter dev");
+    let _dev = Proc {
+        child,
+        name: "dev".into(),
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let healthz = format!("{base}/healthz");
+    eventually("porter dev to listen", Duration::from_secs(20), || async {
+        reqwest::get(&healthz)
+            .await
+            .ok()
+            .filter(|r| r.status() == 200)
+    })
+    .await;
+    let url =
+        format!("{base}/pusher/batch-authenticate?app_id={APP_ID}&socket_id=1.1&channels=public-x");
+    assert_eq!(get(&url, None, &[]).await.status(), 200);
+    assert_eq!(get(&url, None, &[]).await.status(), 200);
+    let limited = get(&url, None, &[("Origin", "https://app.example")]).await;
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
+    // Browsers can read the refusal: CORS headers ride on errors too.
+    assert_eq!(
+        limited.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+}
