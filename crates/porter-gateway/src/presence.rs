@@ -82,8 +82,19 @@ struct WebhookEvent {
     name: String,
     #[serde(default)]
     channel: Option<String>,
+    /// A string in Pusher's webhooks; numbers are accepted too.
     #[serde(default)]
-    user_id: Option<String>,
+    user_id: Option<serde_json::Value>,
+}
+
+impl WebhookEvent {
+    fn user(&self) -> Option<String> {
+        match self.user_id.as_ref()? {
+            serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
 }
 
 fn header<'a>(request: &'a HttpRequest, name: &str) -> &'a str {
@@ -180,7 +191,8 @@ async fn apply(state: &AppState, event: &WebhookEvent) -> Result<bool, ApiError>
         debug!(channel = ?name, "webhook for an invalid channel name ignored");
         return Ok(false);
     };
-    let result = match (event.name.as_str(), event.user_id.as_deref()) {
+    let user = event.user();
+    let result = match (event.name.as_str(), user.as_deref()) {
         ("member_added", Some(user)) if channel.kind == ChannelKind::Presence => {
             state.store.join_presence(user, name).await
         }

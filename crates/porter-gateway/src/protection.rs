@@ -189,10 +189,12 @@ impl IpNet {
 /// Resolves the caller, auditing and counting a failed authentication.
 pub fn identify(state: &AppState, request: &HttpRequest) -> Result<Identity, ApiError> {
     state.identity.identify(request).inspect_err(|error| {
+        // The same bounds as the identity's client id: nothing oversized reaches the log.
         let client = request
             .headers()
             .get("x-client-id")
-            .and_then(|v| v.to_str().ok());
+            .and_then(|v| v.to_str().ok())
+            .filter(|c| !c.is_empty() && c.len() <= 200);
         let who = Who {
             client,
             ..Who::ip(state.protection.client_ip(request))

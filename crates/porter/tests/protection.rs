@@ -290,7 +290,7 @@ async fn member_added_and_removed_flip_the_online_status() {
         now_ms(),
         json!([
             {"name": "member_added", "channel": "presence-chat@1", "user_id": "77"},
-            {"name": "member_added", "channel": "presence-stream@9", "user_id": "77"},
+            {"name": "member_added", "channel": "presence-stream@9", "user_id": 77},
             {"name": "channel_occupied", "channel": "presence-chat@1"},
         ]),
     );
