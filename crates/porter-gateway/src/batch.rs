@@ -139,15 +139,7 @@ pub async fn authorize(
         }
     }
     if !tasks.is_empty() {
-        // The in-flight cap: past it the request is refused before anything is published.
-        let replies = match crate::protection::admit_tasks(state, identity, tasks.len()) {
-            Ok(permit) => {
-                let replies = fan_out(state, &prepared, &misses, &tasks).await;
-                drop(permit);
-                replies
-            }
-            Err(error) => Err(error),
-        };
+        let replies = fan_out(state, &prepared, &misses, &tasks).await;
         match replies {
             Err(error) => {
                 // Nothing could be served without the broker: the whole request fails fast.
@@ -228,6 +220,9 @@ async fn fan_out(
     if !state.tasks.is_ready() {
         return Err(ApiError::broker_unavailable());
     }
+    // The in-flight cap: past it nothing is published; the permit is held until the replies
+    // are in or the deadline has passed.
+    let _permit = crate::protection::admit_tasks(state, tasks)?;
     let longest = misses
         .iter()
         .map(|&i| prepared[i].matched.rule.route.expires)

@@ -50,7 +50,7 @@ async fn heartbeat_inner(
     request: &HttpRequest,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = protection::identify(state, request)?;
+    let identity = protection::identify(state, request).await?;
     let Some(user) = identity.user_id.as_deref() else {
         let ip = state.protection.client_ip(request);
         audit::auth_failed(&Who::of(&identity, ip), "unauthenticated");

@@ -22,6 +22,7 @@ use actix_web::http::StatusCode;
 use actix_web::middleware::Next;
 use actix_web::{HttpRequest, ResponseError, web};
 use porter_core::reason;
+use porter_core::wire::Task;
 use porter_store::{Quota, RateCheck, RateDecision};
 use thiserror::Error;
 use tracing::warn;
@@ -186,22 +187,42 @@ impl IpNet {
     }
 }
 
-/// Resolves the caller, auditing and counting a failed authentication.
-pub fn identify(state: &AppState, request: &HttpRequest) -> Result<Identity, ApiError> {
-    state.identity.identify(request).inspect_err(|error| {
-        // The same bounds as the identity's client id: nothing oversized reaches the log.
-        let client = request
-            .headers()
-            .get("x-client-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|c| !c.is_empty() && c.len() <= 200);
-        let who = Who {
-            client,
-            ..Who::ip(state.protection.client_ip(request))
-        };
-        audit::auth_failed(&who, error.code);
-        state.metrics.auth_failure(error.code);
-    })
+/// Resolves the caller, auditing and counting a failed authentication. Async so that an
+/// identity check that needs the store (sessions, revocations) slots in unchanged.
+pub async fn identify(state: &AppState, request: &HttpRequest) -> Result<Identity, ApiError> {
+    state
+        .identity
+        .identify(request)
+        .inspect_err(|error| audit_unauthorized(state, request, None, error))
+}
+
+/// Audits and counts a 401 (any other error is left alone): for failures found after the
+/// identity was resolved, e.g. a revoked token found in the cache round trip.
+pub fn audit_unauthorized(
+    state: &AppState,
+    request: &HttpRequest,
+    identity: Option<&Identity>,
+    error: &ApiError,
+) {
+    if error.status != StatusCode::UNAUTHORIZED {
+        return;
+    }
+    // The same bounds as the identity's client id: nothing oversized reaches the log.
+    let header_client = request
+        .headers()
+        .get("x-client-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|c| !c.is_empty() && c.len() <= 200);
+    let ip = state.protection.client_ip(request);
+    let who = match identity {
+        Some(identity) => Who::of(identity, ip),
+        None => Who {
+            client: header_client,
+            ..Who::ip(ip)
+        },
+    };
+    audit::auth_failed(&who, error.code);
+    state.metrics.auth_failure(error.code);
 }
 
 /// Checks and charges the rate limits of one request: 429 `rate_limited` with
@@ -318,26 +339,28 @@ impl Drop for TaskPermit<'_> {
 
 /// Admits `n` channel tasks of a batch, or refuses the request with 503 `overloaded` and
 /// `Retry-After` at once.
-pub fn admit_tasks<'a>(
-    state: &'a AppState,
-    identity: &Identity,
-    n: usize,
-) -> Result<TaskPermit<'a>, ApiError> {
-    state.protection.in_flight.try_acquire(n).ok_or_else(|| {
-        state.metrics.protection_refusal("tasks_in_flight_cap");
-        audit::refused(
-            &Who::of(identity, None),
-            None,
-            "tasks_in_flight_cap",
-            reason::OVERLOADED,
-        );
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            reason::OVERLOADED,
-            "too many authorizations in flight; retry shortly",
-        )
-        .with_retry_after(1)
-    })
+/// Called by `batch::fan_out`, so every endpoint that publishes tasks is capped.
+pub fn admit_tasks<'a>(state: &'a AppState, tasks: &[Task]) -> Result<TaskPermit<'a>, ApiError> {
+    state
+        .protection
+        .in_flight
+        .try_acquire(tasks.len())
+        .ok_or_else(|| {
+            state.metrics.protection_refusal("tasks_in_flight_cap");
+            // Every task of a batch carries the same caller.
+            let who = Who {
+                user: tasks.first().and_then(|t| t.user_id.as_deref()),
+                client: tasks.first().and_then(|t| t.client_id.as_deref()),
+                ip: None,
+            };
+            audit::refused(&who, None, "tasks_in_flight_cap", reason::OVERLOADED);
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                reason::OVERLOADED,
+                "too many authorizations in flight; retry shortly",
+            )
+            .with_retry_after(1)
+        })
 }
 
 /// Middleware: refuses, before any handler runs, a request whose header names and values

@@ -111,9 +111,13 @@ async fn batch_authenticate_inner(
         // Far beyond the limit even before deduplication: refuse without more work.
         return Err(too_many(state));
     }
-    let identity = crate::protection::identify(state, request)?;
+    let identity = crate::protection::identify(state, request).await?;
     crate::protection::check_rate(state, request, &identity).await?;
-    let results = batch::authorize(state, &identity, socket_id, &channels).await?;
+    let results = batch::authorize(state, &identity, socket_id, &channels)
+        .await
+        .inspect_err(|e| {
+            crate::protection::audit_unauthorized(state, request, Some(&identity), e)
+        })?;
     Ok(HttpResponse::Ok()
         .insert_header(("Accept-CH", "DPR"))
         .insert_header(("Accept-CH-Lifetime", "3600"))
@@ -200,20 +204,28 @@ async fn pusher_auth_inner(
 ) -> Result<HttpResponse, ApiError> {
     let form = parse_auth_body(request, body)?;
     let socket_id = checked_socket_id(form.socket_id.as_deref())?;
-    let identity = crate::protection::identify(state, request)?;
+    let identity = crate::protection::identify(state, request).await?;
     crate::protection::check_rate(state, request, &identity).await?;
     if !form.indexed.is_empty() {
         if form.indexed.len() > state.config.max_channels {
             return Err(too_many(state));
         }
-        let results = batch::authorize(state, &identity, socket_id, &form.indexed).await?;
+        let results = batch::authorize(state, &identity, socket_id, &form.indexed)
+            .await
+            .inspect_err(|e| {
+                crate::protection::audit_unauthorized(state, request, Some(&identity), e)
+            })?;
         return Ok(HttpResponse::Ok().json(plugin_body(&results)));
     }
     let channel = form
         .single
         .filter(|c| !c.is_empty())
         .ok_or_else(|| ApiError::bad_request("missing_channel_name", "channel_name is required"))?;
-    let mut results = batch::authorize(state, &identity, socket_id, &[channel]).await?;
+    let mut results = batch::authorize(state, &identity, socket_id, &[channel])
+        .await
+        .inspect_err(|e| {
+            crate::protection::audit_unauthorized(state, request, Some(&identity), e)
+        })?;
     match results.pop().map(|(_, result)| result) {
         Some(Ok(signed)) => Ok(HttpResponse::Ok().json(signed)),
         Some(Err(reason)) => Err(refusal(reason)),
