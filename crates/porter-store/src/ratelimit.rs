@@ -115,7 +115,12 @@ pub fn gcra(now_us: u64, tat_us: Option<u64>, quota: Quota) -> Result<u64, u64> 
 /// KEYS = one key per bucket; ARGV = interval and tolerance (µs) per bucket, in key order.
 /// Returns `{0, 0}` when allowed (every bucket charged) or `{index (1-based), retry_after_us}`
 /// of the first bucket that refused (nothing charged).
+///
+/// The keys of one request may hash to different slots: on Redis Cluster this script needs
+/// the buckets under one hash tag, which Porter does not set (it targets one Redis).
 pub const GCRA_SCRIPT: &str = r#"
+-- Redis < 5 replicates scripts verbatim; reading TIME before a write needs effects mode.
+if redis.replicate_commands then redis.replicate_commands() end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local tats = {}
