@@ -26,7 +26,7 @@ pub struct Quota {
 /// A quota that does not parse.
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error(
-    "invalid rate `{0}`: use COUNT/PERIOD with PERIOD one of s, m, h or a number of seconds, e.g. 20/s, 600/m, 100/10s"
+    "invalid rate `{0}`: use COUNT/PERIOD with PERIOD one of s, m, h or a number of seconds (at most a day), e.g. 20/s, 600/m, 100/10s"
 )]
 pub struct QuotaError(String);
 
@@ -66,13 +66,15 @@ impl FromStr for Quota {
             "h" => 3600,
             _ => return Err(error()),
         };
-        if count == 0 || number == 0 {
-            return Err(error());
+        // At most a day: longer periods make no sense for request rates and could overflow.
+        let period = number.checked_mul(seconds).filter(|s| *s <= 24 * 3600);
+        match period {
+            Some(period) if count > 0 && period > 0 => Ok(Quota {
+                count,
+                period: Duration::from_secs(period),
+            }),
+            _ => Err(error()),
         }
-        Ok(Quota {
-            count,
-            period: Duration::from_secs(number * seconds),
-        })
     }
 }
 
@@ -160,7 +162,17 @@ mod tests {
         assert_eq!("5/h".parse::<Quota>().unwrap().period.as_secs(), 3600);
         assert_eq!("100/10s".parse::<Quota>().unwrap().period.as_secs(), 10);
         assert_eq!("3/10".parse::<Quota>().unwrap().period.as_secs(), 10);
-        for bad in ["", "10", "0/s", "10/0s", "x/s", "10/d", "-1/s"] {
+        for bad in [
+            "",
+            "10",
+            "0/s",
+            "10/0s",
+            "x/s",
+            "10/d",
+            "-1/s",
+            "1/25h",
+            "1/99999999999999999h",
+        ] {
             assert!(bad.parse::<Quota>().is_err(), "{bad}");
         }
     }
