@@ -216,6 +216,35 @@ async fn the_ip_limit_believes_forwarded_for_only_from_trusted_proxies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_id_limit_counts_per_client_id() {
+    let deployment = Deployment::new("clientlimit").with_env("PORTER_RATE_LIMIT_CLIENT", "2/m");
+    let _gateway = deployment.gateway();
+    deployment.wait_ready().await;
+    let url = deployment.batch_url("1.1", &["public-x"]);
+    let a = [("X-Client-ID", "client-a")];
+    assert_eq!(get(&url, None, &a).await.status(), 200);
+    assert_eq!(get(&url, None, &a).await.status(), 200);
+    let limited = get(&url, None, &a).await;
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_eq!(
+        get(&url, None, &[("X-Client-ID", "client-b")])
+            .await
+            .status(),
+        200
+    );
+    // No client id: no client bucket to charge.
+    for _ in 0..3 {
+        assert_eq!(get(&url, None, &[]).await.status(), 200);
+    }
+    assert!(
+        metrics(&deployment)
+            .await
+            .contains("porter_protection_refusals_total{rule=\"rate_limit_client\"} 1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_replayed_webhooks_change_nothing() {
     let deployment = Deployment::new("webhook-forgery").with_policy(PRESENCE_POLICY);
     let _gateway = deployment.gateway();
