@@ -239,9 +239,10 @@ fn refusal(why: String) -> ApiError {
         reason::TIMEOUT | reason::EXPIRED | reason::TIME_LIMIT_EXCEEDED => {
             (StatusCode::GATEWAY_TIMEOUT, "timeout")
         }
-        reason::BROKER_UNAVAILABLE | reason::INTERNAL | reason::AUTHORIZER_UNAVAILABLE => {
-            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-        }
+        reason::BROKER_UNAVAILABLE
+        | reason::INTERNAL
+        | reason::AUTHORIZER_UNAVAILABLE
+        | reason::OVERLOADED => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         reason::INVALID_CHANNEL | reason::PUBLIC_CHANNEL => {
             (StatusCode::BAD_REQUEST, "invalid_channel")
         }
