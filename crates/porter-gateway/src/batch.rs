@@ -18,7 +18,7 @@ use porter_core::wire::{AuthData, Event, FORMAT_VERSION, Task};
 use porter_store::CacheLookup;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -147,7 +147,7 @@ pub async fn authorize(
                     return Err(error);
                 }
                 for &i in &misses {
-                    results[prepared[i].index] = Some(Err(reason::BROKER_UNAVAILABLE.to_owned()));
+                    results[prepared[i].index] = Some(Err(error.code.to_owned()));
                 }
             }
             Ok(replies) => {
@@ -172,13 +172,21 @@ pub async fn authorize(
         }
     }
 
+    let mut rules: Vec<&str> = vec!["-"; unique.len()];
+    for p in &prepared {
+        rules[p.index] = p.matched.rule.name.as_str();
+    }
+    let who = crate::audit::Who::of(identity, None);
     Ok(unique
         .into_iter()
         .zip(results)
-        .map(|(name, result)| {
+        .zip(rules)
+        .map(|((name, result), rule)| {
             let result = result.unwrap_or_else(|| Err(reason::INTERNAL.to_owned()));
-            if result.is_err() && !matches!(&result, Err(r) if r == reason::TIMEOUT) {
-                debug!(channel = name, reason = ?result.as_ref().err(), "channel refused");
+            if let Err(why) = &result
+                && why != reason::TIMEOUT
+            {
+                crate::audit::refused(&who, Some(name), rule, why);
             }
             (name.to_owned(), result)
         })
@@ -212,6 +220,9 @@ async fn fan_out(
     if !state.tasks.is_ready() {
         return Err(ApiError::broker_unavailable());
     }
+    // The in-flight cap: past it nothing is published; the permit is held until the replies
+    // are in or the deadline has passed.
+    let _permit = crate::protection::admit_tasks(state, tasks)?;
     let longest = misses
         .iter()
         .map(|&i| prepared[i].matched.rule.route.expires)

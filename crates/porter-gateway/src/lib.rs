@@ -8,15 +8,23 @@
 //! - [`identity`]: who is asking (JWT bearer tokens, client id).
 //! - [`error`]: request-level errors as JSON with stable codes.
 //! - [`metrics`]: Prometheus counters and histograms.
+//! - [`protection`]: rate limits, the in-flight cap, header limit, client IP.
+//! - [`presence`]: global presence (heartbeat, Pusher webhooks).
+//! - [`cors`]: CORS for browser clients.
+//! - [`audit`]: the audit log of refusals and failed authentications.
 //!
 //! Architecture Invariant: signing happens only here; the Pusher secret never leaves the
 //! gateway, and tasks never carry the socket id.
 
 pub mod admin;
+pub mod audit;
 pub mod batch;
+pub mod cors;
 pub mod error;
 pub mod identity;
 pub mod metrics;
+pub mod presence;
+pub mod protection;
 pub mod routes;
 
 use std::sync::Arc;
@@ -61,4 +69,6 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// Guards `/admin/*`.
     pub admin: admin::AdminGuard,
+    /// Rate limits, in-flight cap, CORS origins, presence and webhook settings.
+    pub protection: protection::Protection,
 }

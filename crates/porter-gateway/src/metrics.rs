@@ -50,6 +50,10 @@ pub struct Metrics {
     round_trip_buckets: [AtomicU64; BUCKETS.len()],
     round_trip_count: AtomicU64,
     round_trip_sum_micros: AtomicU64,
+    /// Failed authentications by reason code (bad token, missing user, forged webhook, …).
+    auth_failures: Mutex<BTreeMap<&'static str, u64>>,
+    /// Requests refused by the protection layer, by rule (rate limits, in-flight cap, …).
+    protection_refusals: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -81,6 +85,66 @@ impl Metrics {
         self.round_trip_count.fetch_add(1, Ordering::Relaxed);
         self.round_trip_sum_micros
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a failed authentication; `reason` is the stable error code.
+    pub fn auth_failure(&self, reason: &'static str) {
+        *self
+            .auth_failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// Counts a request refused by a protection rule.
+    pub fn protection_refusal(&self, rule: &'static str) {
+        *self
+            .protection_refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(rule)
+            .or_default() += 1;
+    }
+
+    /// The protection part of `/metrics`: failures, refusals, tasks in flight and their cap
+    /// (0 = no cap).
+    pub fn render_protection(&self, in_flight: usize, cap: Option<usize>) -> String {
+        let mut out = String::with_capacity(1024);
+        out.push_str("# HELP porter_auth_failures_total Failed authentications by reason.\n# TYPE porter_auth_failures_total counter\n");
+        for (reason, count) in self
+            .auth_failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "porter_auth_failures_total{{reason=\"{reason}\"}} {count}"
+            );
+        }
+        out.push_str("# HELP porter_protection_refusals_total Requests refused by a protection rule.\n# TYPE porter_protection_refusals_total counter\n");
+        for (rule, count) in self
+            .protection_refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "porter_protection_refusals_total{{rule=\"{rule}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP porter_tasks_in_flight Channel tasks this gateway has in flight.\n# TYPE porter_tasks_in_flight gauge\nporter_tasks_in_flight {in_flight}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP porter_tasks_in_flight_cap The cap on channel tasks in flight (0: none).\n# TYPE porter_tasks_in_flight_cap gauge\nporter_tasks_in_flight_cap {}",
+            cap.unwrap_or(0)
+        );
+        out
     }
 
     pub fn channel_count(&self, outcome: Outcome) -> u64 {

@@ -3,6 +3,7 @@
 //! - `GET /pusher/batch-authenticate`: seed 000's batch endpoint.
 //! - `POST /pusher/auth`: pusher-js's single-channel request, or the `pusher-js-auth` batch
 //!   plugin's indexed form (`channel_name[0]=…`), told apart by their keys.
+//! - `POST /presence/heartbeat`, `POST /pusher/webhook`: global presence (`presence.rs`).
 //! - `/healthz`, `/readyz`, `/metrics`.
 
 use actix_web::http::StatusCode;
@@ -25,6 +26,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::get().to(batch_authenticate),
         )
         .route("/pusher/auth", web::post().to(pusher_auth))
+        .route(
+            "/presence/heartbeat",
+            web::post().to(crate::presence::heartbeat),
+        )
+        .route("/pusher/webhook", web::post().to(crate::presence::webhook))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics));
@@ -105,8 +111,13 @@ async fn batch_authenticate_inner(
         // Far beyond the limit even before deduplication: refuse without more work.
         return Err(too_many(state));
     }
-    let identity = state.identity.identify(request)?;
-    let results = batch::authorize(state, &identity, socket_id, &channels).await?;
+    let identity = crate::protection::identify(state, request).await?;
+    crate::protection::check_rate(state, request, &identity).await?;
+    let results = batch::authorize(state, &identity, socket_id, &channels)
+        .await
+        .inspect_err(|e| {
+            crate::protection::audit_unauthorized(state, request, Some(&identity), e)
+        })?;
     Ok(HttpResponse::Ok()
         .insert_header(("Accept-CH", "DPR"))
         .insert_header(("Accept-CH-Lifetime", "3600"))
@@ -193,19 +204,28 @@ async fn pusher_auth_inner(
 ) -> Result<HttpResponse, ApiError> {
     let form = parse_auth_body(request, body)?;
     let socket_id = checked_socket_id(form.socket_id.as_deref())?;
-    let identity = state.identity.identify(request)?;
+    let identity = crate::protection::identify(state, request).await?;
+    crate::protection::check_rate(state, request, &identity).await?;
     if !form.indexed.is_empty() {
         if form.indexed.len() > state.config.max_channels {
             return Err(too_many(state));
         }
-        let results = batch::authorize(state, &identity, socket_id, &form.indexed).await?;
+        let results = batch::authorize(state, &identity, socket_id, &form.indexed)
+            .await
+            .inspect_err(|e| {
+                crate::protection::audit_unauthorized(state, request, Some(&identity), e)
+            })?;
         return Ok(HttpResponse::Ok().json(plugin_body(&results)));
     }
     let channel = form
         .single
         .filter(|c| !c.is_empty())
         .ok_or_else(|| ApiError::bad_request("missing_channel_name", "channel_name is required"))?;
-    let mut results = batch::authorize(state, &identity, socket_id, &[channel]).await?;
+    let mut results = batch::authorize(state, &identity, socket_id, &[channel])
+        .await
+        .inspect_err(|e| {
+            crate::protection::audit_unauthorized(state, request, Some(&identity), e)
+        })?;
     match results.pop().map(|(_, result)| result) {
         Some(Ok(signed)) => Ok(HttpResponse::Ok().json(signed)),
         Some(Err(reason)) => Err(refusal(reason)),
@@ -219,9 +239,10 @@ fn refusal(why: String) -> ApiError {
         reason::TIMEOUT | reason::EXPIRED | reason::TIME_LIMIT_EXCEEDED => {
             (StatusCode::GATEWAY_TIMEOUT, "timeout")
         }
-        reason::BROKER_UNAVAILABLE | reason::INTERNAL | reason::AUTHORIZER_UNAVAILABLE => {
-            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-        }
+        reason::BROKER_UNAVAILABLE
+        | reason::INTERNAL
+        | reason::AUTHORIZER_UNAVAILABLE
+        | reason::OVERLOADED => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         reason::INVALID_CHANNEL | reason::PUBLIC_CHANNEL => {
             (StatusCode::BAD_REQUEST, "invalid_channel")
         }
@@ -260,7 +281,12 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let pending = state.tasks.pending();
+    let mut body = state.metrics.render(pending.len(), pending.dropped());
+    body.push_str(&state.metrics.render_protection(
+        state.protection.tasks_in_flight(),
+        state.protection.tasks_in_flight_cap(),
+    ));
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render(pending.len(), pending.dropped()))
+        .body(body)
 }

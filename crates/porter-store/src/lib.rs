@@ -6,12 +6,19 @@
 //! cache name, which drops `-encrypted`, so an encrypted channel and its plain twin share it.
 
 pub mod memory;
+pub mod ratelimit;
 pub mod redis;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use thiserror::Error;
+
+pub use ratelimit::{Quota, RateCheck, RateDecision};
+
+/// How long a user's set of presence channels lives without a `member_added`: a safety net
+/// for `member_removed` webhooks that never arrive.
+pub const PRESENCE_CHANNELS_TTL: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -72,6 +79,22 @@ impl Keys {
     pub fn online(&self, user_id: &str) -> String {
         format!("{}online:{user_id}", self.prefix)
     }
+
+    /// Set of the presence channels a user is a member of, kept by Pusher webhooks (seed
+    /// 002: a user is online while in any presence channel or heartbeating).
+    pub fn presence_channels(&self, user_id: &str) -> String {
+        format!("{}presence-channels:{user_id}", self.prefix)
+    }
+
+    /// A rate-limit bucket's GCRA state (`bucket` is e.g. `user:7`, `client:abc`, `ip:…`).
+    pub fn rate_limit(&self, bucket: &str) -> String {
+        format!("{}ratelimit:{bucket}", self.prefix)
+    }
+
+    /// Marks a message id (e.g. a webhook signature) as seen, against replays.
+    pub fn seen(&self, id: &str) -> String {
+        format!("{}seen:{id}", self.prefix)
+    }
 }
 
 /// One cache look-up: the channel's cache name and the scope field.
@@ -123,8 +146,20 @@ pub trait Store: Send + Sync + 'static {
         fields: &[(String, String)],
     ) -> Result<(), StoreError>;
 
+    /// Online = heartbeating (the `online` key is live) or in any presence channel.
     async fn is_online(&self, user_id: &str) -> Result<bool, StoreError>;
     async fn set_online(&self, user_id: &str, ttl: Duration) -> Result<(), StoreError>;
+    /// Records that a user joined a presence channel (Pusher `member_added`).
+    async fn join_presence(&self, user_id: &str, channel: &str) -> Result<(), StoreError>;
+    /// Records that a user left a presence channel (Pusher `member_removed`).
+    async fn leave_presence(&self, user_id: &str, channel: &str) -> Result<(), StoreError>;
+
+    /// Checks and charges the rate-limit buckets of one request, atomically: a request
+    /// refused by any bucket charges none.
+    async fn rate_limit(&self, checks: &[RateCheck<'_>]) -> Result<RateDecision, StoreError>;
+
+    /// `true` the first time an id is seen within `ttl`, `false` on a repeat (replay guard).
+    async fn first_sighting(&self, id: &str, ttl: Duration) -> Result<bool, StoreError>;
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -8,12 +8,26 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::{CacheLookup, Keys, Store, StoreError};
+use crate::ratelimit::gcra;
+use crate::{CacheLookup, Keys, PRESENCE_CHANNELS_TTL, RateCheck, RateDecision, Store, StoreError};
 
 enum Value {
     Hash(BTreeMap<String, String>),
     Set(BTreeSet<String>),
     Flag,
+    /// A rate-limit bucket's theoretical arrival time, in µs of [`clock_us`].
+    Tat(u64),
+}
+
+/// Past this many keys, a rate-limit check first sweeps out expired entries, so buckets of
+/// one-off callers do not pile up in a long-running `porter dev`.
+const SWEEP_ABOVE: usize = 50_000;
+
+/// Microseconds on a monotonic clock (tokio's, so paused-time tests can advance it).
+fn clock_us() -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    Instant::now().duration_since(base).as_micros() as u64 + 1
 }
 
 struct Entry {
@@ -210,7 +224,13 @@ impl Store for MemoryStore {
     }
 
     async fn is_online(&self, user_id: &str) -> Result<bool, StoreError> {
-        Ok(Self::live(&mut self.data(), &self.keys.online(user_id)).is_some())
+        let mut data = self.data();
+        let heartbeat = Self::live(&mut data, &self.keys.online(user_id)).is_some();
+        let in_channel = matches!(
+            Self::live(&mut data, &self.keys.presence_channels(user_id)).map(|e| &e.value),
+            Some(Value::Set(s)) if !s.is_empty()
+        );
+        Ok(heartbeat || in_channel)
     }
 
     async fn set_online(&self, user_id: &str, ttl: Duration) -> Result<(), StoreError> {
@@ -222,6 +242,104 @@ impl Store for MemoryStore {
             },
         );
         Ok(())
+    }
+
+    async fn join_presence(&self, user_id: &str, channel: &str) -> Result<(), StoreError> {
+        let key = self.keys.presence_channels(user_id);
+        let mut data = self.data();
+        let expires = Some(Instant::now() + PRESENCE_CHANNELS_TTL);
+        match Self::live(&mut data, &key) {
+            Some(Entry {
+                value: Value::Set(s),
+                expires: at,
+            }) => {
+                s.insert(channel.to_owned());
+                *at = expires;
+            }
+            _ => {
+                data.insert(
+                    key,
+                    Entry {
+                        value: Value::Set(BTreeSet::from([channel.to_owned()])),
+                        expires,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn leave_presence(&self, user_id: &str, channel: &str) -> Result<(), StoreError> {
+        let key = self.keys.presence_channels(user_id);
+        let mut data = self.data();
+        let now_empty = match Self::live(&mut data, &key) {
+            Some(Entry {
+                value: Value::Set(s),
+                ..
+            }) => {
+                s.remove(channel);
+                s.is_empty()
+            }
+            _ => false,
+        };
+        if now_empty {
+            // As in Redis, an empty set does not exist.
+            data.remove(&key);
+        }
+        Ok(())
+    }
+
+    async fn rate_limit(&self, checks: &[RateCheck<'_>]) -> Result<RateDecision, StoreError> {
+        let mut data = self.data();
+        if data.len() > SWEEP_ABOVE {
+            let now = Instant::now();
+            data.retain(|_, e| e.expires.is_none_or(|at| at > now));
+        }
+        let now = clock_us();
+        let mut charged = Vec::with_capacity(checks.len());
+        for (index, check) in checks.iter().enumerate() {
+            let key = self.keys.rate_limit(check.bucket);
+            let tat = match Self::live(&mut data, &key).map(|e| &e.value) {
+                Some(Value::Tat(tat)) => Some(*tat),
+                _ => None,
+            };
+            match gcra(now, tat, check.quota) {
+                Ok(new_tat) => charged.push((key, new_tat)),
+                Err(retry_us) => {
+                    return Ok(RateDecision::Limited {
+                        bucket: index,
+                        retry_after: Duration::from_micros(retry_us),
+                    });
+                }
+            }
+        }
+        let instant = Instant::now();
+        for (key, tat) in charged {
+            data.insert(
+                key,
+                Entry {
+                    value: Value::Tat(tat),
+                    expires: Some(instant + Duration::from_micros(tat.saturating_sub(now))),
+                },
+            );
+        }
+        Ok(RateDecision::Allowed)
+    }
+
+    async fn first_sighting(&self, id: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let key = self.keys.seen(id);
+        let mut data = self.data();
+        if Self::live(&mut data, &key).is_some() {
+            return Ok(false);
+        }
+        data.insert(
+            key,
+            Entry {
+                value: Value::Flag,
+                expires: Some(Instant::now() + ttl),
+            },
+        );
+        Ok(true)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -250,6 +368,93 @@ mod tests {
         );
         tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(store.cached(&lookup).await.unwrap(), vec![None]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn online_while_heartbeating_or_in_any_presence_channel() {
+        let store = MemoryStore::default();
+        assert!(!store.is_online("7").await.unwrap());
+        store.join_presence("7", "presence-a@1").await.unwrap();
+        store.join_presence("7", "presence-b@2").await.unwrap();
+        assert!(store.is_online("7").await.unwrap());
+        store.leave_presence("7", "presence-a@1").await.unwrap();
+        assert!(store.is_online("7").await.unwrap(), "still in presence-b@2");
+        store
+            .set_online("7", Duration::from_secs(30))
+            .await
+            .unwrap();
+        store.leave_presence("7", "presence-b@2").await.unwrap();
+        assert!(store.is_online("7").await.unwrap(), "still heartbeating");
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(!store.is_online("7").await.unwrap());
+        assert!(!store.is_online("8").await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limits_refuse_past_the_burst_and_charge_nothing_when_refused() {
+        let store = MemoryStore::default();
+        let user = RateCheck {
+            bucket: "user:7",
+            quota: "2/s".parse().unwrap(),
+        };
+        let ip = RateCheck {
+            bucket: "ip:127.0.0.1",
+            quota: "3/s".parse().unwrap(),
+        };
+        for _ in 0..2 {
+            assert_eq!(
+                store.rate_limit(&[user, ip]).await.unwrap(),
+                RateDecision::Allowed
+            );
+        }
+        match store.rate_limit(&[user, ip]).await.unwrap() {
+            RateDecision::Limited {
+                bucket,
+                retry_after,
+            } => {
+                assert_eq!(bucket, 0, "the user bucket refused");
+                assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_millis(500));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The refused request did not charge the IP bucket: one more passes there.
+        assert_eq!(
+            store.rate_limit(&[ip]).await.unwrap(),
+            RateDecision::Allowed
+        );
+        assert!(matches!(
+            store.rate_limit(&[ip]).await.unwrap(),
+            RateDecision::Limited { bucket: 0, .. }
+        ));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(
+            store.rate_limit(&[user]).await.unwrap(),
+            RateDecision::Allowed
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sighting_repeats_only_after_its_ttl() {
+        let store = MemoryStore::default();
+        assert!(
+            store
+                .first_sighting("x", Duration::from_secs(5))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .first_sighting("x", Duration::from_secs(5))
+                .await
+                .unwrap()
+        );
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(
+            store
+                .first_sighting("x", Duration::from_secs(5))
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]

@@ -18,7 +18,8 @@ use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
-use crate::{CacheLookup, Keys, Store, StoreError};
+use crate::ratelimit::GCRA_SCRIPT;
+use crate::{CacheLookup, Keys, PRESENCE_CHANNELS_TTL, RateCheck, RateDecision, Store, StoreError};
 
 /// The longest any one store call may take.
 const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -27,6 +28,8 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
 pub struct RedisStore {
     shared: Arc<Shared>,
     keys: Keys,
+    /// The GCRA script, sent by `EVALSHA` (loaded on first use).
+    gcra: Arc<redis::Script>,
 }
 
 struct Shared {
@@ -60,6 +63,7 @@ impl RedisStore {
                 next: AtomicUsize::new(0),
             }),
             keys,
+            gcra: Arc::new(redis::Script::new(GCRA_SCRIPT)),
         })
     }
 
@@ -204,14 +208,77 @@ impl Store for RedisStore {
     }
 
     async fn is_online(&self, user_id: &str) -> Result<bool, StoreError> {
-        let key = self.keys.online(user_id);
-        self.run(async |c| c.exists(&key).await).await
+        // An empty set does not exist in Redis, so one EXISTS over both keys answers
+        // "heartbeating or in any presence channel".
+        let keys = [
+            self.keys.online(user_id),
+            self.keys.presence_channels(user_id),
+        ];
+        let live: u32 = self.run(async |c| c.exists(&keys).await).await?;
+        Ok(live > 0)
     }
 
     async fn set_online(&self, user_id: &str, ttl: Duration) -> Result<(), StoreError> {
         let key = self.keys.online(user_id);
         self.run(async |c| c.set_ex::<_, _, ()>(&key, "1", ttl.as_secs().max(1)).await)
             .await
+    }
+
+    async fn join_presence(&self, user_id: &str, channel: &str) -> Result<(), StoreError> {
+        let key = self.keys.presence_channels(user_id);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .sadd(&key, channel)
+            .ignore()
+            .expire(&key, PRESENCE_CHANNELS_TTL.as_secs() as i64)
+            .ignore();
+        self.run(async |c| pipe.query_async(c).await).await
+    }
+
+    async fn leave_presence(&self, user_id: &str, channel: &str) -> Result<(), StoreError> {
+        let key = self.keys.presence_channels(user_id);
+        self.run(async |c| c.srem::<_, _, ()>(&key, channel).await)
+            .await
+    }
+
+    async fn rate_limit(&self, checks: &[RateCheck<'_>]) -> Result<RateDecision, StoreError> {
+        if checks.is_empty() {
+            return Ok(RateDecision::Allowed);
+        }
+        let mut invocation = self.gcra.prepare_invoke();
+        for check in checks {
+            invocation
+                .key(self.keys.rate_limit(check.bucket))
+                .arg(check.quota.interval_us())
+                .arg(check.quota.tolerance_us());
+        }
+        let (index, retry_us): (usize, u64) =
+            self.run(async |c| invocation.invoke_async(c).await).await?;
+        Ok(match index {
+            0 => RateDecision::Allowed,
+            i => RateDecision::Limited {
+                bucket: i - 1,
+                retry_after: Duration::from_micros(retry_us),
+            },
+        })
+    }
+
+    async fn first_sighting(&self, id: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let key = self.keys.seen(id);
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let set: Option<String> = self
+            .run(async |c| {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg("1")
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        Ok(set.is_some())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -18,6 +18,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start-up: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Sign a channel subscription or a user authentication, as the official SDKs do.
@@ -155,6 +157,8 @@ pub struct HttpArgs {
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "PORTER_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
+    #[command(flatten)]
+    pub protection: ProtectionArgs,
 }
 
 #[derive(Args, Debug)]
@@ -204,9 +208,167 @@ pub struct DevArgs {
     pub workers: usize,
     #[arg(long, env = "PORTER_POLICY")]
     pub policy: Option<PathBuf>,
+    /// Rate limits (counted in memory), CORS and presence settings, as for the gateway.
+    #[command(flatten)]
+    pub protection: ProtectionArgs,
+}
+
+/// Abuse protection and presence settings of the HTTP side. The defaults limit nothing that
+/// ordinary traffic does: rate limits and CORS are off until configured.
+#[derive(Args, Debug, Clone)]
+pub struct ProtectionArgs {
+    /// Requests per authenticated user, `COUNT/PERIOD` (`20/s`, `600/m`); off when unset,
+    /// empty or `off`.
+    #[arg(long, env = "PORTER_RATE_LIMIT_USER")]
+    pub rate_limit_user: Option<OrOff<porter_store::Quota>>,
+    /// Requests per `X-Client-ID`, `COUNT/PERIOD`; off when unset.
+    #[arg(long, env = "PORTER_RATE_LIMIT_CLIENT")]
+    pub rate_limit_client: Option<OrOff<porter_store::Quota>>,
+    /// Requests per client IP, `COUNT/PERIOD`; off when unset.
+    #[arg(long, env = "PORTER_RATE_LIMIT_IP")]
+    pub rate_limit_ip: Option<OrOff<porter_store::Quota>>,
+    /// Proxies whose `X-Forwarded-For` is believed, comma-separated addresses or CIDRs.
+    #[arg(long, env = "PORTER_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<OrOff<porter_gateway::protection::IpNet>>,
+    /// Channel tasks this gateway may have in flight; past it requests get 503 (0: no cap).
+    #[arg(long, env = "PORTER_MAX_TASKS_IN_FLIGHT", default_value_t = 20_000)]
+    pub max_tasks_in_flight: usize,
+    /// Total bytes of request headers; larger requests get 431.
+    #[arg(long, env = "PORTER_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+    /// Origins allowed by CORS, comma-separated (`*` = any); CORS is off when empty.
+    #[arg(long, env = "PORTER_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Seconds a heartbeat keeps a user online.
+    #[arg(long, env = "PORTER_PRESENCE_TTL", default_value_t = 60)]
+    pub presence_ttl: u64,
+    /// Seconds a webhook's `time_ms` may be off from now before it is refused as a replay.
+    #[arg(long, env = "PORTER_WEBHOOK_MAX_AGE", default_value_t = 300)]
+    pub webhook_max_age: u64,
+}
+
+impl Default for ProtectionArgs {
+    fn default() -> ProtectionArgs {
+        ProtectionArgs {
+            rate_limit_user: None,
+            rate_limit_client: None,
+            rate_limit_ip: None,
+            trusted_proxies: Vec::new(),
+            max_tasks_in_flight: 20_000,
+            max_header_bytes: 16 * 1024,
+            cors_origins: Vec::new(),
+            presence_ttl: 60,
+            webhook_max_age: 300,
+        }
+    }
+}
+
+impl ProtectionArgs {
+    pub fn config(&self) -> porter_gateway::protection::ProtectionConfig {
+        porter_gateway::protection::ProtectionConfig {
+            rate_user: self.rate_limit_user.and_then(OrOff::value),
+            rate_client: self.rate_limit_client.and_then(OrOff::value),
+            rate_ip: self.rate_limit_ip.and_then(OrOff::value),
+            trusted_proxies: self
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| p.value())
+                .collect(),
+            max_tasks_in_flight: Some(self.max_tasks_in_flight).filter(|c| *c > 0),
+            max_header_bytes: self.max_header_bytes.max(1024),
+            cors_origins: self
+                .cors_origins
+                .iter()
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            presence_ttl: std::time::Duration::from_secs(self.presence_ttl.max(1)),
+            webhook_max_age: std::time::Duration::from_secs(self.webhook_max_age.max(1)),
+        }
+    }
+}
+
+/// A setting that may also be switched off: an empty value or `off` is `None`, so a
+/// deployment can blank an environment variable instead of removing it.
+#[derive(Debug, Clone, Copy)]
+pub struct OrOff<T>(Option<T>);
+
+impl<T: Copy> OrOff<T> {
+    pub fn value(self) -> Option<T> {
+        self.0
+    }
+}
+
+impl<T: std::str::FromStr> std::str::FromStr for OrOff<T> {
+    type Err = T::Err;
+
+    fn from_str(text: &str) -> Result<OrOff<T>, T::Err> {
+        let text = text.trim();
+        if text.is_empty() || text.eq_ignore_ascii_case("off") {
+            Ok(OrOff(None))
+        } else {
+            text.parse().map(|v| OrOff(Some(v)))
+        }
+    }
 }
 
 fn parse_reply_mode(name: &str) -> Result<ReplyMode, String> {
     ReplyMode::parse(name)
         .ok_or_else(|| format!("unknown reply mode `{name}`; use exclusive or direct"))
+}
+
+#[cfg(test)]
+mod protection_args_tests {
+    use super::*;
+
+    fn gateway(args: &[&str]) -> GatewayArgs {
+        let cli = Cli::try_parse_from([&["porter", "gateway"], args].concat()).expect("parses");
+        match cli.command {
+            Command::Gateway(args) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_limit_nothing_and_match_default() {
+        let parsed = gateway(&[]).http.protection;
+        let config = parsed.config();
+        assert!(config.rate_user.is_none() && config.rate_client.is_none());
+        assert!(config.rate_ip.is_none() && config.cors_origins.is_empty());
+        assert!(config.trusted_proxies.is_empty());
+        assert_eq!(config.max_tasks_in_flight, Some(20_000));
+        let default = ProtectionArgs::default().config();
+        assert_eq!(format!("{config:?}"), format!("{default:?}"));
+    }
+
+    #[test]
+    fn flags_configure_protection() {
+        let config = gateway(&[
+            "--rate-limit-user",
+            "20/s",
+            "--rate-limit-ip",
+            "off",
+            "--trusted-proxies",
+            "10.0.0.0/8,::1",
+            "--cors-origins",
+            "https://a.example, https://b.example",
+            "--max-tasks-in-flight",
+            "0",
+            "--presence-ttl",
+            "30",
+        ])
+        .http
+        .protection
+        .config();
+        assert_eq!(config.rate_user.map(|q| q.count), Some(20));
+        assert!(config.rate_ip.is_none());
+        assert_eq!(config.trusted_proxies.len(), 2);
+        assert_eq!(
+            config.cors_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert_eq!(config.max_tasks_in_flight, None);
+        assert_eq!(config.presence_ttl.as_secs(), 30);
+        assert!(Cli::try_parse_from(["porter", "gateway", "--rate-limit-user", "x"]).is_err());
+    }
 }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use porter_broker::amqp::{AmqpClient, AmqpConfig, AmqpSource, ReplyMode};
@@ -58,6 +59,7 @@ fn app_state(
         },
         metrics: Default::default(),
         admin: AdminGuard::new(http.admin_token.as_deref()),
+        protection: porter_gateway::protection::Protection::new(http.protection.config()),
     }))
 }
 
@@ -69,6 +71,8 @@ async fn serve_http(
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .wrap(from_fn(porter_gateway::protection::limit_request_size))
+            .wrap(from_fn(porter_gateway::cors::cors))
             .configure(porter_gateway::configure)
     })
     .bind(listen)
@@ -236,6 +240,7 @@ pub fn dev(args: DevArgs) -> anyhow::Result<()> {
         sign_private_data: false,
         admin_token: None,
         http_workers: None,
+        protection: args.protection.clone(),
     };
     actix_web::rt::System::new().block_on(async move {
         let stop = CancellationToken::new();

@@ -79,6 +79,9 @@ pub struct Deployment {
     pub policy: Option<PathBuf>,
     pub port: u16,
     pub extra_env: Vec<(String, String)>,
+    /// When set, each process's stdout and stderr go to a file in this directory instead of
+    /// the test's stderr (see [`Deployment::capture_logs`]).
+    pub log_dir: Option<PathBuf>,
 }
 
 impl Deployment {
@@ -88,6 +91,64 @@ impl Deployment {
             policy: None,
             port: free_port(),
             extra_env: Vec::new(),
+            log_dir: None,
+        }
+    }
+
+    /// Another gateway of the same deployment (same prefixes, policy and settings) on its
+    /// own port.
+    pub fn sibling(&self) -> Deployment {
+        Deployment {
+            prefix: self.prefix.clone(),
+            policy: self.policy.clone(),
+            port: free_port(),
+            extra_env: self.extra_env.clone(),
+            log_dir: self.log_dir.clone(),
+        }
+    }
+
+    /// Sets an environment variable of every process started after this.
+    pub fn with_env(mut self, key: &str, value: &str) -> Deployment {
+        self.extra_env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Captures stdout and stderr of every process started after this into files, read
+    /// back with [`Deployment::captured_logs`].
+    pub fn capture_logs(mut self) -> Deployment {
+        let dir = std::env::temp_dir().join(format!("{}logs", self.prefix));
+        std::fs::create_dir_all(&dir).expect("create log dir");
+        self.log_dir = Some(dir);
+        self
+    }
+
+    /// Everything the processes wrote so far, file by file.
+    pub fn captured_logs(&self) -> String {
+        let mut all = String::new();
+        let Some(dir) = &self.log_dir else {
+            return all;
+        };
+        let mut paths: Vec<_> = std::fs::read_dir(dir)
+            .expect("read log dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        paths.sort();
+        for path in paths {
+            all.push_str(&format!("==> {} <==\n", path.display()));
+            all.push_str(&String::from_utf8_lossy(
+                &std::fs::read(&path).expect("read log"),
+            ));
+        }
+        all
+    }
+
+    /// Routes a process's output to a new file of the log directory, when capturing.
+    fn route_output(&self, command: &mut Command, name: &str) {
+        if let Some(dir) = &self.log_dir {
+            let path = dir.join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple()));
+            let file = std::fs::File::create(&path).expect("create log file");
+            let copy = file.try_clone().expect("clone log file");
+            command.stdout(Stdio::from(file)).stderr(Stdio::from(copy));
         }
     }
 
@@ -128,8 +189,9 @@ impl Deployment {
 
     pub fn gateway(&self) -> Proc {
         let listen = format!("127.0.0.1:{}", self.port);
-        let child = self
-            .command(&["gateway", "--listen", &listen, "--http-workers", "1"])
+        let mut command = self.command(&["gateway", "--listen", &listen, "--http-workers", "1"]);
+        self.route_output(&mut command, "gateway");
+        let child = command
             .env("PUSHER_APP_ID", APP_ID)
             .env("PUSHER_KEY", KEY)
             .env("PUSHER_SECRET", SECRET)
@@ -144,10 +206,9 @@ impl Deployment {
     }
 
     pub fn worker(&self) -> Proc {
-        let child = self
-            .command(&["worker", "--concurrency", "16", "--prefetch", "16"])
-            .spawn()
-            .expect("start worker");
+        let mut command = self.command(&["worker", "--concurrency", "16", "--prefetch", "16"]);
+        self.route_output(&mut command, "worker");
+        let child = command.spawn().expect("start worker");
         Proc {
             child,
             name: "worker".into(),

@@ -1,0 +1,122 @@
+//! CORS for browser clients that call the gateway from another origin.
+//!
+//! Off unless origins are configured (`PORTER_CORS_ORIGINS`; `*` allows any). For an allowed
+//! `Origin`, a preflight (`OPTIONS` with `Access-Control-Request-Method`) is answered 204 here,
+//! without reaching a handler, and every other response (errors included, so a browser can
+//! read a 429's `Retry-After`) carries `Access-Control-Allow-Origin`. A preflight from an
+//! origin that is not allowed gets 403 `cors_origin_not_allowed`; other requests from it pass
+//! through without CORS headers, so the browser withholds the response from the page.
+//!
+//! Credentials mode is not enabled: callers authenticate with headers (`Authorization`,
+//! `X-Session-ID`), not cookies.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::middleware::Next;
+use actix_web::{HttpResponse, ResponseError, web};
+
+use crate::AppState;
+use crate::audit::{self, Who};
+use crate::error::ApiError;
+
+/// Request headers a browser may send cross-origin.
+pub const ALLOWED_HEADERS: &str =
+    "authorization, content-type, x-client-id, x-client-pk, x-session-id";
+/// Response headers a page may read.
+const EXPOSED_HEADERS: &str = "retry-after";
+/// How long a browser may cache a preflight answer, in seconds.
+const MAX_AGE: &str = "600";
+
+/// Whether `origin` is in the configured list.
+pub fn allows(origins: &[String], origin: &str) -> bool {
+    origins.iter().any(|o| o == "*" || o == origin)
+}
+
+fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(HeaderName::from_static(name), value);
+    }
+}
+
+/// The CORS middleware; a no-op when no origins are configured.
+pub async fn cors(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let origin = request
+        .headers()
+        .get("origin")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let state = request.app_data::<web::Data<AppState>>().cloned();
+    let (Some(origin), Some(state)) = (origin, state) else {
+        return next
+            .call(request)
+            .await
+            .map(ServiceResponse::map_into_left_body);
+    };
+    let origins = &state.protection.config.cors_origins;
+    if origins.is_empty() {
+        return next
+            .call(request)
+            .await
+            .map(ServiceResponse::map_into_left_body);
+    }
+    let allowed = allows(origins, &origin);
+    let preflight = request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key("access-control-request-method");
+    if preflight {
+        let response = if allowed {
+            let mut response = HttpResponse::NoContent().finish();
+            let headers = response.headers_mut();
+            insert(headers, "access-control-allow-origin", &origin);
+            insert(
+                headers,
+                "access-control-allow-methods",
+                "GET, POST, OPTIONS",
+            );
+            insert(headers, "access-control-allow-headers", ALLOWED_HEADERS);
+            insert(headers, "access-control-max-age", MAX_AGE);
+            insert(headers, "vary", "Origin");
+            response
+        } else {
+            state.metrics.protection_refusal("cors_origin");
+            let ip = state.protection.client_ip(request.request());
+            audit::refused(&Who::ip(ip), None, "cors_origin", "cors_origin_not_allowed");
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cors_origin_not_allowed",
+                "this origin may not call the gateway",
+            )
+            .error_response()
+        };
+        return Ok(request.into_response(response).map_into_right_body());
+    }
+    let mut response = next.call(request).await?;
+    if allowed {
+        let headers = response.headers_mut();
+        insert(headers, "access-control-allow-origin", &origin);
+        insert(headers, "access-control-expose-headers", EXPOSED_HEADERS);
+        insert(headers, "vary", "Origin");
+    }
+    Ok(response.map_into_left_body())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_match_exactly_or_by_wildcard() {
+        let list = vec!["https://app.example".to_owned()];
+        assert!(allows(&list, "https://app.example"));
+        assert!(!allows(&list, "https://app.example.evil"));
+        assert!(!allows(&list, "http://app.example"));
+        assert!(allows(&["*".to_owned()], "https://anything"));
+        assert!(!allows(&[], "https://app.example"));
+    }
+}

@@ -1,0 +1,213 @@
+//! Global presence (seed 002): one online status per user, whatever app sends it.
+//!
+//! A user is online while heartbeating (`POST /presence/heartbeat`, authenticated; the flag
+//! lives `PORTER_PRESENCE_TTL` seconds) or while a member of any presence channel, which the
+//! realtime server reports by signed webhooks (`POST /pusher/webhook`: `member_added`,
+//! `member_removed`). `channel_vacated` drops the channel's cached authorization data. The
+//! store's `is_online` combines both, and the workers' `user.online` data reads it.
+//!
+//! Architecture Invariant: a webhook changes nothing unless its `X-Pusher-Key` and
+//! `X-Pusher-Signature` (HMAC of the raw body with the app secret, compared in constant time)
+//! are right, its `time_ms` is within `PORTER_WEBHOOK_MAX_AGE` of now, and the same signed
+//! body has not been applied before within that window (replays are ignored).
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use porter_broker::now_ms;
+use porter_core::channel::{Channel, ChannelKind};
+use serde::Deserialize;
+use serde_json::json;
+use tracing::{debug, warn};
+
+use crate::AppState;
+use crate::audit::{self, Who};
+use crate::error::ApiError;
+use crate::protection;
+
+fn store_unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "presence could not be stored; retry shortly",
+    )
+}
+
+/// `POST /presence/heartbeat`: marks the caller online for the presence TTL.
+pub async fn heartbeat(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let result = heartbeat_inner(&request, &state).await;
+    let status = match &result {
+        Ok(response) => response.status(),
+        Err(error) => error.status,
+    };
+    state.metrics.request("presence-heartbeat", status.as_u16());
+    result
+}
+
+async fn heartbeat_inner(
+    request: &HttpRequest,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
+    let identity = protection::identify(state, request).await?;
+    let Some(user) = identity.user_id.as_deref() else {
+        let ip = state.protection.client_ip(request);
+        audit::auth_failed(&Who::of(&identity, ip), "unauthenticated");
+        state.metrics.auth_failure("unauthenticated");
+        return Err(ApiError::unauthorized(
+            "unauthenticated",
+            "a heartbeat needs an authenticated user",
+        ));
+    };
+    protection::check_rate(state, request, &identity).await?;
+    // INTEGRATOR (issue 5, identity half): revocations are checked in the batch's cache
+    // round trip, which a heartbeat does not make: call the revocation check here
+    // (`crate::revocation::ensure_not_revoked(&*state.store, &identity)`, auditing a 401
+    // with `protection::audit_unauthorized`).
+    let ttl = state.protection.config.presence_ttl;
+    state.store.set_online(user, ttl).await.map_err(|error| {
+        warn!(%error, "could not store a heartbeat");
+        store_unavailable()
+    })?;
+    Ok(HttpResponse::Ok().json(json!({ "online": true, "ttl": ttl.as_secs() })))
+}
+
+/// A Pusher webhook body.
+#[derive(Debug, Deserialize)]
+struct WebhookBody {
+    time_ms: u64,
+    #[serde(default)]
+    events: Vec<WebhookEvent>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WebhookEvent {
+    name: String,
+    #[serde(default)]
+    channel: Option<String>,
+    /// A string in Pusher's webhooks; numbers are accepted too.
+    #[serde(default)]
+    user_id: Option<serde_json::Value>,
+}
+
+impl WebhookEvent {
+    fn user(&self) -> Option<String> {
+        match self.user_id.as_ref()? {
+            serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+}
+
+fn header<'a>(request: &'a HttpRequest, name: &str) -> &'a str {
+    request
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// `POST /pusher/webhook`: presence and cache upkeep from the realtime server.
+pub async fn webhook(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let result = webhook_inner(&request, &body, &state).await;
+    let status = match &result {
+        Ok(response) => response.status(),
+        Err(error) => error.status,
+    };
+    state.metrics.request("webhook", status.as_u16());
+    result
+}
+
+async fn webhook_inner(
+    request: &HttpRequest,
+    body: &[u8],
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
+    let who = Who::ip(state.protection.client_ip(request));
+    let refuse = |code: &'static str, message: &str| {
+        audit::auth_failed(&who, code);
+        state.metrics.auth_failure(code);
+        ApiError::unauthorized(code, message)
+    };
+    let signature = header(request, "x-pusher-signature");
+    if !state
+        .signer
+        .verify_webhook(header(request, "x-pusher-key"), signature, body)
+    {
+        return Err(refuse(
+            "invalid_webhook_signature",
+            "X-Pusher-Key or X-Pusher-Signature is missing or wrong",
+        ));
+    }
+    let hook: WebhookBody = serde_json::from_slice(body).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_body",
+            "the body is not a Pusher webhook (`time_ms`, `events`)",
+        )
+    })?;
+    let max_age = state.protection.config.webhook_max_age;
+    let age_ms = now_ms().abs_diff(hook.time_ms);
+    if u128::from(age_ms) > max_age.as_millis() {
+        return Err(refuse(
+            "webhook_stale",
+            "the webhook's time_ms is outside the accepted window",
+        ));
+    }
+    // The verified signature identifies the signed body; seen twice within the window is a
+    // replay (or a redelivery of one already applied): acknowledged, not applied again.
+    let first = state
+        .store
+        .first_sighting(
+            &format!("webhook:{}", signature.to_ascii_lowercase()),
+            max_age * 2,
+        )
+        .await
+        .map_err(|error| {
+            warn!(%error, "could not check a webhook for replay");
+            store_unavailable()
+        })?;
+    if !first {
+        audit::refused(&who, None, "webhook_replay", "webhook_replayed");
+        state.metrics.protection_refusal("webhook_replay");
+        return Ok(HttpResponse::Ok().json(json!({ "ok": true, "applied": 0, "replay": true })));
+    }
+    let mut applied = 0;
+    for event in &hook.events {
+        if apply(state, event).await? {
+            applied += 1;
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({ "ok": true, "applied": applied })))
+}
+
+/// Applies one webhook event; `false` when it is not one Porter acts on.
+async fn apply(state: &AppState, event: &WebhookEvent) -> Result<bool, ApiError> {
+    let Some(name) = event.channel.as_deref() else {
+        return Ok(false);
+    };
+    let Ok(channel) = Channel::parse(name) else {
+        debug!(channel = ?name, "webhook for an invalid channel name ignored");
+        return Ok(false);
+    };
+    let user = event.user();
+    let result = match (event.name.as_str(), user.as_deref()) {
+        ("member_added", Some(user)) if channel.kind == ChannelKind::Presence => {
+            state.store.join_presence(user, name).await
+        }
+        ("member_removed", Some(user)) if channel.kind == ChannelKind::Presence => {
+            state.store.leave_presence(user, name).await
+        }
+        ("channel_vacated", _) => state.store.drop_cached(&channel.cache_name()).await,
+        _ => return Ok(false),
+    };
+    result.map(|()| true).map_err(|error| {
+        warn!(%error, event = %event.name, "could not apply a webhook event");
+        store_unavailable()
+    })
+}
