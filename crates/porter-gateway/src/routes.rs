@@ -25,6 +25,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::get().to(batch_authenticate),
         )
         .route("/pusher/auth", web::post().to(pusher_auth))
+        .route("/auth", web::post().to(crate::sessions::create))
+        .route(
+            "/admin/tokens/revoke",
+            web::post().to(crate::revocation::revoke),
+        )
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics));
@@ -105,7 +110,7 @@ async fn batch_authenticate_inner(
         // Far beyond the limit even before deduplication: refuse without more work.
         return Err(too_many(state));
     }
-    let identity = state.identity.identify(request)?;
+    let identity = state.identity.identify(request).await?;
     let results = batch::authorize(state, &identity, socket_id, &channels).await?;
     Ok(HttpResponse::Ok()
         .insert_header(("Accept-CH", "DPR"))
@@ -193,7 +198,7 @@ async fn pusher_auth_inner(
 ) -> Result<HttpResponse, ApiError> {
     let form = parse_auth_body(request, body)?;
     let socket_id = checked_socket_id(form.socket_id.as_deref())?;
-    let identity = state.identity.identify(request)?;
+    let identity = state.identity.identify(request).await?;
     if !form.indexed.is_empty() {
         if form.indexed.len() > state.config.max_channels {
             return Err(too_many(state));

@@ -9,6 +9,7 @@ mod bench;
 mod cli;
 mod serve;
 mod tools;
+mod verifier;
 
 use std::process::ExitCode;
 

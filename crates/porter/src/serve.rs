@@ -13,7 +13,6 @@ use porter_broker::{TaskClient, local};
 use porter_core::policy::{Policy, PrivateData};
 use porter_core::routing::Queue;
 use porter_gateway::admin::AdminGuard;
-use porter_gateway::identity::Verifier;
 use porter_gateway::{AppState, GatewayConfig};
 use porter_store::memory::MemoryStore;
 use porter_store::redis::RedisStore;
@@ -41,12 +40,13 @@ fn app_state(
     tasks: Arc<dyn TaskClient>,
     store: Arc<dyn Store>,
 ) -> anyhow::Result<web::Data<AppState>> {
+    let identity = crate::verifier::verifier(http, store.clone(), tasks.clone())?;
     Ok(web::Data::new(AppState {
         signer: signer(&http.credentials)?,
         policy,
         tasks,
         store,
-        identity: Verifier::hs256(http.jwt_secret.as_deref().map(str::as_bytes)),
+        identity,
         config: GatewayConfig {
             max_channels: http.max_channels.max(1),
             grace: Duration::from_millis(http.grace_ms),
@@ -99,6 +99,7 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         )
         .context("invalid REDIS_URL")?;
         let state = app_state(&args.http, policy, Arc::new(client), Arc::new(store))?;
+        crate::verifier::preload(&state.identity, &args.http).await?;
         let result = serve_http(state, args.listen, args.http.http_workers).await;
         stop.cancel();
         result
@@ -225,6 +226,7 @@ pub fn dev(args: DevArgs) -> anyhow::Result<()> {
         sign_private_data: false,
         admin_token: None,
         http_workers: None,
+        identity: crate::cli::IdentityArgs::default(),
     };
     actix_web::rt::System::new().block_on(async move {
         let stop = CancellationToken::new();
