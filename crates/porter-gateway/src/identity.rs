@@ -431,7 +431,7 @@ mod tests {
         .unwrap()
     }
 
-    fn verifier(algorithms: Vec<Algorithm>) -> (Verifier, std::path::PathBuf) {
+    fn test_verifier(algorithms: Vec<Algorithm>) -> (Verifier, std::path::PathBuf) {
         let path =
             std::env::temp_dir().join(format!("porter-unit-jwks-{}.json", uuid::Uuid::new_v4()));
         std::fs::write(&path, format!("{{\"keys\": [{RSA_A_JWK}, {EC_A_JWK}]}}")).unwrap();
@@ -453,7 +453,7 @@ mod tests {
 
     #[tokio::test]
     async fn hs256_rs256_es256_verify() {
-        let (verifier, path) = verifier(Vec::new());
+        let (verifier, path) = test_verifier(Vec::new());
         let good = claims(json!({}));
         assert_eq!(
             verifier.verify(&hs(&good, SECRET)).await.unwrap()["sub"],
@@ -470,7 +470,7 @@ mod tests {
     #[tokio::test]
     async fn algorithm_confusion_is_refused() {
         // HS256 allowed too: the RSA public key must still never be used as an HMAC secret.
-        let (verifier, path) = verifier(Vec::new());
+        let (verifier, path) = test_verifier(Vec::new());
         let forged = claims(json!({"sub": "admin"}));
         for key in [RSA_A_PUB.as_bytes(), RSA_A_JWK.as_bytes()] {
             let mut header = Header::new(Algorithm::HS256);
@@ -480,7 +480,7 @@ mod tests {
             assert_eq!(code(&verifier, &token).await, "invalid_token");
         }
         // With only RS256 allowed, HS256 is refused before any key is looked at.
-        let (rs_only, path2) = verifier(vec![Algorithm::RS256]);
+        let (rs_only, path2) = test_verifier(vec![Algorithm::RS256]);
         assert!(
             rs_only
                 .verify(&hs(&forged, SECRET))
@@ -495,7 +495,7 @@ mod tests {
 
     #[tokio::test]
     async fn alg_none_is_refused() {
-        let (verifier, path) = verifier(Vec::new());
+        let (verifier, path) = test_verifier(Vec::new());
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let payload = b64.encode(claims(json!({})).to_string());
         for alg in ["none", "None", "NONE"] {
@@ -515,7 +515,7 @@ mod tests {
 
     #[tokio::test]
     async fn time_issuer_and_audience_are_checked() {
-        let (verifier, path) = verifier(Vec::new());
+        let (verifier, path) = test_verifier(Vec::new());
         let expired = claims(json!({"exp": now() - 60}));
         assert_eq!(code(&verifier, &rs(&expired, "rsa-a")).await, "token_expired");
         let early = claims(json!({"nbf": now() + 600}));
@@ -535,7 +535,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_kid_and_wrong_key_are_refused() {
-        let (verifier, path) = verifier(Vec::new());
+        let (verifier, path) = test_verifier(Vec::new());
         let good = claims(json!({}));
         assert_eq!(code(&verifier, &rs(&good, "rsa-zzz")).await, "invalid_token");
         // An ES256 token that names the RSA key's kid: wrong family, refused.
