@@ -255,9 +255,10 @@ impl Verifier {
                     ErrorKind::ImmatureSignature => {
                         ApiError::unauthorized("invalid_token", "the token is not valid yet")
                     }
-                    ErrorKind::InvalidIssuer => {
-                        ApiError::unauthorized("invalid_token", "the token's issuer is not accepted")
-                    }
+                    ErrorKind::InvalidIssuer => ApiError::unauthorized(
+                        "invalid_token",
+                        "the token's issuer is not accepted",
+                    ),
                     ErrorKind::InvalidAudience => ApiError::unauthorized(
                         "invalid_token",
                         "the token's audience is not accepted",
@@ -393,7 +394,8 @@ mod tests {
     }
 
     fn claims(extra: Value) -> Value {
-        let mut claims = json!({"sub": "u1", "exp": now() + 600, "iss": "https://idp", "aud": "porter"});
+        let mut claims =
+            json!({"sub": "u1", "exp": now() + 600, "iss": "https://idp", "aud": "porter"});
         for (k, v) in extra.as_object().unwrap() {
             claims[k] = v.clone();
         }
@@ -517,7 +519,10 @@ mod tests {
     async fn time_issuer_and_audience_are_checked() {
         let (verifier, path) = test_verifier(Vec::new());
         let expired = claims(json!({"exp": now() - 60}));
-        assert_eq!(code(&verifier, &rs(&expired, "rsa-a")).await, "token_expired");
+        assert_eq!(
+            code(&verifier, &rs(&expired, "rsa-a")).await,
+            "token_expired"
+        );
         let early = claims(json!({"nbf": now() + 600}));
         let error = verifier.verify(&rs(&early, "rsa-a")).await.unwrap_err();
         assert!(error.message.contains("not valid yet"), "{error:?}");
@@ -537,7 +542,10 @@ mod tests {
     async fn unknown_kid_and_wrong_key_are_refused() {
         let (verifier, path) = test_verifier(Vec::new());
         let good = claims(json!({}));
-        assert_eq!(code(&verifier, &rs(&good, "rsa-zzz")).await, "invalid_token");
+        assert_eq!(
+            code(&verifier, &rs(&good, "rsa-zzz")).await,
+            "invalid_token"
+        );
         // An ES256 token that names the RSA key's kid: wrong family, refused.
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some("rsa-a".into());

@@ -111,14 +111,17 @@ async fn revoke_inner(
             "send JSON {\"token\": …} or {\"jti\": …, \"exp\"?: …}",
         )
     })?;
-    let token = body.token.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    let token = body
+        .token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
     let jti = body.jti.as_deref().map(str::trim).filter(|j| !j.is_empty());
     let now = now_secs();
     let (hash, expires_at) = match (token, jti) {
         (Some(token), None) => {
-            let claims = unverified_claims(token).ok_or_else(|| {
-                ApiError::bad_request("invalid_token", "the token is not a JWT")
-            })?;
+            let claims = unverified_claims(token)
+                .ok_or_else(|| ApiError::bad_request("invalid_token", "the token is not a JWT"))?;
             let exp = claims.get("exp").and_then(Value::as_i64);
             (Some(token_sha256(token)), exp)
         }
@@ -146,7 +149,12 @@ async fn revoke_inner(
     let revocation = match (&hash, jti) {
         (Some(hash), _) => Revocation::TokenSha256(hash),
         (None, Some(jti)) => Revocation::Jti(jti),
-        (None, None) => return Err(ApiError::bad_request("missing_parameters", "nothing to revoke")),
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "missing_parameters",
+                "nothing to revoke",
+            ));
+        }
     };
     if let Err(error) = state.store.revoke(revocation, ttl).await {
         warn!(%error, "could not store a revocation");

@@ -155,7 +155,7 @@ pub struct HttpArgs {
     #[arg(long, env = "PORTER_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
     #[command(flatten)]
-    pub identity: IdentityArgs,
+    pub identity: Box<IdentityArgs>,
 }
 
 /// Token verification (besides `PORTER_JWT_SECRET`), sessions and revocation.

@@ -226,7 +226,7 @@ pub fn dev(args: DevArgs) -> anyhow::Result<()> {
         sign_private_data: false,
         admin_token: None,
         http_workers: None,
-        identity: crate::cli::IdentityArgs::default(),
+        identity: Box::default(),
     };
     actix_web::rt::System::new().block_on(async move {
         let stop = CancellationToken::new();

@@ -217,7 +217,10 @@ async fn tokens_are_verified_and_the_classic_attacks_refused() {
             &EncodingKey::from_secret(secret.as_bytes()),
         );
         let (status, body) = bearer(&deployment, &forged).await;
-        assert_eq!((status, body["error"].as_str()), (401, Some("invalid_token")));
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_token"))
+        );
     }
 
     // `alg: none`, in any spelling, with an empty signature.
@@ -226,14 +229,25 @@ async fn tokens_are_verified_and_the_classic_attacks_refused() {
     for alg in ["none", "None", "NONE"] {
         let header = b64.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#));
         let (status, body) = bearer(&deployment, &format!("{header}.{payload}.")).await;
-        assert_eq!((status, body["error"].as_str()), (401, Some("invalid_token")));
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_token"))
+        );
     }
 
     // Time, issuer and audience.
     let cases = [
         (json!({"exp": now() - 30}), "token_expired", "expired"),
-        (json!({"nbf": now() + 600}), "invalid_token", "not valid yet"),
-        (json!({"iss": "https://evil.test"}), "invalid_token", "issuer"),
+        (
+            json!({"nbf": now() + 600}),
+            "invalid_token",
+            "not valid yet",
+        ),
+        (
+            json!({"iss": "https://evil.test"}),
+            "invalid_token",
+            "issuer",
+        ),
         (json!({"aud": "another-app"}), "invalid_token", "audience"),
         (json!({"aud": null}), "invalid_token", "aud"),
         (json!({"iss": null}), "invalid_token", "iss"),
@@ -264,7 +278,10 @@ async fn tokens_are_verified_and_the_classic_attacks_refused() {
         rs256("rsa-a", RSA_B_KEY, &good),
     ] {
         let (status, body) = bearer(&deployment, &token).await;
-        assert_eq!((status, body["error"].as_str()), (401, Some("invalid_token")));
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_token"))
+        );
     }
     let _ = std::fs::remove_file(file);
 }
@@ -308,7 +325,10 @@ async fn an_unknown_kid_refreshes_the_jwks_at_most_once_per_interval() {
     server.serve(jwks(&[EC_A_JWK]));
     for _ in 0..3 {
         let (status, body) = bearer(&deployment, &es256(&good)).await;
-        assert_eq!((status, body["error"].as_str()), (401, Some("invalid_token")));
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_token"))
+        );
         let made_up = rs256("made-up", RSA_A_KEY, &good);
         assert_eq!(bearer(&deployment, &made_up).await.0, 401);
     }
@@ -342,34 +362,44 @@ async fn revoked_tokens_and_jtis_get_token_revoked() {
     let mut redis = deployment.redis().await;
 
     // By token: stored as its SHA-256, with the token's remaining lifetime.
-    let by_token = rs256("rsa-a", RSA_A_KEY, &claims("7", json!({"exp": now() + 300})));
+    let by_token = rs256(
+        "rsa-a",
+        RSA_A_KEY,
+        &claims("7", json!({"exp": now() + 300})),
+    );
     assert_eq!(bearer(&deployment, &by_token).await.0, 200);
     let (status, _) = post_json(&revoke_url, json!({"token": by_token}), false).await;
     assert_eq!(status, 401, "the admin token is required");
     let (status, body) = post_json(&revoke_url, json!({"token": by_token}), true).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["revoked"], true);
-    let key = format!("{}blacklist:token:{}", deployment.prefix, sha256_hex(&by_token));
+    let key = format!(
+        "{}blacklist:token:{}",
+        deployment.prefix,
+        sha256_hex(&by_token)
+    );
     let ttl: i64 = redis.ttl(&key).await.unwrap();
-    assert!((250..=300).contains(&ttl), "TTL is the remaining lifetime: {ttl}");
+    assert!(
+        (250..=300).contains(&ttl),
+        "TTL is the remaining lifetime: {ttl}"
+    );
     for (key, value) in redis_dump(&deployment).await {
         assert!(!key.contains(&by_token), "the token is never stored");
         assert!(value.is_none_or(|v| !v.contains(&by_token)));
     }
     let (status, body) = bearer(&deployment, &by_token).await;
-    assert_eq!((status, body["error"].as_str()), (401, Some("token_revoked")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("token_revoked"))
+    );
 
     // By jti: the same user's other tokens with another jti still work.
     let jti = format!("jti-{}", uuid::Uuid::new_v4());
     let by_jti = hs256(&claims("8", json!({"jti": jti})));
     let other = hs256(&claims("8", json!({"jti": "another"})));
     assert_eq!(bearer(&deployment, &by_jti).await.0, 200);
-    let (status, body) = post_json(
-        &revoke_url,
-        json!({"jti": jti, "exp": now() + 120}),
-        true,
-    )
-    .await;
+    let (status, body) =
+        post_json(&revoke_url, json!({"jti": jti, "exp": now() + 120}), true).await;
     assert_eq!((status, body["revoked"].as_bool()), (200, Some(true)));
     let ttl: i64 = redis
         .ttl(format!("{}blacklist:jti:{jti}", deployment.prefix))
@@ -377,11 +407,18 @@ async fn revoked_tokens_and_jtis_get_token_revoked() {
         .unwrap();
     assert!((60..=120).contains(&ttl), "{ttl}");
     let (status, body) = bearer(&deployment, &by_jti).await;
-    assert_eq!((status, body["error"].as_str()), (401, Some("token_revoked")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("token_revoked"))
+    );
     assert_eq!(bearer(&deployment, &other).await.0, 200);
 
     // Nothing to revoke, or garbage: 400, never 500.
-    for body in [json!({}), json!({"token": "garbage"}), json!({"token": "a", "jti": "b"})] {
+    for body in [
+        json!({}),
+        json!({"token": "garbage"}),
+        json!({"token": "a", "jti": "b"}),
+    ] {
         let (status, answer) = post_json(&revoke_url, body.clone(), true).await;
         assert_eq!(status, 400, "{body}: {answer}");
     }
@@ -428,11 +465,18 @@ async fn sessions_identify_slide_and_expire() {
         ("ann@example.com", "not-a-token"),
         (
             "ann@example.com",
-            &rs256("rsa-a", RSA_A_KEY, &claims("42", json!({"exp": now() - 10}))),
+            &rs256(
+                "rsa-a",
+                RSA_A_KEY,
+                &claims("42", json!({"exp": now() - 10})),
+            ),
         ),
     ] {
         let (status, body) = open_session(&deployment, email, token).await;
-        assert_eq!((status, body["error"].as_str()), (401, Some("unauthorized")));
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("unauthorized"))
+        );
     }
     let (status, _) = post_json(&deployment.url("/auth"), json!({"email": "x"}), false).await;
     assert_eq!(status, 400);
@@ -463,7 +507,10 @@ async fn sessions_identify_slide_and_expire() {
     let data = body["presence-chat@1"]["channel_data"]
         .as_str()
         .unwrap_or_else(|| panic!("{body}"));
-    assert_eq!(serde_json::from_str::<Value>(data).unwrap()["user_id"], "42");
+    assert_eq!(
+        serde_json::from_str::<Value>(data).unwrap()["user_id"],
+        "42"
+    );
     // And pusher-js's single-channel POST accepts it too.
     let response = client
         .post(deployment.url("/pusher/auth"))
@@ -482,7 +529,10 @@ async fn sessions_identify_slide_and_expire() {
 
     // Sliding renewal: shorten the TTL, use the session, the TTL is back to the full 60 s.
     let _: () = redis.pexpire(&key, 5_000).await.unwrap();
-    assert_eq!(identify(&deployment, &[("X-Session-ID", &session)]).await.0, 200);
+    assert_eq!(
+        identify(&deployment, &[("X-Session-ID", &session)]).await.0,
+        200
+    );
     let pttl: i64 = redis.pttl(&key).await.unwrap();
     assert!(pttl > 50_000, "renewed on use: {pttl} ms left");
 
@@ -495,7 +545,10 @@ async fn sessions_identify_slide_and_expire() {
         ],
     )
     .await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("ambiguous_identity")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("ambiguous_identity"))
+    );
 
     // Revoking the token ends the sessions it opened.
     let (status, _) = post_json(
@@ -506,9 +559,15 @@ async fn sessions_identify_slide_and_expire() {
     .await;
     assert_eq!(status, 200);
     let (status, body) = identify(&deployment, &[("X-Session-ID", &session)]).await;
-    assert_eq!((status, body["error"].as_str()), (401, Some("token_revoked")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("token_revoked"))
+    );
     let (status, body) = open_session(&deployment, "ann@example.com", &token).await;
-    assert_eq!((status, body["error"].as_str()), (401, Some("token_revoked")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("token_revoked"))
+    );
 
     // Expiry: once the key lapses the session is gone.
     let other = rs256(
@@ -518,7 +577,10 @@ async fn sessions_identify_slide_and_expire() {
     );
     let (_, body) = open_session(&deployment, "bo@example.com", &other).await;
     let second = body["sessionId"].as_str().expect("sessionId").to_owned();
-    assert_eq!(identify(&deployment, &[("X-Session-ID", &second)]).await.0, 200);
+    assert_eq!(
+        identify(&deployment, &[("X-Session-ID", &second)]).await.0,
+        200
+    );
     let key = format!("{}session:{}", deployment.prefix, sha256_hex(&second));
     let _: () = redis.pexpire(&key, 1).await.unwrap();
     eventually("the session key to lapse", Duration::from_secs(5), || {
@@ -528,11 +590,17 @@ async fn sessions_identify_slide_and_expire() {
     })
     .await;
     let (status, body) = identify(&deployment, &[("X-Session-ID", &second)]).await;
-    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_session")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_session"))
+    );
     // Made-up ids are refused the same way.
     for made_up in ["0123456789abcdef0123456789abcdef", "garbage"] {
         let (status, body) = identify(&deployment, &[("X-Session-ID", made_up)]).await;
-        assert_eq!((status, body["error"].as_str()), (401, Some("invalid_session")));
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_session"))
+        );
     }
     let _ = std::fs::remove_file(file);
 }
@@ -566,6 +634,9 @@ async fn a_session_exchange_goes_when_the_session_lapses() {
     )
     .await;
     let (status, body) = identify(&deployment, &[("X-Session-ID", &session)]).await;
-    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_session")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_session"))
+    );
     let _ = std::fs::remove_file(file);
 }
