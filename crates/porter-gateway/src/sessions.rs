@@ -11,8 +11,9 @@
 //! - The session remembers the token's hash and `jti`: revoking the token ends its sessions.
 //! - Session ids are 128-bit random (UUID v4) hex strings and never appear in a log line.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -32,7 +33,17 @@ pub struct Sessions {
     store: Arc<dyn Store>,
     exchanges: Arc<dyn TaskClient>,
     ttl: Duration,
+    /// When this gateway last renewed each session's exchange lease.
+    renewed: Mutex<HashMap<String, Instant>>,
 }
+
+/// A lease is renewed at most once per `ttl / RENEWALS_PER_TTL` by one gateway, so a busy
+/// session costs the broker a few declarations per TTL, not one per request. To make up for
+/// the renewals skipped, the lease lasts that much longer than the session's TTL: the
+/// exchange may outlive its session by up to that step, never the other way round.
+const RENEWALS_PER_TTL: u32 = 4;
+/// Sessions remembered in the renewal table before expired entries are swept out.
+const RENEWED_SWEEP_AT: usize = 10_000;
 
 /// What a session remembers of the token that opened it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -49,11 +60,39 @@ impl Sessions {
             store,
             exchanges,
             ttl: ttl.max(Duration::from_secs(1)),
+            renewed: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// The least time between two lease renewals of one session by this gateway.
+    fn renew_every(&self) -> Duration {
+        self.ttl / RENEWALS_PER_TTL
+    }
+
+    /// How long a lease lasts: the session TTL plus the renewal step.
+    pub fn lease(&self) -> Duration {
+        self.ttl + self.renew_every()
+    }
+
+    /// Whether this use of the session should renew its lease; records the renewal.
+    fn renewal_due(&self, id: &str) -> bool {
+        let now = Instant::now();
+        let step = self.renew_every();
+        let mut renewed = self.renewed.lock().unwrap_or_else(PoisonError::into_inner);
+        if renewed.len() >= RENEWED_SWEEP_AT {
+            renewed.retain(|_, at| now.duration_since(*at) < step);
+        }
+        match renewed.get(id) {
+            Some(at) if now.duration_since(*at) < step => false,
+            _ => {
+                renewed.insert(id.to_owned(), now);
+                true
+            }
+        }
     }
 
     /// The refusal of an unknown, expired or malformed session id. It says nothing about which.
@@ -77,7 +116,7 @@ impl Sessions {
         credential: Credential,
     ) -> Result<String, ApiError> {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        if let Err(error) = self.exchanges.open_session(&id, self.ttl).await {
+        if let Err(error) = self.exchanges.open_session(&id, self.lease()).await {
             warn!(error = %redact(&error.to_string(), &id), "could not declare a session exchange");
             return Err(ApiError::broker_unavailable());
         }
@@ -109,13 +148,15 @@ impl Sessions {
             }
         };
         let record: SessionRecord = serde_json::from_str(&data).map_err(|_| Self::invalid())?;
-        let exchanges = self.exchanges.clone();
-        let (id, ttl) = (id.to_owned(), self.ttl);
-        tokio::spawn(async move {
-            if let Err(error) = exchanges.renew_session(&id, ttl).await {
-                warn!(error = %redact(&error.to_string(), &id), "could not renew a session exchange");
-            }
-        });
+        if self.renewal_due(id) {
+            let exchanges = self.exchanges.clone();
+            let (id, lease) = (id.to_owned(), self.lease());
+            tokio::spawn(async move {
+                if let Err(error) = exchanges.renew_session(&id, lease).await {
+                    warn!(error = %redact(&error.to_string(), &id), "could not renew a session exchange");
+                }
+            });
+        }
         Ok(Identity {
             user_id: Some(record.user_id),
             client_id: None,
@@ -212,6 +253,49 @@ mod tests {
         assert!(!Sessions::well_formed("abc"));
         assert!(!Sessions::well_formed(&format!("{id}0")));
         assert!(!Sessions::well_formed("zz345678901234567890123456789012"));
+    }
+
+    #[test]
+    fn leases_are_renewed_once_per_step_and_outlast_the_session() {
+        let (client, _source) = porter_broker::local::channel(Default::default());
+        let sessions = Sessions::new(
+            Arc::new(porter_store::memory::MemoryStore::default()),
+            Arc::new(client),
+            Duration::from_secs(3600),
+        );
+        assert_eq!(sessions.lease(), Duration::from_secs(4500));
+        assert!(sessions.renewal_due("a"));
+        assert!(!sessions.renewal_due("a"), "renewed a moment ago");
+        assert!(sessions.renewal_due("b"), "each session has its own step");
+    }
+
+    #[tokio::test]
+    async fn sessions_round_trip_through_the_store() {
+        let (client, _source) = porter_broker::local::channel(Default::default());
+        let sessions = Sessions::new(
+            Arc::new(porter_store::memory::MemoryStore::default()),
+            Arc::new(client),
+            Duration::from_secs(60),
+        );
+        let mut claims = Map::new();
+        claims.insert("team".into(), Value::from("blue"));
+        let credential = Credential {
+            token_sha256: "ab".repeat(32),
+            jti: Some("j".into()),
+        };
+        let id = sessions
+            .open("42".into(), claims, credential.clone())
+            .await
+            .unwrap();
+        let identity = sessions.resume(&id).await.unwrap();
+        assert_eq!(identity.user_id.as_deref(), Some("42"));
+        assert_eq!(identity.claims["team"], "blue");
+        assert_eq!(identity.credential, Some(credential));
+        let other = uuid::Uuid::new_v4().simple().to_string();
+        assert_eq!(
+            sessions.resume(&other).await.unwrap_err().code,
+            "invalid_session"
+        );
     }
 
     #[test]

@@ -640,3 +640,91 @@ async fn a_session_exchange_goes_when_the_session_lapses() {
     );
     let _ = std::fs::remove_file(file);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_store_checks_revocations_with_the_cache_and_slides_sessions() {
+    use porter_store::redis::RedisStore;
+    use porter_store::{CacheLookup, Keys, Revocation, Store};
+
+    let prefix = unique_prefix("store");
+    let store = RedisStore::new(REDIS_URL, Keys::new(&prefix), 4).expect("store");
+    store
+        .put_cached("private-a@1", "ANNON", "{\"x\":1}", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let cache = [
+        CacheLookup {
+            channel: "private-a@1",
+            scope: "ANNON",
+        },
+        CacheLookup {
+            channel: "private-b@1",
+            scope: "ANNON",
+        },
+    ];
+    let hash = sha256_hex("some.token.here");
+    let asked = [Revocation::TokenSha256(&hash), Revocation::Jti("j-1")];
+    let found = store.lookup(&cache, &asked).await.unwrap();
+    assert_eq!(found.cached, vec![Some("{\"x\":1}".to_owned()), None]);
+    assert!(!found.revoked);
+    store
+        .revoke(Revocation::TokenSha256(&hash), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let found = store.lookup(&cache, &asked).await.unwrap();
+    assert!(found.revoked);
+    assert_eq!(found.cached.len(), 2, "the cache answers come back too");
+    assert!(
+        !store
+            .lookup(&[], &[Revocation::Jti("j-1")])
+            .await
+            .unwrap()
+            .revoked
+    );
+    store
+        .revoke(Revocation::Jti("j-1"), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .lookup(&[], &[Revocation::Jti("j-1")])
+            .await
+            .unwrap()
+            .revoked
+    );
+
+    // Sessions: GETEX renews the TTL on every read.
+    let mut redis = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    store
+        .create_session("s-1", "{}", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let key = Keys::new(&prefix).session("s-1");
+    assert!(key.ends_with(&sha256_hex("s-1")), "{key}");
+    let _: () = redis.pexpire(&key, 3_000).await.unwrap();
+    assert_eq!(
+        store
+            .touch_session("s-1", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("{}")
+    );
+    let pttl: i64 = redis.pttl(&key).await.unwrap();
+    assert!(pttl > 50_000, "{pttl}");
+    assert!(
+        store
+            .touch_session("s-2", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let keys: Vec<String> = redis.keys(format!("{prefix}*")).await.unwrap();
+    if !keys.is_empty() {
+        let _: () = redis.del(keys).await.unwrap();
+    }
+}
