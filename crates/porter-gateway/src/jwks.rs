@@ -120,6 +120,18 @@ impl KeySet {
     }
 }
 
+/// When the key set was last read, for spacing the reads out.
+#[derive(Default)]
+struct RefreshState {
+    /// The last read caused by an unknown `kid`.
+    last_on_demand: Option<Instant>,
+    /// The last read of any kind, successful or not.
+    last_attempt: Option<Instant>,
+}
+
+/// Before the first successful read, reads are retried at least this often.
+const FIRST_LOAD_RETRY: Duration = Duration::from_secs(5);
+
 /// A cached, refreshable key set.
 pub struct Jwks {
     source: JwksSource,
@@ -129,8 +141,8 @@ pub struct Jwks {
     /// Age after which the set is read again on its next use.
     max_age: Duration,
     keys: RwLock<Arc<KeySet>>,
-    /// Serializes refreshes; holds when the last on-demand refresh happened.
-    refresh: tokio::sync::Mutex<Option<Instant>>,
+    /// Serializes refreshes, and remembers when they happened.
+    refresh: tokio::sync::Mutex<RefreshState>,
     fetches: AtomicU64,
 }
 
@@ -142,7 +154,7 @@ impl Jwks {
             refresh_interval,
             max_age,
             keys: RwLock::new(Arc::new(KeySet::default())),
-            refresh: tokio::sync::Mutex::new(None),
+            refresh: tokio::sync::Mutex::new(RefreshState::default()),
             fetches: AtomicU64::new(0),
         }
     }
@@ -161,12 +173,23 @@ impl Jwks {
 
     /// Reads the set now (at start-up); on failure the old keys stay.
     pub async fn load(&self) -> Result<usize, String> {
-        let _guard = self.refresh.lock().await;
-        self.reload().await
+        let mut state = self.refresh.lock().await;
+        self.reload(&mut state).await
     }
 
-    /// Reads the set and replaces the cache. The caller holds the refresh lock.
-    async fn reload(&self) -> Result<usize, String> {
+    /// Least time between two reads after a failed one, so that an unreachable source does
+    /// not make every request wait for a fetch.
+    fn retry_spacing(&self, set: &KeySet) -> Duration {
+        if set.loaded_at.is_none() {
+            self.refresh_interval.min(FIRST_LOAD_RETRY)
+        } else {
+            self.refresh_interval
+        }
+    }
+
+    /// Reads the set and replaces the cache; the caller holds the refresh lock.
+    async fn reload(&self, state: &mut RefreshState) -> Result<usize, String> {
+        state.last_attempt = Some(Instant::now());
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let text = self.read_source().await?;
         let keys = parse_key_set(&text)?;
@@ -222,11 +245,15 @@ impl Jwks {
         let mut set = self.current();
         let stale = set.loaded_at.is_none_or(|at| at.elapsed() >= self.max_age);
         if stale {
-            let _guard = self.refresh.lock().await;
+            let mut state = self.refresh.lock().await;
             // Another request may have refreshed while this one waited for the lock.
             set = self.current();
-            if set.loaded_at.is_none_or(|at| at.elapsed() >= self.max_age) {
-                if let Err(error) = self.reload().await {
+            let still_stale = set.loaded_at.is_none_or(|at| at.elapsed() >= self.max_age);
+            let tried_recently = state
+                .last_attempt
+                .is_some_and(|at| at.elapsed() < self.retry_spacing(&set));
+            if still_stale && !tried_recently {
+                if let Err(error) = self.reload(&mut state).await {
                     warn!(%error, "JWKS refresh failed; keeping the cached keys");
                 }
                 set = self.current();
@@ -246,7 +273,7 @@ impl Jwks {
         }
 
         // An unknown `kid`: the provider may have rotated its keys.
-        let mut last_on_demand = self.refresh.lock().await;
+        let mut state = self.refresh.lock().await;
         let latest = self.current();
         if !Arc::ptr_eq(&latest, &set) {
             // Refreshed by someone else meanwhile: look again without fetching.
@@ -255,12 +282,28 @@ impl Jwks {
                 _ => Err(KeyError::UnknownKey),
             };
         }
-        if last_on_demand.is_some_and(|at| at.elapsed() < self.refresh_interval) {
-            debug!("unknown kid; JWKS refresh skipped (refreshed recently)");
-            return Err(KeyError::UnknownKey);
+        let never_loaded = latest.loaded_at.is_none();
+        let allowed = if never_loaded {
+            state
+                .last_attempt
+                .is_none_or(|at| at.elapsed() >= self.retry_spacing(&latest))
+        } else {
+            state
+                .last_on_demand
+                .is_none_or(|at| at.elapsed() >= self.refresh_interval)
+        };
+        if !allowed {
+            debug!("unknown kid; JWKS refresh skipped (read recently)");
+            return Err(if never_loaded {
+                KeyError::Unavailable
+            } else {
+                KeyError::UnknownKey
+            });
         }
-        *last_on_demand = Some(Instant::now());
-        if let Err(error) = self.reload().await {
+        if !never_loaded {
+            state.last_on_demand = Some(Instant::now());
+        }
+        if let Err(error) = self.reload(&mut state).await {
             warn!(%error, "JWKS refresh failed; keeping the cached keys");
             if latest.loaded_at.is_none() {
                 return Err(KeyError::Unavailable);
@@ -414,14 +457,19 @@ mod tests {
     async fn a_missing_source_is_unavailable() {
         let jwks = Jwks::new(
             JwksSource::File(PathBuf::from("/nonexistent/porter-jwks.json")),
-            Duration::from_secs(1),
+            Duration::from_secs(3600),
             Duration::from_secs(3600),
         );
         assert!(jwks.load().await.is_err());
-        assert_eq!(
-            jwks.key_for(None, Algorithm::RS256).await.err(),
-            Some(KeyError::Unavailable)
-        );
+        assert_eq!(jwks.fetches(), 1);
+        for kid in [None, Some("k")] {
+            assert_eq!(
+                jwks.key_for(kid, Algorithm::RS256).await.err(),
+                Some(KeyError::Unavailable)
+            );
+        }
+        // Failed reads are spaced out: requests do not each wait for the source.
+        assert_eq!(jwks.fetches(), 1);
     }
 
     #[test]

@@ -22,6 +22,15 @@ pub fn verifier(
     let algorithms = parse_algorithms(&identity.jwt_algorithms)
         .map_err(anyhow::Error::msg)
         .context("invalid PORTER_JWT_ALGORITHMS")?;
+    if let Some(url) = identity.jwks.as_deref()
+        && url.trim().starts_with("https://")
+    {
+        // reqwest is built without TLS in this workspace: say so now, not at the first token.
+        anyhow::bail!(
+            "PORTER_JWKS: this build fetches JWKS over http only; use an http URL \
+             (e.g. a local sidecar) or a file, or build reqwest with a TLS feature"
+        );
+    }
     let settings = JwtSettings {
         secret: http
             .jwt_secret
