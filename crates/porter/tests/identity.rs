@@ -728,3 +728,41 @@ async fn the_redis_store_checks_revocations_with_the_cache_and_slides_sessions()
         let _: () = redis.del(keys).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_minted_by_porter_token_opens_a_session() {
+    let prefix = unique_prefix("mint");
+    let file = jwks_file(&prefix, &[RSA_A_JWK]);
+    let deployment = deployment("mint", &file, &[]);
+    let _gateway = deployment.gateway();
+    deployment.wait_ready().await;
+    let output = Command::new(env!("CARGO_BIN_EXE_porter"))
+        .args([
+            "token",
+            "--sub",
+            "77",
+            "--email",
+            "dee@example.com",
+            "--claim",
+            &format!("iss={ISSUER}"),
+            "--claim",
+            &format!("aud={AUDIENCE}"),
+            "--claim",
+            "team=blue",
+            "--jwt-secret",
+            JWT_SECRET,
+        ])
+        .env_clear()
+        .output()
+        .expect("porter token");
+    assert!(output.status.success());
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let (status, body) = open_session(&deployment, "DEE@example.com", &token).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = open_session(&deployment, "dee@example.org", &token).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let _ = std::fs::remove_file(file);
+}
