@@ -55,6 +55,12 @@ pub async fn ensure_not_revoked(store: &dyn Store, identity: &Identity) -> Resul
     }
 }
 
+/// What a revocation request names: the token's hash (computed here), or a `jti`.
+enum RevokedKey<'a> {
+    Token(String),
+    Jti(&'a str),
+}
+
 #[derive(Deserialize)]
 struct RevokeBody {
     token: Option<String>,
@@ -118,14 +124,15 @@ async fn revoke_inner(
         .filter(|t| !t.is_empty());
     let jti = body.jti.as_deref().map(str::trim).filter(|j| !j.is_empty());
     let now = now_secs();
-    let (hash, expires_at) = match (token, jti) {
+    // What to store, and until when (the token's `exp`, when known).
+    let (key, expires_at) = match (token, jti) {
         (Some(token), None) => {
             let claims = unverified_claims(token)
                 .ok_or_else(|| ApiError::bad_request("invalid_token", "the token is not a JWT"))?;
             let exp = claims.get("exp").and_then(Value::as_i64);
-            (Some(token_sha256(token)), exp)
+            (RevokedKey::Token(token_sha256(token)), exp)
         }
-        (None, Some(jti)) if jti.len() <= 512 => (None, body.exp),
+        (None, Some(jti)) if jti.len() <= 512 => (RevokedKey::Jti(jti), body.exp),
         (None, Some(_)) => {
             return Err(ApiError::bad_request("invalid_jti", "the jti is too long"));
         }
@@ -146,25 +153,15 @@ async fn revoke_inner(
         Some(exp) => Duration::from_secs((exp - now) as u64),
         None => state.identity.revocation_ttl(),
     };
-    let revocation = match (&hash, jti) {
-        (Some(hash), _) => Revocation::TokenSha256(hash),
-        (None, Some(jti)) => Revocation::Jti(jti),
-        (None, None) => {
-            return Err(ApiError::bad_request(
-                "missing_parameters",
-                "nothing to revoke",
-            ));
-        }
+    let (revocation, kind) = match &key {
+        RevokedKey::Token(hash) => (Revocation::TokenSha256(hash), "token"),
+        RevokedKey::Jti(jti) => (Revocation::Jti(jti), "jti"),
     };
     if let Err(error) = state.store.revoke(revocation, ttl).await {
         warn!(%error, "could not store a revocation");
         return Err(store_unavailable());
     }
-    info!(
-        kind = if hash.is_some() { "token" } else { "jti" },
-        ttl_secs = ttl.as_secs(),
-        "token revoked"
-    );
+    info!(kind, ttl_secs = ttl.as_secs(), "token revoked");
     Ok(HttpResponse::Ok().json(json!({
         "revoked": true,
         "expires_in": ttl.as_secs(),

@@ -413,6 +413,17 @@ async fn revoked_tokens_and_jtis_get_token_revoked() {
     );
     assert_eq!(bearer(&deployment, &other).await.0, 200);
 
+    // An expired token needs no revocation: nothing is stored.
+    let expired = hs256(&claims("9", json!({"exp": now() - 5})));
+    let (status, body) = post_json(&revoke_url, json!({"token": expired}), true).await;
+    assert_eq!((status, body["revoked"].as_bool()), (200, Some(false)));
+    let key = format!(
+        "{}blacklist:token:{}",
+        deployment.prefix,
+        sha256_hex(&expired)
+    );
+    assert!(!redis.exists::<_, bool>(&key).await.unwrap());
+
     // Nothing to revoke, or garbage: 400, never 500.
     for body in [
         json!({}),
