@@ -120,6 +120,9 @@ pub struct AmqpClient {
 
 struct ClientInner {
     config: AmqpConfig,
+    /// The channel of session declarations (see [`crate::session`]), apart from the publishing
+    /// channel: a refused declaration closes its channel, and must not close that one.
+    sessions: tokio::sync::Mutex<Option<Channel>>,
     pending: Pending,
     live: RwLock<Option<Live>>,
     ready: AtomicBool,
@@ -131,6 +134,7 @@ struct ClientInner {
 
 #[derive(Clone)]
 struct Live {
+    connection: Arc<Connection>,
     channel: Channel,
     reply_queue: ShortString,
 }
@@ -140,6 +144,7 @@ impl AmqpClient {
     pub fn start(config: AmqpConfig, stop: CancellationToken) -> AmqpClient {
         let inner = Arc::new(ClientInner {
             config,
+            sessions: tokio::sync::Mutex::new(None),
             pending: Pending::new(),
             live: RwLock::new(None),
             ready: AtomicBool::new(false),
@@ -192,6 +197,20 @@ impl AmqpClient {
 
     fn mark_broken(&self) {
         mark_broken(&self.inner);
+    }
+
+    /// The open channel for session declarations, reopened after a refusal or a reconnect.
+    async fn session_channel(&self) -> Result<Channel, BrokerError> {
+        let live = self.live().ok_or(BrokerError::Unavailable)?;
+        let mut current = self.inner.sessions.lock().await;
+        if let Some(channel) = current.as_ref()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        let channel = live.connection.create_channel().await?;
+        *current = Some(channel.clone());
+        Ok(channel)
     }
 }
 
@@ -246,12 +265,16 @@ async fn supervise(inner: Arc<ClientInner>) {
     }
 }
 
-async fn connect_client(inner: &ClientInner) -> Result<(Connection, Live, Consumer), BrokerError> {
-    let connection = Connection::connect(
-        &inner.config.url,
-        connection_properties("gateway", &inner.config),
-    )
-    .await?;
+async fn connect_client(
+    inner: &ClientInner,
+) -> Result<(Arc<Connection>, Live, Consumer), BrokerError> {
+    let connection = Arc::new(
+        Connection::connect(
+            &inner.config.url,
+            connection_properties("gateway", &inner.config),
+        )
+        .await?,
+    );
     let channel = connection.create_channel().await?;
     for queue in Queue::ALL {
         declare_task_queue(&channel, &queue_name(&inner.config.queue_prefix, queue)).await?;
@@ -286,6 +309,7 @@ async fn connect_client(inner: &ClientInner) -> Result<(Connection, Live, Consum
         )
         .await?;
     let live = Live {
+        connection: connection.clone(),
         channel,
         reply_queue,
     };
@@ -364,6 +388,11 @@ impl TaskClient for AmqpClient {
 
     fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Acquire)
+    }
+
+    async fn open_session(&self, session_id: &str, ttl: Duration) -> Result<(), BrokerError> {
+        let channel = self.session_channel().await?;
+        crate::session::declare_session(&channel, session_id, ttl).await
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod amqp;
 pub mod local;
 pub mod pending;
+pub mod session;
 
 use std::time::Duration;
 
@@ -61,6 +62,17 @@ pub trait TaskClient: Send + Sync + 'static {
 
     /// True while the transport can publish.
     fn is_ready(&self) -> bool;
+
+    /// Declares a new session's exchange `data.<session-id>.published` with a lease of
+    /// `ttl` (see [`session`]). Transports without exchanges (the local one) keep this no-op.
+    async fn open_session(&self, _session_id: &str, _ttl: Duration) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// Renews a session's lease after a use, so that its exchange lives as long as it.
+    async fn renew_session(&self, session_id: &str, ttl: Duration) -> Result<(), BrokerError> {
+        self.open_session(session_id, ttl).await
+    }
 }
 
 /// Answers one delivery and acknowledges it.

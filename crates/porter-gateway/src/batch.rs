@@ -110,17 +110,25 @@ pub async fn authorize(
             })
         })
         .collect();
+    // The caller's token is checked against the revocations in the same round trip.
+    let revocations = identity.revocations();
     let mut hits: Vec<Option<AuthData>> = vec![None; prepared.len()];
-    if !lookups.is_empty() {
+    if !lookups.is_empty() || !revocations.is_empty() {
         let keys: Vec<CacheLookup<'_>> = lookups.iter().map(|(_, l)| *l).collect();
-        match state.store.cached(&keys).await {
-            Ok(values) => {
-                for ((i, _), value) in lookups.iter().zip(values) {
+        match state.store.lookup(&keys, &revocations).await {
+            Ok(found) if found.revoked => return Err(crate::revocation::revoked()),
+            Ok(found) => {
+                for ((i, _), value) in lookups.iter().zip(found.cached) {
                     hits[*i] = value.and_then(|v| serde_json::from_str(&v).ok());
                 }
             }
             Err(error) => {
                 state.metrics.cache_error();
+                if !revocations.is_empty() {
+                    // A token whose revocation cannot be checked is not served.
+                    warn!(%error, "store look-up failed; cannot check revocations");
+                    return Err(crate::revocation::store_unavailable());
+                }
                 warn!(%error, "cache look-up failed; treating as misses");
             }
         }

@@ -5,7 +5,10 @@
 //! - [`admin`]: the admin token guard.
 //! - [`batch`]: the fan-out/aggregate core shared by every endpoint.
 //! - [`routes`]: the endpoints and their request formats.
-//! - [`identity`]: who is asking (JWT bearer tokens, client id).
+//! - [`identity`]: who is asking (JWT bearer tokens, sessions, client id).
+//! - [`jwks`]: public keys from a JWKS file or URL, cached and refreshed on rotation.
+//! - [`sessions`]: `POST /auth` and `X-Session-ID` (seed 001).
+//! - [`revocation`]: `POST /admin/tokens/revoke` and the revocation check (seed 004).
 //! - [`error`]: request-level errors as JSON with stable codes.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`protection`]: rate limits, the in-flight cap, header limit, client IP.
@@ -22,10 +25,13 @@ pub mod batch;
 pub mod cors;
 pub mod error;
 pub mod identity;
+pub mod jwks;
 pub mod metrics;
 pub mod presence;
 pub mod protection;
+pub mod revocation;
 pub mod routes;
+pub mod sessions;
 
 use std::sync::Arc;
 use std::time::Duration;

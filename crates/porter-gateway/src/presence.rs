@@ -61,10 +61,12 @@ async fn heartbeat_inner(
         ));
     };
     protection::check_rate(state, request, &identity).await?;
-    // INTEGRATOR (issue 5, identity half): revocations are checked in the batch's cache
-    // round trip, which a heartbeat does not make: call the revocation check here
-    // (`crate::revocation::ensure_not_revoked(&*state.store, &identity)`, auditing a 401
-    // with `protection::audit_unauthorized`).
+    // A heartbeat makes no cache round trip to carry the revocation check: ask on its own.
+    crate::revocation::ensure_not_revoked(state.store.as_ref(), &identity)
+        .await
+        .inspect_err(|error| {
+            protection::audit_unauthorized(state, request, Some(&identity), error)
+        })?;
     let ttl = state.protection.config.presence_ttl;
     state.store.set_online(user, ttl).await.map_err(|error| {
         warn!(%error, "could not store a heartbeat");

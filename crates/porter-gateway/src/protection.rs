@@ -193,6 +193,7 @@ pub async fn identify(state: &AppState, request: &HttpRequest) -> Result<Identit
     state
         .identity
         .identify(request)
+        .await
         .inspect_err(|error| audit_unauthorized(state, request, None, error))
 }
 

@@ -31,6 +31,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::post().to(crate::presence::heartbeat),
         )
         .route("/pusher/webhook", web::post().to(crate::presence::webhook))
+        .route("/auth", web::post().to(crate::sessions::create))
+        .route(
+            "/admin/tokens/revoke",
+            web::post().to(crate::revocation::revoke),
+        )
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics));

@@ -95,6 +95,47 @@ impl Keys {
     pub fn seen(&self, id: &str) -> String {
         format!("{}seen:{id}", self.prefix)
     }
+    /// A revoked token, by the SHA-256 hex of the whole token (seed 004; never the token).
+    pub fn revoked_token(&self, token_sha256: &str) -> String {
+        format!("{}blacklist:token:{token_sha256}", self.prefix)
+    }
+
+    /// A revoked token id (`jti` claim).
+    pub fn revoked_jti(&self, jti: &str) -> String {
+        format!("{}blacklist:jti:{jti}", self.prefix)
+    }
+
+    /// A session (seed 001), by the SHA-256 hex of its id, so that the keys of a Redis dump
+    /// are not usable session ids.
+    pub fn session(&self, session_id: &str) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(session_id.as_bytes());
+        format!("{}session:{}", self.prefix, hex::encode(digest))
+    }
+
+    /// The key of a revocation.
+    pub fn revocation(&self, revocation: Revocation<'_>) -> String {
+        match revocation {
+            Revocation::TokenSha256(hash) => self.revoked_token(hash),
+            Revocation::Jti(jti) => self.revoked_jti(jti),
+        }
+    }
+}
+
+/// What a revocation names: a token by its SHA-256 hex, or a token id (`jti`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation<'a> {
+    TokenSha256(&'a str),
+    Jti(&'a str),
+}
+
+/// The answer of [`Store::lookup`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lookup {
+    /// One entry per cache look-up, in order.
+    pub cached: Vec<Option<String>>,
+    /// True when any of the revocations asked about is in force.
+    pub revoked: bool,
 }
 
 /// One cache look-up: the channel's cache name and the scope field.
@@ -160,6 +201,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// `true` the first time an id is seen within `ttl`, `false` on a repeat (replay guard).
     async fn first_sighting(&self, id: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Reads cache entries and checks revocations in ONE round trip, so that checking a
+    /// caller's token costs an authorization nothing extra.
+    async fn lookup(
+        &self,
+        cache: &[CacheLookup<'_>],
+        revocations: &[Revocation<'_>],
+    ) -> Result<Lookup, StoreError>;
+    /// Records a revocation until `ttl` has passed (the token's remaining lifetime).
+    async fn revoke(&self, revocation: Revocation<'_>, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Stores a new session's data (JSON) with its TTL.
+    async fn create_session(
+        &self,
+        session_id: &str,
+        data: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+    /// A session's data with its TTL renewed to `ttl` (sliding expiry), or `None` when it
+    /// does not exist or has expired.
+    async fn touch_session(
+        &self,
+        session_id: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError>;
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -9,12 +9,16 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::ratelimit::gcra;
-use crate::{CacheLookup, Keys, PRESENCE_CHANNELS_TTL, RateCheck, RateDecision, Store, StoreError};
+use crate::{
+    CacheLookup, Keys, Lookup, PRESENCE_CHANNELS_TTL, RateCheck, RateDecision, Revocation, Store,
+    StoreError,
+};
 
 enum Value {
     Hash(BTreeMap<String, String>),
     Set(BTreeSet<String>),
     Flag,
+    Text(String),
     /// A rate-limit bucket's theoretical arrival time, in µs of [`clock_us`].
     Tat(u64),
 }
@@ -342,6 +346,65 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
+    async fn lookup(
+        &self,
+        cache: &[CacheLookup<'_>],
+        revocations: &[Revocation<'_>],
+    ) -> Result<Lookup, StoreError> {
+        let cached = self.cached(cache).await?;
+        let mut data = self.data();
+        let revoked = revocations
+            .iter()
+            .any(|r| Self::live(&mut data, &self.keys.revocation(*r)).is_some());
+        Ok(Lookup { cached, revoked })
+    }
+
+    async fn revoke(&self, revocation: Revocation<'_>, ttl: Duration) -> Result<(), StoreError> {
+        self.data().insert(
+            self.keys.revocation(revocation),
+            Entry {
+                value: Value::Flag,
+                expires: Some(Instant::now() + ttl),
+            },
+        );
+        Ok(())
+    }
+
+    async fn create_session(
+        &self,
+        session_id: &str,
+        data: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.data().insert(
+            self.keys.session(session_id),
+            Entry {
+                value: Value::Text(data.to_owned()),
+                expires: Some(Instant::now() + ttl),
+            },
+        );
+        Ok(())
+    }
+
+    async fn touch_session(
+        &self,
+        session_id: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let mut data = self.data();
+        match Self::live(&mut data, &self.keys.session(session_id)) {
+            Some(entry) => match &entry.value {
+                Value::Text(text) => {
+                    let text = text.clone();
+                    entry.expires = Some(Instant::now() + ttl);
+                    Ok(Some(text))
+                }
+                _ => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -455,6 +518,52 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn revocations_are_checked_with_the_cache_and_expire() {
+        let store = MemoryStore::default();
+        let hash = "ab".repeat(32);
+        let lookup = [CacheLookup {
+            channel: "private-a@1",
+            scope: "ANNON",
+        }];
+        let asked = [Revocation::TokenSha256(&hash), Revocation::Jti("j-1")];
+        assert!(!store.lookup(&lookup, &asked).await.unwrap().revoked);
+        store
+            .revoke(Revocation::Jti("j-1"), Duration::from_secs(10))
+            .await
+            .unwrap();
+        let found = store.lookup(&lookup, &asked).await.unwrap();
+        assert!(found.revoked);
+        assert_eq!(found.cached, vec![None]);
+        assert!(
+            !store
+                .lookup(&lookup, &[Revocation::Jti("j-2")])
+                .await
+                .unwrap()
+                .revoked
+        );
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(!store.lookup(&lookup, &asked).await.unwrap().revoked);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sessions_slide_and_expire() {
+        let store = MemoryStore::default();
+        let ttl = Duration::from_secs(10);
+        store.create_session("s1", "{}", ttl).await.unwrap();
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert_eq!(
+            store.touch_session("s1", ttl).await.unwrap().as_deref(),
+            Some("{}")
+        );
+        // Renewed at 8 s: still alive at 16 s, gone 10 s after the last use.
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert!(store.touch_session("s1", ttl).await.unwrap().is_some());
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(store.touch_session("s1", ttl).await.unwrap().is_none());
+        assert!(store.touch_session("other", ttl).await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -19,7 +19,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
 use crate::ratelimit::GCRA_SCRIPT;
-use crate::{CacheLookup, Keys, PRESENCE_CHANNELS_TTL, RateCheck, RateDecision, Store, StoreError};
+use crate::{
+    CacheLookup, Keys, Lookup, PRESENCE_CHANNELS_TTL, RateCheck, RateDecision, Revocation, Store,
+    StoreError,
+};
 
 /// The longest any one store call may take.
 const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -279,6 +282,76 @@ impl Store for RedisStore {
             })
             .await?;
         Ok(set.is_some())
+    }
+
+    async fn lookup(
+        &self,
+        cache: &[CacheLookup<'_>],
+        revocations: &[Revocation<'_>],
+    ) -> Result<Lookup, StoreError> {
+        if revocations.is_empty() {
+            return Ok(Lookup {
+                cached: self.cached(cache).await?,
+                revoked: false,
+            });
+        }
+        let mut pipe = redis::pipe();
+        for lookup in cache {
+            pipe.hget(self.keys.channel_data(lookup.channel), lookup.scope);
+        }
+        let revocation_keys: Vec<String> = revocations
+            .iter()
+            .map(|r| self.keys.revocation(*r))
+            .collect();
+        pipe.exists(revocation_keys);
+        let mut values: Vec<redis::Value> = self.run(async |c| pipe.query_async(c).await).await?;
+        let revoked_count: u64 = match values.pop() {
+            Some(value) => redis::from_redis_value(&value)?,
+            None => return Err(StoreError::Command("empty pipeline answer".to_owned())),
+        };
+        let cached = values
+            .iter()
+            .map(redis::from_redis_value::<Option<String>>)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Lookup {
+            cached,
+            revoked: revoked_count > 0,
+        })
+    }
+
+    async fn revoke(&self, revocation: Revocation<'_>, ttl: Duration) -> Result<(), StoreError> {
+        let key = self.keys.revocation(revocation);
+        self.run(async |c| c.set_ex::<_, _, ()>(&key, "1", ttl.as_secs().max(1)).await)
+            .await
+    }
+
+    async fn create_session(
+        &self,
+        session_id: &str,
+        data: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.session(session_id);
+        self.run(async |c| c.set_ex::<_, _, ()>(&key, data, ttl.as_secs().max(1)).await)
+            .await
+    }
+
+    async fn touch_session(
+        &self,
+        session_id: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let key = self.keys.session(session_id);
+        // GETEX reads and renews in one atomic command (Redis ≥ 6.2).
+        self.run(async |c| {
+            redis::cmd("GETEX")
+                .arg(&key)
+                .arg("EX")
+                .arg(ttl.as_secs().max(1))
+                .query_async(c)
+                .await
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -159,6 +159,58 @@ pub struct HttpArgs {
     pub http_workers: Option<usize>,
     #[command(flatten)]
     pub protection: ProtectionArgs,
+    #[command(flatten)]
+    pub identity: Box<IdentityArgs>,
+}
+
+/// Token verification (besides `PORTER_JWT_SECRET`), sessions and revocation.
+#[derive(Args, Debug, Clone)]
+pub struct IdentityArgs {
+    /// A JWKS for RS256/ES256 tokens: a file path or an http(s) URL.
+    #[arg(long, env = "PORTER_JWKS")]
+    pub jwks: Option<String>,
+    /// The required `iss` of tokens.
+    #[arg(long, env = "PORTER_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Accepted `aud` values, comma-separated; tokens must carry one when set.
+    #[arg(long, env = "PORTER_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+    /// Seconds of clock skew tolerated on `exp` and `nbf`.
+    #[arg(long, env = "PORTER_JWT_LEEWAY", default_value_t = 5)]
+    pub jwt_leeway: u64,
+    /// Allowed token algorithms, comma-separated (default: HS256 with a secret, RS256 and
+    /// ES256 with a JWKS). `none` is never allowed.
+    #[arg(long, env = "PORTER_JWT_ALGORITHMS", value_delimiter = ',')]
+    pub jwt_algorithms: Vec<String>,
+    /// Least seconds between two JWKS refreshes caused by an unknown `kid`.
+    #[arg(long, env = "PORTER_JWKS_REFRESH_INTERVAL", default_value_t = 60)]
+    pub jwks_refresh_interval: u64,
+    /// Seconds after which the cached JWKS is read again.
+    #[arg(long, env = "PORTER_JWKS_MAX_AGE", default_value_t = 3600)]
+    pub jwks_max_age: u64,
+    /// Seconds a session lives after its last use (sliding).
+    #[arg(long, env = "PORTER_SESSION_TTL", default_value_t = 3600)]
+    pub session_ttl: u64,
+    /// Seconds a revoked `jti` stays revoked when the revocation gives no `exp`.
+    #[arg(long, env = "PORTER_REVOCATION_TTL", default_value_t = 86400)]
+    pub revocation_ttl: u64,
+}
+
+impl Default for IdentityArgs {
+    /// The same defaults as the flags (for `porter dev`).
+    fn default() -> IdentityArgs {
+        IdentityArgs {
+            jwks: None,
+            jwt_issuer: None,
+            jwt_audience: Vec::new(),
+            jwt_leeway: 5,
+            jwt_algorithms: Vec::new(),
+            jwks_refresh_interval: 60,
+            jwks_max_age: 3600,
+            session_ttl: 3600,
+            revocation_ttl: 86400,
+        }
+    }
 }
 
 #[derive(Args, Debug)]

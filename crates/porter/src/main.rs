@@ -10,6 +10,7 @@ mod cli;
 mod floor;
 mod serve;
 mod tools;
+mod verifier;
 
 use std::process::ExitCode;
 

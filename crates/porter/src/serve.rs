@@ -14,7 +14,6 @@ use porter_broker::{TaskClient, local};
 use porter_core::policy::{Policy, PrivateData};
 use porter_core::routing::Queue;
 use porter_gateway::admin::AdminGuard;
-use porter_gateway::identity::Verifier;
 use porter_gateway::{AppState, GatewayConfig};
 use porter_store::memory::MemoryStore;
 use porter_store::redis::RedisStore;
@@ -42,12 +41,13 @@ fn app_state(
     tasks: Arc<dyn TaskClient>,
     store: Arc<dyn Store>,
 ) -> anyhow::Result<web::Data<AppState>> {
+    let identity = crate::verifier::verifier(http, store.clone(), tasks.clone())?;
     Ok(web::Data::new(AppState {
         signer: signer(&http.credentials)?,
         policy,
         tasks,
         store,
-        identity: Verifier::hs256(http.jwt_secret.as_deref().map(str::as_bytes)),
+        identity,
         config: GatewayConfig {
             max_channels: http.max_channels.max(1),
             grace: Duration::from_millis(http.grace_ms),
@@ -109,6 +109,7 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             Arc::new(client.clone()),
             Arc::new(store),
         )?;
+        crate::verifier::preload(&state.identity, &args.http).await?;
         let result = serve_http(state, args.listen, args.http.http_workers).await;
         client.close().await;
         result
@@ -241,6 +242,7 @@ pub fn dev(args: DevArgs) -> anyhow::Result<()> {
         admin_token: None,
         http_workers: None,
         protection: args.protection.clone(),
+        identity: Box::default(),
     };
     actix_web::rt::System::new().block_on(async move {
         let stop = CancellationToken::new();

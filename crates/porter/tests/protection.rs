@@ -597,28 +597,44 @@ async fn no_token_or_secret_appears_in_the_logs_of_a_whole_flow() {
     let deployment = Deployment::new("nolog")
         .with_policy(PRESENCE_POLICY)
         .with_env("RUST_LOG", "debug")
-        .with_env("PORTER_RATE_LIMIT_USER", "3/m")
+        .with_env("PORTER_RATE_LIMIT_USER", "4/m")
         .capture_logs();
     let mut gateway = deployment.gateway();
     let mut worker = deployment.worker();
     deployment.wait_ready().await;
     let client = reqwest::Client::new();
 
-    let token = token("9001", &[("name", json!("Nine"))]);
+    let token = token(
+        "9001",
+        &[
+            ("name", json!("Nine")),
+            ("email", json!("nine@example.com")),
+        ],
+    );
     // A well-formed token signed with another key: refused, and must not be logged either.
     let forged = {
         let (head, _) = token.rsplit_once('.').unwrap();
         format!("{head}.AAAAbogusSignatureAAAAAAAAAAAAAAAAAAAAAAAAAA")
     };
-    // INTEGRATOR: SESSION ID. When sessions land (issue 5, identity half), create one here
-    // with `POST /auth` and push its id onto `must_not_appear`, then use it as
-    // `X-Session-ID` in one of the requests below.
+    // A session opened with the token (seed 001): its id must not be logged either.
+    let session = client
+        .post(deployment.url("/auth"))
+        .json(&json!({"email": "nine@example.com", "token": token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(session.status(), 200);
+    let session_id = session.json::<Value>().await.unwrap()["sessionId"]
+        .as_str()
+        .expect("a session id")
+        .to_owned();
     let mut must_not_appear: Vec<String> = vec![
         token.clone(),
         forged.clone(),
         SECRET.to_owned(),
         JWT_SECRET.to_owned(),
         MASTER_KEY.to_owned(),
+        session_id.clone(),
     ];
     // The token's signature alone must not leak either.
     must_not_appear.push(token.rsplit_once('.').unwrap().1.to_owned());
@@ -648,6 +664,8 @@ async fn no_token_or_secret_appears_in_the_logs_of_a_whole_flow() {
         .await
         .unwrap();
     assert_eq!(heartbeat.status(), 200);
+    let by_session = get(&url, None, &[("X-Session-ID", session_id.as_str())]).await;
+    assert_eq!(by_session.status(), 200, "the session identifies user 9001");
     // Past the rate limit, a refusal is audited (who, rule, why), without the token.
     let limited = get(&url, Some(&token), &[]).await;
     assert_eq!(limited.status(), 429);

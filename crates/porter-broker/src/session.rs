@@ -1,0 +1,86 @@
+//! Session exchanges (seed 001): every session owns a fanout exchange
+//! `data.<session-id>.published` that the application publishes the session's data to and the
+//! client binds its own queue to.
+//!
+//! RabbitMQ has no TTL for exchanges, so the exchange's life is tied to a *lease queue*:
+//!
+//! - the exchange is declared `auto_delete`: RabbitMQ deletes it once its last binding goes;
+//! - the lease queue `data.<session-id>.lease` is bound to it and declared with
+//!   `x-expires` = the session TTL, and `x-max-length` = 0 so the copies of published messages
+//!   it receives are dropped at once instead of piling up;
+//! - every use of the session declares the lease again, which renews its `x-expires` (RabbitMQ
+//!   counts a redeclare as use);
+//! - when the session is no longer used, the lease queue expires with it, its binding goes, and
+//!   the auto-delete exchange is deleted (unless a client's own queue is still bound to it;
+//!   then it goes when that queue does).
+//!
+//! Declaring is idempotent: every renewal declares exchange, lease and binding again, so a
+//! lease that expired early (a broker restart) is restored by the next use of the session.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, ExchangeKind};
+
+use crate::BrokerError;
+
+/// The session's fanout exchange.
+pub fn exchange_name(session_id: &str) -> String {
+    format!("data.{session_id}.published")
+}
+
+/// The queue whose expiry ends the session's exchange.
+pub fn lease_queue_name(session_id: &str) -> String {
+    format!("data.{session_id}.lease")
+}
+
+/// Declares (or renews) a session's exchange, lease queue and binding.
+pub async fn declare_session(
+    channel: &Channel,
+    session_id: &str,
+    ttl: Duration,
+) -> Result<(), BrokerError> {
+    let exchange = exchange_name(session_id);
+    let lease = lease_queue_name(session_id);
+    channel
+        .exchange_declare(
+            &exchange,
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                auto_delete: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let mut arguments = FieldTable::default();
+    // RabbitMQ refuses an `x-expires` below 1 ms; a lease always lasts at least a second.
+    let expires_ms = ttl.as_millis().clamp(1000, i64::MAX as u128) as i64;
+    arguments.insert("x-expires".into(), AMQPValue::LongLongInt(expires_ms));
+    arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    channel
+        .queue_declare(&lease, QueueDeclareOptions::default(), arguments)
+        .await?;
+    channel
+        .queue_bind(
+            &lease,
+            &exchange,
+            "",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_seed_001() {
+        assert_eq!(exchange_name("abc"), "data.abc.published");
+        assert_eq!(lease_queue_name("abc"), "data.abc.lease");
+    }
+}

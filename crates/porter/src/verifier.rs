@@ -1,0 +1,76 @@
+//! Builds the gateway's token verifier (JWT secret, JWKS, issuer, audience, leeway, allowed
+//! algorithms) and its sessions from the command-line settings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use porter_broker::TaskClient;
+use porter_gateway::identity::{JwtSettings, Verifier, parse_algorithms};
+use porter_gateway::jwks::JwksSource;
+use porter_gateway::sessions::Sessions;
+use porter_store::Store;
+
+use crate::cli::HttpArgs;
+
+pub fn verifier(
+    http: &HttpArgs,
+    store: Arc<dyn Store>,
+    tasks: Arc<dyn TaskClient>,
+) -> anyhow::Result<Verifier> {
+    let identity = &http.identity;
+    let algorithms = parse_algorithms(&identity.jwt_algorithms)
+        .map_err(anyhow::Error::msg)
+        .context("invalid PORTER_JWT_ALGORITHMS")?;
+    if let Some(url) = identity.jwks.as_deref()
+        && url.trim().starts_with("https://")
+    {
+        // reqwest is built without TLS in this workspace: say so now, not at the first token.
+        anyhow::bail!(
+            "PORTER_JWKS: this build fetches JWKS over http only; use an http URL \
+             (e.g. a local sidecar) or a file, or build reqwest with a TLS feature"
+        );
+    }
+    let settings = JwtSettings {
+        secret: http
+            .jwt_secret
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|s| s.as_bytes().to_vec()),
+        jwks: identity
+            .jwks
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| JwksSource::parse(s.trim())),
+        issuer: identity.jwt_issuer.clone().filter(|s| !s.is_empty()),
+        audience: identity
+            .jwt_audience
+            .iter()
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .collect(),
+        leeway: Duration::from_secs(identity.jwt_leeway),
+        algorithms,
+        jwks_refresh_interval: Duration::from_secs(identity.jwks_refresh_interval),
+        jwks_max_age: Duration::from_secs(identity.jwks_max_age.max(1)),
+        revocation_ttl: Duration::from_secs(identity.revocation_ttl.max(1)),
+    };
+    let sessions = Sessions::new(
+        store,
+        tasks,
+        Duration::from_secs(identity.session_ttl.max(1)),
+    );
+    Ok(Verifier::new(settings).with_sessions(sessions))
+}
+
+/// Reads the JWKS before serving. An unreadable JWKS *file* is a configuration error; an
+/// unreachable JWKS URL is only logged, and read again when a token needs it.
+pub async fn preload(verifier: &Verifier, http: &HttpArgs) -> anyhow::Result<()> {
+    if let Err(error) = verifier.preload().await {
+        match http.identity.jwks.as_deref().map(JwksSource::parse) {
+            Some(JwksSource::File(_)) => anyhow::bail!("PORTER_JWKS: {error}"),
+            _ => tracing::warn!(%error, "could not read the JWKS yet; will retry on demand"),
+        }
+    }
+    Ok(())
+}
