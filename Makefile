@@ -21,7 +21,7 @@ test: services
 
 bench:
 	cargo bench -p porter-core --bench core
-	# Load benchmark: see docs/benchmarks.md (`cargo run --release -- bench --help`).
+	./scripts/bench.sh 3 8
 
 dev:
 	cargo run --release -- dev
