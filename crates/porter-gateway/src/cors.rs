@@ -5,14 +5,16 @@
 //! without reaching a handler, and every other response (errors included, so a browser can
 //! read a 429's `Retry-After`) carries `Access-Control-Allow-Origin`. A preflight from an
 //! origin that is not allowed gets 403 `cors_origin_not_allowed`; other requests from it pass
-//! through without CORS headers, so the browser withholds the response from the page.
+//! through without CORS headers, so the browser withholds the response from the page. With
+//! CORS on, every response carries `Vary: Origin` (added to any `Vary` already there), so a
+//! shared cache never hands one origin's answer to another.
 //!
 //! Credentials mode is not enabled: callers authenticate with headers (`Authorization`,
 //! `X-Session-ID`), not cookies.
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, VARY};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{HttpResponse, ResponseError, web};
@@ -40,6 +42,19 @@ fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
     }
 }
 
+/// Adds `Vary: Origin` beside whatever `Vary` the response already has (e.g. the
+/// compression's `Accept-Encoding`), once.
+fn vary_origin(headers: &mut HeaderMap) {
+    let present = headers
+        .get_all(VARY)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case("origin") || v.trim() == "*");
+    if !present {
+        headers.append(VARY, HeaderValue::from_static("Origin"));
+    }
+}
+
 /// The CORS middleware; a no-op when no origins are configured.
 pub async fn cors(
     request: ServiceRequest,
@@ -51,19 +66,20 @@ pub async fn cors(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let state = request.app_data::<web::Data<AppState>>().cloned();
-    let (Some(origin), Some(state)) = (origin, state) else {
+    let Some(state) = state.filter(|s| !s.protection.config.cors_origins.is_empty()) else {
         return next
             .call(request)
             .await
             .map(ServiceResponse::map_into_left_body);
     };
+    let Some(origin) = origin else {
+        // The answer to a request without `Origin` differs from one with it: a shared
+        // cache must not hand it to a browser.
+        let mut response = next.call(request).await?;
+        vary_origin(response.headers_mut());
+        return Ok(response.map_into_left_body());
+    };
     let origins = &state.protection.config.cors_origins;
-    if origins.is_empty() {
-        return next
-            .call(request)
-            .await
-            .map(ServiceResponse::map_into_left_body);
-    }
     let allowed = allows(origins, &origin);
     let preflight = request.method() == Method::OPTIONS
         && request
@@ -81,7 +97,6 @@ pub async fn cors(
             );
             insert(headers, "access-control-allow-headers", ALLOWED_HEADERS);
             insert(headers, "access-control-max-age", MAX_AGE);
-            insert(headers, "vary", "Origin");
             response
         } else {
             state.metrics.protection_refusal("cors_origin");
@@ -94,15 +109,18 @@ pub async fn cors(
             )
             .error_response()
         };
+        let mut response = response;
+        vary_origin(response.headers_mut());
         return Ok(request.into_response(response).map_into_right_body());
     }
     let mut response = next.call(request).await?;
+    let headers = response.headers_mut();
     if allowed {
-        let headers = response.headers_mut();
         insert(headers, "access-control-allow-origin", &origin);
         insert(headers, "access-control-expose-headers", EXPOSED_HEADERS);
-        insert(headers, "vary", "Origin");
     }
+    // Allowed or not, the answer depends on the origin.
+    vary_origin(headers);
     Ok(response.map_into_left_body())
 }
 

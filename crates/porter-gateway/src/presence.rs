@@ -9,12 +9,16 @@
 //! Architecture Invariant: a webhook changes nothing unless its `X-Pusher-Key` and
 //! `X-Pusher-Signature` (HMAC of the raw body with the app secret, compared in constant time)
 //! are right, its `time_ms` is within `PORTER_WEBHOOK_MAX_AGE` of now, and the same signed
-//! body has not been applied before within that window (replays are ignored).
+//! body has not been applied before within that window (replays are ignored). A body is
+//! marked applied only after all its events are, and membership events older than what the
+//! store knows of their user and channel are ignored (`porter_store::presence`), so neither
+//! a failure half-way nor webhooks arriving out of order lose or resurrect a membership.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use porter_broker::now_ms;
 use porter_core::channel::{Channel, ChannelKind};
+use porter_store::PresenceEvent;
 use serde::Deserialize;
 use serde_json::json;
 use tracing::{debug, warn};
@@ -50,7 +54,7 @@ async fn heartbeat_inner(
     request: &HttpRequest,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = protection::identify(state, request).await?;
+    let identity = protection::identify_rate_limited(state, request).await?;
     let Some(user) = identity.user_id.as_deref() else {
         let ip = state.protection.client_ip(request);
         audit::auth_failed(&Who::of(&identity, ip), "unauthenticated");
@@ -60,7 +64,6 @@ async fn heartbeat_inner(
             "a heartbeat needs an authenticated user",
         ));
     };
-    protection::check_rate(state, request, &identity).await?;
     // A heartbeat makes no cache round trip to carry the revocation check: ask on its own.
     crate::revocation::ensure_not_revoked(state.store.as_ref(), &identity)
         .await
@@ -162,34 +165,37 @@ async fn webhook_inner(
         ));
     }
     // The verified signature identifies the signed body; seen twice within the window is a
-    // replay (or a redelivery of one already applied): acknowledged, not applied again.
-    let first = state
-        .store
-        .first_sighting(
-            &format!("webhook:{}", signature.to_ascii_lowercase()),
-            max_age * 2,
-        )
-        .await
-        .map_err(|error| {
-            warn!(%error, "could not check a webhook for replay");
-            store_unavailable()
-        })?;
-    if !first {
+    // replay (or a redelivery of one already applied): acknowledged, not applied again. The
+    // body is marked seen only AFTER its events are applied: a store failure half-way answers
+    // 503 and leaves it unmarked, so Pusher's retry applies it (the events are idempotent and
+    // ordered by `time_ms`, so re-applying the part that did land changes nothing).
+    let seen_id = format!("webhook:{}", signature.to_ascii_lowercase());
+    let seen = state.store.sighted(&seen_id).await.map_err(|error| {
+        warn!(%error, "could not check a webhook for replay");
+        store_unavailable()
+    })?;
+    if seen {
         audit::refused(&who, None, "webhook_replay", "webhook_replayed");
         state.metrics.protection_refusal("webhook_replay");
         return Ok(HttpResponse::Ok().json(json!({ "ok": true, "applied": 0, "replay": true })));
     }
     let mut applied = 0;
     for event in &hook.events {
-        if apply(state, event).await? {
+        if apply(state, event, hook.time_ms).await? {
             applied += 1;
         }
+    }
+    if let Err(error) = state.store.first_sighting(&seen_id, max_age * 2).await {
+        // Applied already: answering 503 would only make Pusher send it again. Unmarked, a
+        // replay within the window re-applies the same events, which changes nothing.
+        warn!(%error, "could not mark a webhook as applied");
     }
     Ok(HttpResponse::Ok().json(json!({ "ok": true, "applied": applied })))
 }
 
-/// Applies one webhook event; `false` when it is not one Porter acts on.
-async fn apply(state: &AppState, event: &WebhookEvent) -> Result<bool, ApiError> {
+/// Applies one webhook event of a webhook sent at `time_ms`; `false` when it is not one Porter
+/// acts on, or is older than what the store already knows of that user and channel.
+async fn apply(state: &AppState, event: &WebhookEvent, time_ms: u64) -> Result<bool, ApiError> {
     let Some(name) = event.channel.as_deref() else {
         return Ok(false);
     };
@@ -198,17 +204,26 @@ async fn apply(state: &AppState, event: &WebhookEvent) -> Result<bool, ApiError>
         return Ok(false);
     };
     let user = event.user();
-    let result = match (event.name.as_str(), user.as_deref()) {
-        ("member_added", Some(user)) if channel.kind == ChannelKind::Presence => {
-            state.store.join_presence(user, name).await
+    let membership = match event.name.as_str() {
+        "member_added" => Some(PresenceEvent::Joined),
+        "member_removed" => Some(PresenceEvent::Left),
+        _ => None,
+    };
+    let result = match (event.name.as_str(), membership, user.as_deref()) {
+        (_, Some(membership), Some(user)) if channel.kind == ChannelKind::Presence => {
+            state
+                .store
+                .update_presence(user, name, membership, time_ms)
+                .await
         }
-        ("member_removed", Some(user)) if channel.kind == ChannelKind::Presence => {
-            state.store.leave_presence(user, name).await
-        }
-        ("channel_vacated", _) => state.store.drop_cached(&channel.cache_name()).await,
+        ("channel_vacated", _, _) => state
+            .store
+            .drop_cached(&channel.cache_name())
+            .await
+            .map(|()| true),
         _ => return Ok(false),
     };
-    result.map(|()| true).map_err(|error| {
+    result.map_err(|error| {
         warn!(%error, event = %event.name, "could not apply a webhook event");
         store_unavailable()
     })

@@ -3,8 +3,10 @@
 //! proxies; and the audited identity look-up.
 //!
 //! Rate limits are counted in the store (Redis in production, so every replica shares one
-//! budget; memory in `porter dev`) by one atomic GCRA script per request (see
-//! `porter_store::ratelimit`). A store that fails is logged and the request let through:
+//! budget; memory in `porter dev`) by atomic GCRA scripts (see `porter_store::ratelimit`):
+//! the IP before a token or session is verified (so failed authentications are charged),
+//! the user's buckets after. IPv6 clients are counted per /64; an authenticated caller's
+//! `X-Client-ID` is counted within its user, since the header proves nothing. A store that fails is logged and the request let through:
 //! a Redis outage must not take authorization down with it.
 //!
 //! Architecture Invariant: the in-flight cap is checked before any task is published, and a
@@ -209,11 +211,7 @@ pub fn audit_unauthorized(
         return;
     }
     // The same bounds as the identity's client id: nothing oversized reaches the log.
-    let header_client = request
-        .headers()
-        .get("x-client-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|c| !c.is_empty() && c.len() <= 200);
+    let header_client = header_client_id(request);
     let ip = state.protection.client_ip(request);
     let who = match identity {
         Some(identity) => Who::of(identity, ip),
@@ -226,28 +224,142 @@ pub fn audit_unauthorized(
     state.metrics.auth_failure(error.code);
 }
 
+/// The rate-limit bucket of a client IP: the address for IPv4, the /64 network for IPv6,
+/// since one subscriber usually holds a whole /64 and could otherwise rotate through 2^64
+/// fresh buckets.
+pub fn ip_bucket(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => format!("ip:{v4}"),
+        IpAddr::V6(v6) => {
+            let network = std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1));
+            format!("ip:{network}/64")
+        }
+    }
+}
+
+/// The bucket of an `X-Client-ID`. The header is not authenticated, so an authenticated
+/// caller's client id is counted within its user (`client:{user}:{client}`): nobody can
+/// spend another user's client budget by sending their client id. Anonymous callers share
+/// `client:{client}`.
+fn client_bucket(user: Option<&str>, client: &str) -> String {
+    match user {
+        Some(user) => format!("client:{user}:{client}"),
+        None => format!("client:{client}"),
+    }
+}
+
+/// The caller's `X-Client-ID` as the identity would take it (non-empty, at most 200 bytes).
+fn header_client_id(request: &HttpRequest) -> Option<&str> {
+    request
+        .headers()
+        .get("x-client-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|c| !c.is_empty() && c.len() <= 200)
+}
+
+/// Whether a request carries a credential (a token or a session), i.e. names a user.
+fn carries_credential(request: &HttpRequest) -> bool {
+    let headers = request.headers();
+    headers.contains_key("authorization") || headers.contains_key("x-session-id")
+}
+
+/// One bucket to charge: the rule that names it in refusals, its key, its quota.
+type Bucket = (&'static str, String, Quota);
+
 /// Checks and charges the rate limits of one request: 429 `rate_limited` with
-/// `Retry-After` when any of its buckets (user, client id, IP) is exhausted.
+/// `Retry-After` when any of its buckets (user, client id, IP) is exhausted. All in one
+/// store call; for endpoints whose identity takes no work to find (anonymous callers, admin
+/// and `/auth` requests). Endpoints that verify a token or a session use
+/// [`identify_rate_limited`], which charges the IP before that work.
 pub async fn check_rate(
     state: &AppState,
     request: &HttpRequest,
     identity: &Identity,
 ) -> Result<(), ApiError> {
     let config = &state.protection.config;
-    if config.rate_user.is_none() && config.rate_client.is_none() && config.rate_ip.is_none() {
-        return Ok(());
-    }
-    let ip = state.protection.client_ip(request);
-    let mut buckets: Vec<(&'static str, String, Quota)> = Vec::with_capacity(3);
+    let mut buckets: Vec<Bucket> = Vec::with_capacity(3);
     if let (Some(quota), Some(user)) = (config.rate_user, identity.user_id.as_deref()) {
         buckets.push(("rate_limit_user", format!("user:{user}"), quota));
     }
     if let (Some(quota), Some(client)) = (config.rate_client, identity.client_id.as_deref()) {
-        buckets.push(("rate_limit_client", format!("client:{client}"), quota));
+        let bucket = client_bucket(identity.user_id.as_deref(), client);
+        buckets.push(("rate_limit_client", bucket, quota));
     }
+    let ip = state.protection.client_ip(request);
     if let (Some(quota), Some(ip)) = (config.rate_ip, ip) {
-        buckets.push(("rate_limit_ip", format!("ip:{ip}"), quota));
+        buckets.push(("rate_limit_ip", ip_bucket(ip), quota));
     }
+    charge(state, &Who::of(identity, ip), buckets).await
+}
+
+/// Resolves the caller with the rate limits charged around it: the IP bucket (and, for a
+/// request without credentials, its client-id bucket) BEFORE the token or session is looked
+/// at, so failed authentications are paid for; the user's buckets once the user is known.
+/// The IP is charged once per request.
+pub async fn identify_rate_limited(
+    state: &AppState,
+    request: &HttpRequest,
+) -> Result<Identity, ApiError> {
+    let config = &state.protection.config;
+    let ip = state.protection.client_ip(request);
+    let credential = carries_credential(request);
+    let mut before: Vec<Bucket> = Vec::with_capacity(2);
+    if let (Some(quota), Some(ip)) = (config.rate_ip, ip) {
+        before.push(("rate_limit_ip", ip_bucket(ip), quota));
+    }
+    let client = header_client_id(request);
+    if let (Some(quota), Some(client), false) = (config.rate_client, client, credential) {
+        before.push(("rate_limit_client", client_bucket(None, client), quota));
+    }
+    let who = Who {
+        client,
+        ..Who::ip(ip)
+    };
+    charge(state, &who, before).await?;
+    let identity = identify(state, request).await?;
+    let Some(user) = identity.user_id.as_deref() else {
+        return Ok(identity);
+    };
+    let mut after: Vec<Bucket> = Vec::with_capacity(2);
+    if let Some(quota) = config.rate_user {
+        after.push(("rate_limit_user", format!("user:{user}"), quota));
+    }
+    if let (Some(quota), Some(client)) = (config.rate_client, identity.client_id.as_deref()) {
+        after.push((
+            "rate_limit_client",
+            client_bucket(Some(user), client),
+            quota,
+        ));
+    }
+    charge(state, &Who::of(&identity, ip), after).await?;
+    Ok(identity)
+}
+
+/// Middleware for endpoints that authenticate by other means than a user's identity
+/// (`/admin/tokens/revoke`): charges the IP and client-id buckets before the handler runs,
+/// so guessing the admin token costs a rate-limit budget like guessing a user's.
+pub async fn rate_limit_before_handler(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if let Some(state) = request.app_data::<web::Data<AppState>>().cloned() {
+        let identity = Identity {
+            client_id: header_client_id(request.request()).map(str::to_owned),
+            ..Identity::default()
+        };
+        if let Err(error) = check_rate(&state, request.request(), &identity).await {
+            return Ok(request
+                .into_response(error.error_response())
+                .map_into_right_body());
+        }
+    }
+    next.call(request)
+        .await
+        .map(ServiceResponse::map_into_left_body)
+}
+
+/// Charges `buckets` in one atomic store call (none when any refuses).
+async fn charge(state: &AppState, who: &Who<'_>, buckets: Vec<Bucket>) -> Result<(), ApiError> {
     if buckets.is_empty() {
         return Ok(());
     }
@@ -268,7 +380,7 @@ pub async fn check_rate(
                 .get(bucket)
                 .map_or("rate_limit", |(rule, _, _)| *rule);
             state.metrics.protection_refusal(rule);
-            audit::refused(&Who::of(identity, ip), None, rule, "rate_limited");
+            audit::refused(who, None, rule, "rate_limited");
             Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",

@@ -32,9 +32,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route("/pusher/webhook", web::post().to(crate::presence::webhook))
         .route("/auth", web::post().to(crate::sessions::create))
-        .route(
-            "/admin/tokens/revoke",
-            web::post().to(crate::revocation::revoke),
+        .service(
+            // Rate limited by IP and client id before the admin token is looked at.
+            web::resource("/admin/tokens/revoke")
+                .wrap(actix_web::middleware::from_fn(
+                    crate::protection::rate_limit_before_handler,
+                ))
+                .route(web::post().to(crate::revocation::revoke)),
         )
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
@@ -116,8 +120,7 @@ async fn batch_authenticate_inner(
         // Far beyond the limit even before deduplication: refuse without more work.
         return Err(too_many(state));
     }
-    let identity = crate::protection::identify(state, request).await?;
-    crate::protection::check_rate(state, request, &identity).await?;
+    let identity = crate::protection::identify_rate_limited(state, request).await?;
     let results = batch::authorize(state, &identity, socket_id, &channels)
         .await
         .inspect_err(|e| {
@@ -209,8 +212,7 @@ async fn pusher_auth_inner(
 ) -> Result<HttpResponse, ApiError> {
     let form = parse_auth_body(request, body)?;
     let socket_id = checked_socket_id(form.socket_id.as_deref())?;
-    let identity = crate::protection::identify(state, request).await?;
-    crate::protection::check_rate(state, request, &identity).await?;
+    let identity = crate::protection::identify_rate_limited(state, request).await?;
     if !form.indexed.is_empty() {
         if form.indexed.len() > state.config.max_channels {
             return Err(too_many(state));

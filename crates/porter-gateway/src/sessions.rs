@@ -35,6 +35,9 @@ pub struct Sessions {
     ttl: Duration,
     /// When this gateway last renewed each session's exchange lease.
     renewed: Mutex<HashMap<String, Instant>>,
+    /// When the renewal table was last swept: at most once per renewal step, so a table
+    /// above [`RENEWED_SWEEP_AT`] of live sessions is not walked on every request.
+    swept: Mutex<Instant>,
 }
 
 /// A lease is renewed at most once per `ttl / RENEWALS_PER_TTL` by one gateway, so a busy
@@ -61,6 +64,7 @@ impl Sessions {
             exchanges,
             ttl: ttl.max(Duration::from_secs(1)),
             renewed: Mutex::new(HashMap::new()),
+            swept: Mutex::new(Instant::now()),
         }
     }
 
@@ -80,11 +84,19 @@ impl Sessions {
 
     /// Whether this use of the session should renew its lease; records the renewal.
     fn renewal_due(&self, id: &str) -> bool {
-        let now = Instant::now();
+        self.renewal_due_at(id, Instant::now())
+    }
+
+    fn renewal_due_at(&self, id: &str, now: Instant) -> bool {
         let step = self.renew_every();
         let mut renewed = self.renewed.lock().unwrap_or_else(PoisonError::into_inner);
         if renewed.len() >= RENEWED_SWEEP_AT {
-            renewed.retain(|_, at| now.duration_since(*at) < step);
+            // Always taken after `renewed`, so the two locks cannot deadlock.
+            let mut swept = self.swept.lock().unwrap_or_else(PoisonError::into_inner);
+            if now.saturating_duration_since(*swept) >= step {
+                renewed.retain(|_, at| now.saturating_duration_since(*at) < step);
+                *swept = now;
+            }
         }
         match renewed.get(id) {
             Some(at) if now.duration_since(*at) < step => false,
@@ -273,6 +285,36 @@ mod tests {
         assert!(sessions.renewal_due("a"));
         assert!(!sessions.renewal_due("a"), "renewed a moment ago");
         assert!(sessions.renewal_due("b"), "each session has its own step");
+    }
+
+    #[test]
+    fn the_renewal_table_is_swept_at_most_once_per_step() {
+        let (client, _source) = porter_broker::local::channel(Default::default());
+        let sessions = Sessions::new(
+            Arc::new(porter_store::memory::MemoryStore::default()),
+            Arc::new(client),
+            Duration::from_secs(400),
+        );
+        let t0 = Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        let len = || sessions.renewed.lock().unwrap().len();
+        for i in 0..RENEWED_SWEEP_AT {
+            assert!(sessions.renewal_due_at(&format!("a{i}"), at(0)));
+        }
+        // 90 s later (step = 100 s) nothing is due for a sweep yet: all of it stays.
+        for i in 0..RENEWED_SWEEP_AT {
+            sessions.renewal_due_at(&format!("b{i}"), at(90));
+        }
+        assert_eq!(len(), 2 * RENEWED_SWEEP_AT);
+        // A step after the last sweep: the a's (100 s old) go, the b's (10 s old) stay.
+        sessions.renewal_due_at("x", at(100));
+        assert_eq!(len(), RENEWED_SWEEP_AT + 1);
+        // At 195 s the b's are stale, but the last sweep was 95 s ago: no sweep, no walk.
+        sessions.renewal_due_at("y", at(195));
+        assert_eq!(len(), RENEWED_SWEEP_AT + 2);
+        // At 200 s a sweep is due again: only y (5 s old) and the new z stay.
+        sessions.renewal_due_at("z", at(200));
+        assert_eq!(len(), 2);
     }
 
     #[tokio::test]

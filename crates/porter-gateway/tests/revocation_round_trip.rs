@@ -14,7 +14,9 @@ use porter_gateway::identity::{Credential, Identity, Verifier};
 use porter_gateway::protection::{Protection, ProtectionConfig};
 use porter_gateway::{AppState, GatewayConfig, batch};
 use porter_store::memory::MemoryStore;
-use porter_store::{CacheLookup, Lookup, RateCheck, RateDecision, Revocation, Store, StoreError};
+use porter_store::{
+    CacheLookup, Lookup, PresenceEvent, RateCheck, RateDecision, Revocation, Store, StoreError,
+};
 
 /// A memory store that counts the calls that reach it.
 #[derive(Default)]
@@ -133,13 +135,17 @@ impl Store for Counting {
         self.count();
         self.inner.touch_session(session_id, ttl).await
     }
-    async fn join_presence(&self, user_id: &str, channel: &str) -> Result<(), StoreError> {
+    async fn update_presence(
+        &self,
+        user_id: &str,
+        channel: &str,
+        event: PresenceEvent,
+        time_ms: u64,
+    ) -> Result<bool, StoreError> {
         self.count();
-        self.inner.join_presence(user_id, channel).await
-    }
-    async fn leave_presence(&self, user_id: &str, channel: &str) -> Result<(), StoreError> {
-        self.count();
-        self.inner.leave_presence(user_id, channel).await
+        self.inner
+            .update_presence(user_id, channel, event, time_ms)
+            .await
     }
     async fn rate_limit(&self, checks: &[RateCheck<'_>]) -> Result<RateDecision, StoreError> {
         self.count();
@@ -148,6 +154,10 @@ impl Store for Counting {
     async fn first_sighting(&self, id: &str, ttl: Duration) -> Result<bool, StoreError> {
         self.count();
         self.inner.first_sighting(id, ttl).await
+    }
+    async fn sighted(&self, id: &str) -> Result<bool, StoreError> {
+        self.count();
+        self.inner.sighted(id).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await

@@ -6,6 +6,7 @@
 //! cache name, which drops `-encrypted`, so an encrypted channel and its plain twin share it.
 
 pub mod memory;
+pub mod presence;
 pub mod ratelimit;
 pub mod redis;
 
@@ -14,10 +15,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use thiserror::Error;
 
+pub use presence::PresenceEvent;
 pub use ratelimit::{Quota, RateCheck, RateDecision};
 
-/// How long a user's set of presence channels lives without a `member_added`: a safety net
-/// for `member_removed` webhooks that never arrive.
+/// How long a presence-channel membership counts after its `member_added`: a safety net for
+/// `member_removed` webhooks that never arrive (see [`presence`]).
 pub const PRESENCE_CHANNELS_TTL: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Error)]
@@ -80,10 +82,17 @@ impl Keys {
         format!("{}online:{user_id}", self.prefix)
     }
 
-    /// Set of the presence channels a user is a member of, kept by Pusher webhooks (seed
-    /// 002: a user is online while in any presence channel or heartbeating).
+    /// Hash of the presence channels a user is a member of → the `time_ms` of the webhook
+    /// that said so, kept by Pusher webhooks (seed 002: a user is online while in any
+    /// presence channel or heartbeating; see [`presence`]).
     pub fn presence_channels(&self, user_id: &str) -> String {
-        format!("{}presence-channels:{user_id}", self.prefix)
+        format!("{}presence-joined:{user_id}", self.prefix)
+    }
+
+    /// Hash of the presence channels a user left → the `time_ms` of the webhook that said
+    /// so: tombstones against older `member_added` webhooks applied late.
+    pub fn presence_left(&self, user_id: &str) -> String {
+        format!("{}presence-left:{user_id}", self.prefix)
     }
 
     /// A rate-limit bucket's GCRA state (`bucket` is e.g. `user:7`, `client:abc`, `ip:…`).
@@ -190,10 +199,16 @@ pub trait Store: Send + Sync + 'static {
     /// Online = heartbeating (the `online` key is live) or in any presence channel.
     async fn is_online(&self, user_id: &str) -> Result<bool, StoreError>;
     async fn set_online(&self, user_id: &str, ttl: Duration) -> Result<(), StoreError>;
-    /// Records that a user joined a presence channel (Pusher `member_added`).
-    async fn join_presence(&self, user_id: &str, channel: &str) -> Result<(), StoreError>;
-    /// Records that a user left a presence channel (Pusher `member_removed`).
-    async fn leave_presence(&self, user_id: &str, channel: &str) -> Result<(), StoreError>;
+    /// Records that a user joined (Pusher `member_added`) or left (`member_removed`) a
+    /// presence channel, by a webhook of `time_ms`. `false` when ignored because a newer
+    /// event of that user and channel was applied before (see [`presence`]).
+    async fn update_presence(
+        &self,
+        user_id: &str,
+        channel: &str,
+        event: PresenceEvent,
+        time_ms: u64,
+    ) -> Result<bool, StoreError>;
 
     /// Checks and charges the rate-limit buckets of one request, atomically: a request
     /// refused by any bucket charges none.
@@ -201,6 +216,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// `true` the first time an id is seen within `ttl`, `false` on a repeat (replay guard).
     async fn first_sighting(&self, id: &str, ttl: Duration) -> Result<bool, StoreError>;
+    /// Whether an id was seen by [`Store::first_sighting`] within its TTL, without marking
+    /// it: to check for a replay before applying, and mark only once applied.
+    async fn sighted(&self, id: &str) -> Result<bool, StoreError>;
 
     /// Reads cache entries and checks revocations in ONE round trip, so that checking a
     /// caller's token costs an authorization nothing extra.

@@ -8,10 +8,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use crate::presence;
 use crate::ratelimit::gcra;
 use crate::{
-    CacheLookup, Keys, Lookup, PRESENCE_CHANNELS_TTL, RateCheck, RateDecision, Revocation, Store,
-    StoreError,
+    CacheLookup, Keys, Lookup, PRESENCE_CHANNELS_TTL, PresenceEvent, RateCheck, RateDecision,
+    Revocation, Store, StoreError,
 };
 
 enum Value {
@@ -232,7 +233,7 @@ impl Store for MemoryStore {
         let heartbeat = Self::live(&mut data, &self.keys.online(user_id)).is_some();
         let in_channel = matches!(
             Self::live(&mut data, &self.keys.presence_channels(user_id)).map(|e| &e.value),
-            Some(Value::Set(s)) if !s.is_empty()
+            Some(Value::Hash(h)) if !h.is_empty()
         );
         Ok(heartbeat || in_channel)
     }
@@ -248,49 +249,46 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn join_presence(&self, user_id: &str, channel: &str) -> Result<(), StoreError> {
-        let key = self.keys.presence_channels(user_id);
+    async fn update_presence(
+        &self,
+        user_id: &str,
+        channel: &str,
+        event: PresenceEvent,
+        time_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let (joined_key, left_key) = (
+            self.keys.presence_channels(user_id),
+            self.keys.presence_left(user_id),
+        );
         let mut data = self.data();
-        let expires = Some(Instant::now() + PRESENCE_CHANNELS_TTL);
-        match Self::live(&mut data, &key) {
-            Some(Entry {
-                value: Value::Set(s),
-                expires: at,
-            }) => {
-                s.insert(channel.to_owned());
-                *at = expires;
-            }
-            _ => {
+        let mut take = |key: &str| match Self::live(&mut data, key).map(|e| &mut e.value) {
+            Some(Value::Hash(h)) => std::mem::take(h),
+            _ => Default::default(),
+        };
+        let (mut joined, mut left) = (take(&joined_key), take(&left_key));
+        let update = presence::apply(&mut joined, &mut left, channel, event, time_ms);
+        let now = Instant::now();
+        // As in Redis, an empty hash does not exist.
+        let mut put = |key: String, hash: BTreeMap<String, String>, ttl: Option<Duration>| {
+            if hash.is_empty() {
+                data.remove(&key);
+            } else {
                 data.insert(
                     key,
                     Entry {
-                        value: Value::Set(BTreeSet::from([channel.to_owned()])),
-                        expires,
+                        value: Value::Hash(hash),
+                        expires: ttl.map(|ttl| now + ttl),
                     },
                 );
             }
-        }
-        Ok(())
-    }
-
-    async fn leave_presence(&self, user_id: &str, channel: &str) -> Result<(), StoreError> {
-        let key = self.keys.presence_channels(user_id);
-        let mut data = self.data();
-        let now_empty = match Self::live(&mut data, &key) {
-            Some(Entry {
-                value: Value::Set(s),
-                ..
-            }) => {
-                s.remove(channel);
-                s.is_empty()
-            }
-            _ => false,
         };
-        if now_empty {
-            // As in Redis, an empty set does not exist.
-            data.remove(&key);
-        }
-        Ok(())
+        put(
+            joined_key,
+            joined,
+            update.joined_expires_in_ms.map(Duration::from_millis),
+        );
+        put(left_key, left, Some(PRESENCE_CHANNELS_TTL));
+        Ok(update.applied)
     }
 
     async fn rate_limit(&self, checks: &[RateCheck<'_>]) -> Result<RateDecision, StoreError> {
@@ -344,6 +342,10 @@ impl Store for MemoryStore {
             },
         );
         Ok(true)
+    }
+
+    async fn sighted(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(Self::live(&mut self.data(), &self.keys.seen(id)).is_some())
     }
 
     async fn lookup(
@@ -437,16 +439,27 @@ mod tests {
     async fn online_while_heartbeating_or_in_any_presence_channel() {
         let store = MemoryStore::default();
         assert!(!store.is_online("7").await.unwrap());
-        store.join_presence("7", "presence-a@1").await.unwrap();
-        store.join_presence("7", "presence-b@2").await.unwrap();
+        let update = |channel: &'static str, event, time_ms| {
+            let store = &store;
+            async move {
+                store
+                    .update_presence("7", channel, event, time_ms)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert!(update("presence-a@1", PresenceEvent::Joined, 1000).await);
+        assert!(update("presence-b@2", PresenceEvent::Joined, 1000).await);
         assert!(store.is_online("7").await.unwrap());
-        store.leave_presence("7", "presence-a@1").await.unwrap();
+        assert!(update("presence-a@1", PresenceEvent::Left, 2000).await);
         assert!(store.is_online("7").await.unwrap(), "still in presence-b@2");
+        // A member_added older than the member_removed, applied late, changes nothing.
+        assert!(!update("presence-a@1", PresenceEvent::Joined, 1500).await);
         store
             .set_online("7", Duration::from_secs(30))
             .await
             .unwrap();
-        store.leave_presence("7", "presence-b@2").await.unwrap();
+        assert!(update("presence-b@2", PresenceEvent::Left, 2000).await);
         assert!(store.is_online("7").await.unwrap(), "still heartbeating");
         tokio::time::advance(Duration::from_secs(31)).await;
         assert!(!store.is_online("7").await.unwrap());

@@ -18,10 +18,11 @@ use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
+use crate::presence::PRESENCE_SCRIPT;
 use crate::ratelimit::GCRA_SCRIPT;
 use crate::{
-    CacheLookup, Keys, Lookup, PRESENCE_CHANNELS_TTL, RateCheck, RateDecision, Revocation, Store,
-    StoreError,
+    CacheLookup, Keys, Lookup, PRESENCE_CHANNELS_TTL, PresenceEvent, RateCheck, RateDecision,
+    Revocation, Store, StoreError,
 };
 
 /// The longest any one store call may take.
@@ -33,6 +34,8 @@ pub struct RedisStore {
     keys: Keys,
     /// The GCRA script, sent by `EVALSHA` (loaded on first use).
     gcra: Arc<redis::Script>,
+    /// The presence-membership script (see `crate::presence`).
+    presence: Arc<redis::Script>,
 }
 
 struct Shared {
@@ -67,6 +70,7 @@ impl RedisStore {
             }),
             keys,
             gcra: Arc::new(redis::Script::new(GCRA_SCRIPT)),
+            presence: Arc::new(redis::Script::new(PRESENCE_SCRIPT)),
         })
     }
 
@@ -211,7 +215,7 @@ impl Store for RedisStore {
     }
 
     async fn is_online(&self, user_id: &str) -> Result<bool, StoreError> {
-        // An empty set does not exist in Redis, so one EXISTS over both keys answers
+        // An empty hash does not exist in Redis, so one EXISTS over both keys answers
         // "heartbeating or in any presence channel".
         let keys = [
             self.keys.online(user_id),
@@ -227,21 +231,26 @@ impl Store for RedisStore {
             .await
     }
 
-    async fn join_presence(&self, user_id: &str, channel: &str) -> Result<(), StoreError> {
-        let key = self.keys.presence_channels(user_id);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .sadd(&key, channel)
-            .ignore()
-            .expire(&key, PRESENCE_CHANNELS_TTL.as_secs() as i64)
-            .ignore();
-        self.run(async |c| pipe.query_async(c).await).await
-    }
-
-    async fn leave_presence(&self, user_id: &str, channel: &str) -> Result<(), StoreError> {
-        let key = self.keys.presence_channels(user_id);
-        self.run(async |c| c.srem::<_, _, ()>(&key, channel).await)
-            .await
+    async fn update_presence(
+        &self,
+        user_id: &str,
+        channel: &str,
+        event: PresenceEvent,
+        time_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = self.presence.prepare_invoke();
+        invocation
+            .key(self.keys.presence_channels(user_id))
+            .key(self.keys.presence_left(user_id))
+            .arg(channel)
+            .arg(match event {
+                PresenceEvent::Joined => "join",
+                PresenceEvent::Left => "leave",
+            })
+            .arg(time_ms)
+            .arg(PRESENCE_CHANNELS_TTL.as_millis() as u64);
+        let applied: u8 = self.run(async |c| invocation.invoke_async(c).await).await?;
+        Ok(applied == 1)
     }
 
     async fn rate_limit(&self, checks: &[RateCheck<'_>]) -> Result<RateDecision, StoreError> {
@@ -282,6 +291,11 @@ impl Store for RedisStore {
             })
             .await?;
         Ok(set.is_some())
+    }
+
+    async fn sighted(&self, id: &str) -> Result<bool, StoreError> {
+        let key = self.keys.seen(id);
+        self.run(async |c| c.exists(&key).await).await
     }
 
     async fn lookup(

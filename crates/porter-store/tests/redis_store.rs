@@ -4,9 +4,18 @@
 use std::time::Duration;
 
 use porter_store::redis::RedisStore;
-use porter_store::{Keys, Quota, RateCheck, RateDecision, Store};
+use porter_store::{Keys, PresenceEvent, Quota, RateCheck, RateDecision, Store};
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379/";
+
+use PresenceEvent::{Joined, Left};
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
 
 fn store(test: &str) -> RedisStore {
     let nanos = std::time::SystemTime::now()
@@ -21,12 +30,28 @@ fn store(test: &str) -> RedisStore {
 async fn online_means_heartbeating_or_in_any_presence_channel() {
     let store = store("online");
     assert!(!store.is_online("7").await.unwrap());
-    store.join_presence("7", "presence-a@1").await.unwrap();
-    store.join_presence("7", "presence-b@2").await.unwrap();
+    let t = now_ms();
+    for channel in ["presence-a@1", "presence-b@2"] {
+        let applied = store
+            .update_presence("7", channel, Joined, t)
+            .await
+            .unwrap();
+        assert!(applied);
+    }
     assert!(store.is_online("7").await.unwrap());
-    store.leave_presence("7", "presence-a@1").await.unwrap();
+    assert!(
+        store
+            .update_presence("7", "presence-a@1", Left, t + 1)
+            .await
+            .unwrap()
+    );
     assert!(store.is_online("7").await.unwrap(), "still in presence-b@2");
-    store.leave_presence("7", "presence-b@2").await.unwrap();
+    assert!(
+        store
+            .update_presence("7", "presence-b@2", Left, t + 1)
+            .await
+            .unwrap()
+    );
     assert!(!store.is_online("7").await.unwrap());
     store
         .set_online("7", Duration::from_secs(30))
@@ -106,4 +131,90 @@ async fn a_sighting_is_first_only_once() {
             .await
             .unwrap()
     );
+}
+
+#[tokio::test]
+async fn presence_webhooks_applied_out_of_order_leave_no_stale_member() {
+    let store = store("presence-order");
+    let t = now_ms();
+    // member_removed (t + 5) is applied before the member_added (t) it follows.
+    assert!(
+        store
+            .update_presence("9", "presence-a@1", Left, t + 5)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .update_presence("9", "presence-a@1", Joined, t)
+            .await
+            .unwrap(),
+        "the older member_added must be ignored"
+    );
+    assert!(!store.is_online("9").await.unwrap());
+    // And the other way round: a member_removed older than the join is ignored.
+    assert!(
+        store
+            .update_presence("9", "presence-b@1", Joined, t + 10)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .update_presence("9", "presence-b@1", Left, t + 8)
+            .await
+            .unwrap()
+    );
+    assert!(store.is_online("9").await.unwrap());
+    // A member_added of more than a day ago (its member_removed lost) is dropped by the next
+    // update of that user, whatever channel it is about.
+    let day = 24 * 3600 * 1000;
+    assert!(
+        store
+            .update_presence("9", "presence-c@1", Joined, t - day - 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .update_presence("9", "presence-d@1", Left, t + 20)
+            .await
+            .unwrap()
+    );
+    let mut redis = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = store.keys().presence_channels("9");
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(fields, vec!["presence-b@1".to_owned()]);
+    // The hash expires a day after its newest member_added (t + 10), not after the update.
+    let ttl_ms: u64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(ttl_ms > day - 60_000 && ttl_ms <= day - 10, "{ttl_ms}");
+}
+
+#[tokio::test]
+async fn sighted_reads_without_marking() {
+    let store = store("sighted");
+    assert!(!store.sighted("webhook:ef").await.unwrap());
+    assert!(
+        !store.sighted("webhook:ef").await.unwrap(),
+        "reading does not mark"
+    );
+    assert!(
+        store
+            .first_sighting("webhook:ef", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    assert!(store.sighted("webhook:ef").await.unwrap());
 }
