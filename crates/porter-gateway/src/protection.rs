@@ -591,6 +591,32 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_clients_are_counted_per_64_and_ipv4_per_address() {
+        let bucket = |ip: &str| ip_bucket(ip.parse().unwrap());
+        assert_eq!(bucket("203.0.113.7"), "ip:203.0.113.7");
+        assert_ne!(bucket("203.0.113.7"), bucket("203.0.113.8"));
+        assert_eq!(bucket("::ffff:203.0.113.7"), "ip:203.0.113.7");
+        // One subscriber's /64: rotating the interface id buys no new budget.
+        assert_eq!(bucket("2001:db8:1:2::1"), "ip:2001:db8:1:2::/64");
+        assert_eq!(
+            bucket("2001:db8:1:2:ffff:ffff:ffff:ffff"),
+            bucket("2001:db8:1:2::1")
+        );
+        assert_ne!(bucket("2001:db8:1:3::1"), bucket("2001:db8:1:2::1"));
+    }
+
+    #[test]
+    fn client_ids_of_users_are_counted_within_the_user() {
+        assert_eq!(client_bucket(Some("7"), "web"), "client:7:web");
+        assert_ne!(
+            client_bucket(Some("7"), "web"),
+            client_bucket(Some("8"), "web")
+        );
+        assert_ne!(client_bucket(Some("7"), "web"), client_bucket(None, "web"));
+        assert_eq!(client_bucket(None, "web"), "client:web");
+    }
+
+    #[test]
     fn the_in_flight_cap_admits_up_to_the_cap_and_frees_on_drop() {
         let in_flight = InFlight::new(Some(5));
         let a = in_flight.try_acquire(3).expect("3 of 5");

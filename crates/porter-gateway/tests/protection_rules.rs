@@ -1,0 +1,462 @@
+//! The gateway's protection rules, in process: rate limits charged around authentication,
+//! client-id buckets per user, the admin endpoint's rate limit, CORS `Vary`, and webhooks
+//! that fail half-way. The store is the memory one (optionally failing on cue) and the
+//! transport the in-process one with no worker: the requests here never publish a task.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::ServiceResponse;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpResponse, test, web};
+use async_trait::async_trait;
+use porter_core::policy::Policy;
+use porter_core::signing::{Secret, Signer};
+use porter_gateway::identity::Verifier;
+use porter_gateway::protection::{Protection, ProtectionConfig};
+use porter_gateway::{AppState, GatewayConfig};
+use porter_store::memory::MemoryStore;
+use porter_store::{
+    CacheLookup, Lookup, PresenceEvent, RateCheck, RateDecision, Revocation, Store, StoreError,
+};
+use serde_json::{Value, json};
+
+const JWT_SECRET: &[u8] = b"jwt-secret";
+/// Every request here comes from this client.
+const PEER: &str = "203.0.113.7:40000";
+const BATCH: &str = "/pusher/batch-authenticate?app_id=100000&socket_id=1.2&channels=public-x";
+
+/// A memory store whose `update_presence` fails on the calls numbered in `fail_updates`
+/// (counting from 1), as Redis failing half-way through a webhook would.
+#[derive(Default)]
+struct Flaky {
+    inner: MemoryStore,
+    updates: AtomicUsize,
+    fail_updates: Vec<usize>,
+}
+
+#[async_trait]
+impl Store for Flaky {
+    async fn cached(&self, lookups: &[CacheLookup<'_>]) -> Result<Vec<Option<String>>, StoreError> {
+        self.inner.cached(lookups).await
+    }
+    async fn put_cached(
+        &self,
+        channel: &str,
+        scope: &str,
+        data: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.put_cached(channel, scope, data, ttl).await
+    }
+    async fn drop_cached(&self, channel: &str) -> Result<(), StoreError> {
+        self.inner.drop_cached(channel).await
+    }
+    async fn retained_events(&self, channel: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.inner.retained_events(channel).await
+    }
+    async fn set_retained_event(
+        &self,
+        channel: &str,
+        event: &str,
+        data: &str,
+    ) -> Result<(), StoreError> {
+        self.inner.set_retained_event(channel, event, data).await
+    }
+    async fn clear_retained_events(
+        &self,
+        channel: &str,
+        event: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.inner.clear_retained_events(channel, event).await
+    }
+    async fn is_member(&self, channel: &str, user_id: &str) -> Result<bool, StoreError> {
+        self.inner.is_member(channel, user_id).await
+    }
+    async fn add_member(&self, channel: &str, user_id: &str) -> Result<(), StoreError> {
+        self.inner.add_member(channel, user_id).await
+    }
+    async fn remove_member(&self, channel: &str, user_id: &str) -> Result<(), StoreError> {
+        self.inner.remove_member(channel, user_id).await
+    }
+    async fn user_info(&self, user_id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.inner.user_info(user_id).await
+    }
+    async fn set_user_info(
+        &self,
+        user_id: &str,
+        fields: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        self.inner.set_user_info(user_id, fields).await
+    }
+    async fn is_online(&self, user_id: &str) -> Result<bool, StoreError> {
+        self.inner.is_online(user_id).await
+    }
+    async fn set_online(&self, user_id: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.inner.set_online(user_id, ttl).await
+    }
+    async fn update_presence(
+        &self,
+        user_id: &str,
+        channel: &str,
+        event: PresenceEvent,
+        time_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let call = self.updates.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fail_updates.contains(&call) {
+            return Err(StoreError::Timeout);
+        }
+        self.inner
+            .update_presence(user_id, channel, event, time_ms)
+            .await
+    }
+    async fn rate_limit(&self, checks: &[RateCheck<'_>]) -> Result<RateDecision, StoreError> {
+        self.inner.rate_limit(checks).await
+    }
+    async fn first_sighting(&self, id: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.inner.first_sighting(id, ttl).await
+    }
+    async fn sighted(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.sighted(id).await
+    }
+    async fn lookup(
+        &self,
+        cache: &[CacheLookup<'_>],
+        revocations: &[Revocation<'_>],
+    ) -> Result<Lookup, StoreError> {
+        self.inner.lookup(cache, revocations).await
+    }
+    async fn revoke(&self, revocation: Revocation<'_>, ttl: Duration) -> Result<(), StoreError> {
+        self.inner.revoke(revocation, ttl).await
+    }
+    async fn create_session(
+        &self,
+        session_id: &str,
+        data: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.create_session(session_id, data, ttl).await
+    }
+    async fn touch_session(
+        &self,
+        session_id: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        self.inner.touch_session(session_id, ttl).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+fn signer() -> Signer {
+    Signer::new("100000", "key", &Secret::new("secret"), None).unwrap()
+}
+
+fn state(store: Arc<dyn Store>, protection: ProtectionConfig) -> web::Data<AppState> {
+    let (client, _source) = porter_broker::local::channel(Default::default());
+    web::Data::new(AppState {
+        signer: signer(),
+        policy: Arc::new(Policy::default()),
+        tasks: Arc::new(client),
+        store,
+        identity: Verifier::hs256(Some(JWT_SECRET)),
+        config: GatewayConfig::default(),
+        metrics: Default::default(),
+        admin: porter_gateway::admin::AdminGuard::new(Some("admin-token")),
+        protection: Protection::new(protection),
+    })
+}
+
+/// The gateway's app as `porter gateway` wires it. (A macro: the service's type cannot be
+/// named without depending on actix-http.)
+macro_rules! app {
+    ($state:expr) => {
+        test::init_service(
+            App::new()
+                .app_data($state)
+                .wrap(from_fn(porter_gateway::protection::limit_request_size))
+                .wrap(from_fn(porter_gateway::cors::cors))
+                .configure(porter_gateway::configure),
+        )
+        .await
+    };
+}
+
+fn token(user: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": user, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET),
+    )
+    .unwrap()
+}
+
+fn batch(headers: &[(&str, &str)]) -> test::TestRequest {
+    let mut request = test::TestRequest::get()
+        .uri(BATCH)
+        .peer_addr(PEER.parse().unwrap());
+    for (name, value) in headers {
+        request = request.insert_header((*name, *value));
+    }
+    request
+}
+
+fn status(response: &ServiceResponse<impl MessageBody>) -> u16 {
+    response.status().as_u16()
+}
+
+#[actix_web::test]
+async fn failed_authentications_are_charged_to_the_ip() {
+    let state = state(
+        Arc::new(MemoryStore::default()),
+        ProtectionConfig {
+            rate_ip: Some("2/m".parse().unwrap()),
+            ..ProtectionConfig::default()
+        },
+    );
+    let app = app!(state);
+    let bad = [("Authorization", "Bearer not.a.token")];
+    for _ in 0..2 {
+        let response = test::call_service(&app, batch(&bad).to_request()).await;
+        assert_eq!(status(&response), 401);
+    }
+    // The two failures spent the IP's budget: a good token from that IP waits too.
+    let good = format!("Bearer {}", token("7"));
+    let response = test::call_service(&app, batch(&[("Authorization", &good)]).to_request()).await;
+    assert_eq!(status(&response), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    // A bad session id is a failed authentication like a bad token.
+    let response = test::call_service(
+        &app,
+        batch(&[("X-Session-ID", "00000000000000000000000000000000")]).to_request(),
+    )
+    .await;
+    assert_eq!(status(&response), 429, "refused before the session look-up");
+}
+
+#[actix_web::test]
+async fn the_ip_is_charged_once_per_request() {
+    let state = state(
+        Arc::new(MemoryStore::default()),
+        ProtectionConfig {
+            rate_ip: Some("3/m".parse().unwrap()),
+            rate_user: Some("100/m".parse().unwrap()),
+            ..ProtectionConfig::default()
+        },
+    );
+    let app = app!(state);
+    let good = format!("Bearer {}", token("7"));
+    for _ in 0..3 {
+        let response =
+            test::call_service(&app, batch(&[("Authorization", &good)]).to_request()).await;
+        assert_eq!(status(&response), 200);
+    }
+    let response = test::call_service(&app, batch(&[("Authorization", &good)]).to_request()).await;
+    assert_eq!(status(&response), 429);
+}
+
+#[actix_web::test]
+async fn the_admin_endpoint_is_rate_limited_before_the_token_check() {
+    let state = state(
+        Arc::new(MemoryStore::default()),
+        ProtectionConfig {
+            rate_ip: Some("2/m".parse().unwrap()),
+            ..ProtectionConfig::default()
+        },
+    );
+    let app = app!(state);
+    let revoke = |admin: &str| {
+        test::TestRequest::post()
+            .uri("/admin/tokens/revoke")
+            .peer_addr(PEER.parse().unwrap())
+            .insert_header(("Authorization", format!("Bearer {admin}")))
+            .insert_header(("Content-Type", "application/json"))
+            .set_payload(json!({"jti": "j-1", "exp": 4_000_000_000u64}).to_string())
+            .to_request()
+    };
+    for guess in ["guess-1", "guess-2"] {
+        let response = test::call_service(&app, revoke(guess)).await;
+        assert_eq!(status(&response), 401);
+    }
+    let response = test::call_service(&app, revoke("admin-token")).await;
+    assert_eq!(status(&response), 429, "guessing spent the IP's budget");
+    let body: Value = test::read_body_json(response).await;
+    assert_eq!(body["error"], "rate_limited");
+}
+
+#[actix_web::test]
+async fn nobody_can_spend_a_users_client_id_budget() {
+    let state = state(
+        Arc::new(MemoryStore::default()),
+        ProtectionConfig {
+            rate_client: Some("1/m".parse().unwrap()),
+            ..ProtectionConfig::default()
+        },
+    );
+    let app = app!(state);
+    // Anyone may send the victim's client id, anonymously or as another user...
+    let response = test::call_service(&app, batch(&[("X-Client-ID", "web")]).to_request()).await;
+    assert_eq!(status(&response), 200);
+    let other = format!("Bearer {}", token("8"));
+    let response = test::call_service(
+        &app,
+        batch(&[("Authorization", &other), ("X-Client-ID", "web")]).to_request(),
+    )
+    .await;
+    assert_eq!(status(&response), 200);
+    // ...and the victim's own budget is untouched.
+    let victim = format!("Bearer {}", token("7"));
+    let as_victim = || batch(&[("Authorization", &victim), ("X-Client-ID", "web")]).to_request();
+    assert_eq!(status(&test::call_service(&app, as_victim()).await), 200);
+    // The victim's own requests still count against it.
+    assert_eq!(status(&test::call_service(&app, as_victim()).await), 429);
+    // Anonymous callers share the bucket of the bare client id.
+    let response = test::call_service(&app, batch(&[("X-Client-ID", "web")]).to_request()).await;
+    assert_eq!(status(&response), 429);
+}
+
+fn webhook(body: &Value) -> test::TestRequest {
+    let body = body.to_string();
+    test::TestRequest::post()
+        .uri("/pusher/webhook")
+        .insert_header(("X-Pusher-Key", "key"))
+        .insert_header((
+            "X-Pusher-Signature",
+            signer().webhook_signature(body.as_bytes()),
+        ))
+        .insert_header(("Content-Type", "application/json"))
+        .set_payload(body)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[actix_web::test]
+async fn a_webhook_that_fails_half_way_is_applied_in_full_when_retried() {
+    let store = Arc::new(Flaky {
+        fail_updates: vec![2],
+        ..Flaky::default()
+    });
+    let app = app!(state(store.clone(), ProtectionConfig::default()));
+    let hook = json!({"time_ms": now_ms(), "events": [
+        {"name": "member_added", "channel": "presence-a@1", "user_id": "1"},
+        {"name": "member_added", "channel": "presence-a@1", "user_id": "2"},
+    ]});
+    let response = test::call_service(&app, webhook(&hook).to_request()).await;
+    assert_eq!(status(&response), 503, "the second event failed");
+    assert!(store.inner.is_online("1").await.unwrap());
+    assert!(!store.inner.is_online("2").await.unwrap());
+    // Pusher's retry is not a replay: both events land.
+    let response = test::call_service(&app, webhook(&hook).to_request()).await;
+    assert_eq!(status(&response), 200);
+    let body: Value = test::read_body_json(response).await;
+    assert_eq!(body["applied"], 2, "{body}");
+    assert!(store.inner.is_online("2").await.unwrap());
+    // Once applied, the same body is a replay.
+    let response = test::call_service(&app, webhook(&hook).to_request()).await;
+    let body: Value = test::read_body_json(response).await;
+    assert_eq!(body["replay"], true, "{body}");
+}
+
+#[actix_web::test]
+async fn presence_webhooks_arriving_out_of_order_leave_no_stale_member() {
+    let store = Arc::new(MemoryStore::default());
+    let app = app!(state(store.clone(), ProtectionConfig::default()));
+    let t = now_ms();
+    let removed = json!({"time_ms": t, "events": [
+        {"name": "member_removed", "channel": "presence-a@1", "user_id": "5"},
+    ]});
+    let added = json!({"time_ms": t - 1000, "events": [
+        {"name": "member_added", "channel": "presence-a@1", "user_id": "5"},
+    ]});
+    assert_eq!(
+        status(&test::call_service(&app, webhook(&removed).to_request()).await),
+        200
+    );
+    let response = test::call_service(&app, webhook(&added).to_request()).await;
+    let body: Value = test::read_body_json(response).await;
+    assert_eq!(body["applied"], 0, "older than the removal: {body}");
+    assert!(!store.is_online("5").await.unwrap());
+}
+
+#[actix_web::test]
+async fn cors_always_varies_on_origin_and_keeps_other_vary_values() {
+    let state = state(
+        Arc::new(MemoryStore::default()),
+        ProtectionConfig {
+            cors_origins: vec!["https://app.example".to_owned()],
+            ..ProtectionConfig::default()
+        },
+    );
+    let app = test::init_service(
+        App::new()
+            .app_data(state)
+            .wrap(from_fn(porter_gateway::cors::cors))
+            .route(
+                "/x",
+                web::get().to(|| async {
+                    HttpResponse::Ok()
+                        .insert_header(("Vary", "Accept-Encoding"))
+                        .finish()
+                }),
+            ),
+    )
+    .await;
+    let vary = |response: &ServiceResponse<_>| -> Vec<String> {
+        response
+            .headers()
+            .get_all("vary")
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|v| v.trim().to_owned())
+            .collect()
+    };
+    let get = |origin: Option<&str>| {
+        let mut request = test::TestRequest::get().uri("/x");
+        if let Some(origin) = origin {
+            request = request.insert_header(("Origin", origin));
+        }
+        request.to_request()
+    };
+    for origin in [
+        Some("https://app.example"),
+        Some("https://evil.example"),
+        None,
+    ] {
+        let response = test::call_service(&app, get(origin)).await;
+        let values = vary(&response);
+        assert!(
+            values.contains(&"Origin".to_owned()),
+            "{origin:?}: {values:?}"
+        );
+        assert!(
+            values.contains(&"Accept-Encoding".to_owned()),
+            "{origin:?}: {values:?}"
+        );
+    }
+    let preflight = |origin: &str| {
+        test::TestRequest::default()
+            .method(actix_web::http::Method::OPTIONS)
+            .uri("/x")
+            .insert_header(("Origin", origin))
+            .insert_header(("Access-Control-Request-Method", "GET"))
+            .to_request()
+    };
+    for (origin, expected) in [("https://app.example", 204), ("https://evil.example", 403)] {
+        let response = test::call_service(&app, preflight(origin)).await;
+        assert_eq!(status(&response), expected);
+        assert_eq!(vary(&response), vec!["Origin".to_owned()], "{origin}");
+    }
+}
