@@ -176,6 +176,43 @@ async fn a_rate_limit_is_shared_by_two_gateways_on_one_redis() {
     assert!(metrics(&first).await.contains("rule=\"rate_limit_user\""));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_spend_the_ip_budget_of_every_gateway() {
+    // 3 per minute: nothing refills during the test.
+    let first = Deployment::new("ratelimit-authfail").with_env("PORTER_RATE_LIMIT_IP", "3/m");
+    let second = first.sibling();
+    let _gateways = [first.gateway(), second.gateway()];
+    first.wait_ready().await;
+    second.wait_ready().await;
+
+    // Two guesses at a token on the first gateway, one at the admin token on the second...
+    let url = first.batch_url("1.1", &["public-x"]);
+    assert_eq!(
+        get(&url, Some("guessed.token.value"), &[]).await.status(),
+        401
+    );
+    assert_eq!(
+        get(&url, Some("another.guessed.token"), &[]).await.status(),
+        401
+    );
+    let admin = reqwest::Client::new()
+        .post(second.url("/admin/tokens/revoke"))
+        .bearer_auth("guessed-admin-token")
+        .json(&json!({"jti": "j"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(admin.status().is_client_error(), "{}", admin.status());
+    assert_ne!(admin.status(), 429);
+    // ...spent the IP's budget on both: even a good token waits now.
+    for deployment in [&first, &second] {
+        let url = deployment.batch_url("1.1", &["public-x"]);
+        let response = get(&url, Some(&token("7", &[])), &[]).await;
+        assert_eq!(response.status(), 429);
+    }
+    assert!(metrics(&first).await.contains("rule=\"rate_limit_ip\""));
+}
+
 fn token_for_other_user() -> String {
     token("8", &[])
 }
@@ -251,7 +288,7 @@ async fn forged_and_replayed_webhooks_change_nothing() {
     let _worker = deployment.worker();
     deployment.wait_ready().await;
     let mut redis = deployment.redis().await;
-    let channels_key = format!("{}presence-channels:42", deployment.prefix);
+    let channels_key = format!("{}presence-joined:42", deployment.prefix);
 
     let added = webhook_body(
         now_ms(),
