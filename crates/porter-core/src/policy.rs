@@ -238,6 +238,8 @@ impl MatchError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     rules: Vec<Rule>,
+    /// Scoped-token endpoints (`[[endpoint]]`); their rules are served only by them.
+    endpoints: Vec<crate::endpoint::Endpoint>,
 }
 
 impl Default for Policy {
@@ -283,9 +285,9 @@ impl Policy {
             .parse()
             .map_err(|e: toml::de::Error| PolicyError::Syntax(e.message().to_owned()))?;
         for key in document.keys() {
-            if key != "rule" {
+            if key != "rule" && key != "endpoint" {
                 return Err(PolicyError::Document(format!(
-                    "unknown top-level key `{key}` (expected `[[rule]]` tables)"
+                    "unknown top-level key `{key}` (expected `[[rule]]` and `[[endpoint]]` tables)"
                 )));
             }
         }
@@ -313,7 +315,55 @@ impl Policy {
             }
             rules.push(rule);
         }
-        Ok(Policy { rules })
+        let endpoints = match document.get("endpoint") {
+            None => Vec::new(),
+            Some(raw) => crate::endpoint::parse_endpoints(raw, &rules)?,
+        };
+        Ok(Policy { rules, endpoints })
+    }
+
+    /// The scoped-token endpoints the gateway registers.
+    pub fn endpoints(&self) -> &[crate::endpoint::Endpoint] {
+        &self.endpoints
+    }
+
+    /// True when an endpoint lists the rule: the general endpoints must not serve it.
+    pub fn is_scoped(&self, rule: &str) -> bool {
+        self.endpoints
+            .iter()
+            .any(|e| e.rules.iter().any(|r| r == rule))
+    }
+
+    /// Matches a channel for a scoped endpoint: only the endpoint's rules, in its order, with
+    /// every capture that shares a name with a route parameter pinned to the parameter's
+    /// value. The captures of the match include the route parameters.
+    pub fn match_for_endpoint<'p>(
+        &'p self,
+        endpoint: &crate::endpoint::Endpoint,
+        channel: &Channel<'_>,
+        params: &BTreeMap<String, String>,
+    ) -> Result<Match<'p>, MatchError> {
+        endpoint
+            .rules
+            .iter()
+            .filter_map(|name| self.rule(name))
+            .find_map(|rule| {
+                rule.patterns.iter().find_map(|pattern| {
+                    let constraints =
+                        crate::endpoint::pinned_constraints(pattern, &rule.constraints, params);
+                    pattern
+                        .captures(channel.name, &constraints)
+                        .map(|mut captures| {
+                            for (name, value) in params {
+                                captures
+                                    .entry(name.clone())
+                                    .or_insert_with(|| value.clone());
+                            }
+                            Match { rule, captures }
+                        })
+                })
+            })
+            .ok_or(MatchError::NoRule)
     }
 }
 

@@ -86,7 +86,7 @@ pub fn decide<'a>(
                         return Err(if task.claims.is_empty() {
                             reason::UNAUTHENTICATED.to_owned()
                         } else {
-                            reason::FORBIDDEN.to_owned()
+                            format!("{}{claim}", reason::CLAIM_MISMATCH_PREFIX)
                         });
                     }
                 }

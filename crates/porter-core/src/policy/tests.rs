@@ -274,3 +274,82 @@ fn explain_output_lists_everything() {
         "{text}"
     );
 }
+
+/// The shipped example policy: seed 000's catalogue plus seed 003's guest chat endpoint.
+const EXAMPLE_POLICY: &str = include_str!("../../../../deploy/policy.example.toml");
+
+#[test]
+fn example_policy_is_valid_and_declares_the_guest_chat_endpoint() {
+    let policy = Policy::from_toml(EXAMPLE_POLICY).unwrap();
+    let endpoint = &policy.endpoints()[0];
+    assert_eq!(
+        endpoint.path,
+        "/api/guest/hotel/{hotel_slug}/chat/pusher/auth"
+    );
+    assert_eq!(endpoint.params, vec!["hotel_slug".to_owned()]);
+    assert_eq!(endpoint.token_query, "token");
+    assert_eq!(endpoint.secret_env, "PORTER_GUEST_TOKEN_SECRET");
+    assert_eq!(endpoint.message("no_match"), Some("Invalid channel format"));
+    assert!(policy.is_scoped("guest-chat"));
+    assert!(!policy.is_scoped("private"));
+    // The catalogue is the built-in one.
+    for rule in Policy::default().rules() {
+        assert_eq!(policy.rule(&rule.name), Some(rule));
+    }
+}
+
+#[test]
+fn endpoint_route_parameters_pin_captures() {
+    let policy = Policy::from_toml(EXAMPLE_POLICY).unwrap();
+    let endpoint = &policy.endpoints()[0];
+    let params = BTreeMap::from([("hotel_slug".to_owned(), "grand-hotel".to_owned())]);
+    let channel = Channel::parse("private-hotel-grand-hotel-guest-chat-booking-BK-2025-ABC123")
+        .unwrap();
+    let matched = policy
+        .match_for_endpoint(endpoint, &channel, &params)
+        .unwrap();
+    assert_eq!(matched.rule.name, "guest-chat");
+    assert_eq!(matched.captures["hotel_slug"], "grand-hotel");
+    assert_eq!(matched.captures["booking_id"], "BK-2025-ABC123");
+    // Another hotel's channel, or another shape, matches nothing at this route.
+    for other in [
+        "private-hotel-seaside-guest-chat-booking-BK-1",
+        "private-some-other-format",
+        "private-stream@42",
+    ] {
+        let channel = Channel::parse(other).unwrap();
+        assert_eq!(
+            policy
+                .match_for_endpoint(endpoint, &channel, &params)
+                .unwrap_err(),
+            MatchError::NoRule,
+            "{other}"
+        );
+    }
+}
+
+#[test]
+fn endpoints_are_checked() {
+    let rule = "[[rule]]\nname = \"g\"\npattern = \"private-g-{id}\"\nallow = { claims = { id = \"id\" } }\n";
+    let bad = [
+        ("[[endpoint]]\npath = \"/x\"\ntoken = { query = \"t\" }\nrules = [\"nope\"]\n", "no rule is named"),
+        ("[[endpoint]]\npath = \"x\"\ntoken = { query = \"t\" }\nrules = [\"g\"]\n", "absolute path"),
+        ("[[endpoint]]\npath = \"/pusher/auth\"\ntoken = { query = \"t\" }\nrules = [\"g\"]\n", "collides"),
+        ("[[endpoint]]\npath = \"/x\"\nrules = [\"g\"]\n", "token"),
+        ("[[endpoint]]\npath = \"/x\"\ntoken = { query = \"t\", secret_env = \"lower\" }\nrules = [\"g\"]\n", "secret_env"),
+        ("[[endpoint]]\npath = \"/x\"\ntoken = { query = \"t\" }\nrules = [\"g\"]\nextra = 1\n", "unknown field"),
+    ];
+    for (endpoint, needle) in bad {
+        let error = Policy::from_toml(&format!("{rule}{endpoint}"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(needle), "{error} lacks {needle}");
+    }
+    let presence = "[[rule]]\nname = \"p\"\npattern = \"presence-{id}\"\nallow = \"authenticated\"\n[[endpoint]]\npath = \"/x\"\ntoken = { query = \"t\" }\nrules = [\"p\"]\n";
+    assert!(
+        Policy::from_toml(presence)
+            .unwrap_err()
+            .to_string()
+            .contains("private")
+    );
+}
