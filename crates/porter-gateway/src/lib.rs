@@ -5,6 +5,7 @@
 //! - [`admin`]: the admin token guard.
 //! - [`batch`]: the fan-out/aggregate core shared by every endpoint.
 //! - [`routes`]: the endpoints and their request formats.
+//! - [`scoped`]: the policy's scoped-token endpoints (`[[endpoint]]`, seed 003's guest chat).
 //! - [`identity`]: who is asking (JWT bearer tokens, client id).
 //! - [`error`]: request-level errors as JSON with stable codes.
 //! - [`metrics`]: Prometheus counters and histograms.
@@ -18,6 +19,7 @@ pub mod error;
 pub mod identity;
 pub mod metrics;
 pub mod routes;
+pub mod scoped;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,4 +63,6 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// Guards `/admin/*`.
     pub admin: admin::AdminGuard,
+    /// Token keys of the policy's scoped-token endpoints.
+    pub scoped: scoped::ScopedKeys,
 }

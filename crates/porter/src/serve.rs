@@ -14,6 +14,7 @@ use porter_core::policy::{Policy, PrivateData};
 use porter_core::routing::Queue;
 use porter_gateway::admin::AdminGuard;
 use porter_gateway::identity::Verifier;
+use porter_gateway::scoped::ScopedKeys;
 use porter_gateway::{AppState, GatewayConfig};
 use porter_store::memory::MemoryStore;
 use porter_store::redis::RedisStore;
@@ -41,6 +42,7 @@ fn app_state(
     tasks: Arc<dyn TaskClient>,
     store: Arc<dyn Store>,
 ) -> anyhow::Result<web::Data<AppState>> {
+    let scoped = ScopedKeys::new(&policy, |name| std::env::var(name).ok());
     Ok(web::Data::new(AppState {
         signer: signer(&http.credentials)?,
         policy,
@@ -58,6 +60,7 @@ fn app_state(
         },
         metrics: Default::default(),
         admin: AdminGuard::new(http.admin_token.as_deref()),
+        scoped,
     }))
 }
 
@@ -70,6 +73,7 @@ async fn serve_http(
         App::new()
             .app_data(state.clone())
             .configure(porter_gateway::configure)
+            .configure(|cfg| porter_gateway::scoped::configure(cfg, &state.policy))
     })
     .bind(listen)
     .with_context(|| format!("cannot listen on {listen}"))?;
