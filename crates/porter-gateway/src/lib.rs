@@ -3,6 +3,7 @@
 //! aggregates.
 //!
 //! - [`admin`]: the admin token guard.
+//! - [`admin_api`]: members, retained events and decisions, behind the guard.
 //! - [`batch`]: the fan-out/aggregate core shared by every endpoint.
 //! - [`routes`]: the endpoints and their request formats.
 //! - [`scoped`]: the policy's scoped-token endpoints (`[[endpoint]]`, seed 003's guest chat).
@@ -14,6 +15,7 @@
 //! gateway, and tasks never carry the socket id.
 
 pub mod admin;
+pub mod admin_api;
 pub mod batch;
 pub mod error;
 pub mod identity;

@@ -27,7 +27,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/pusher/auth", web::post().to(pusher_auth))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+        .route("/metrics", web::get().to(metrics))
+        .configure(crate::admin_api::configure);
 }
 
 /// Key/value pairs of a query string or form body; `+` and `%xx` decoded.
