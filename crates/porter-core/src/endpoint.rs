@@ -92,7 +92,10 @@ fn parse_endpoint(index: usize, raw: &Value, rules: &[Rule]) -> Result<Endpoint,
     let table = raw
         .as_table()
         .ok_or_else(|| err("endpoint", "must be a table".into()))?;
-    if let Some(unknown) = table.keys().find(|k| !ENDPOINT_FIELDS.contains(&k.as_str())) {
+    if let Some(unknown) = table
+        .keys()
+        .find(|k| !ENDPOINT_FIELDS.contains(&k.as_str()))
+    {
         return Err(err(
             unknown,
             format!(
@@ -140,7 +143,9 @@ fn parse_endpoint(index: usize, raw: &Value, rules: &[Rule]) -> Result<Endpoint,
     let (token_query, secret_env) = match table.get("token") {
         None => return Err(err("token", "is required: `{ query = \"token\" }`".into())),
         Some(Value::Table(t)) => {
-            if let Some(unknown) = t.keys().find(|k| !["query", "secret_env"].contains(&k.as_str()))
+            if let Some(unknown) = t
+                .keys()
+                .find(|k| !["query", "secret_env"].contains(&k.as_str()))
             {
                 return Err(err(
                     "token",
@@ -164,7 +169,12 @@ fn parse_endpoint(index: usize, raw: &Value, rules: &[Rule]) -> Result<Endpoint,
             };
             (query.to_owned(), secret_env)
         }
-        Some(_) => return Err(err("token", "must be a table: `{ query = \"token\" }`".into())),
+        Some(_) => {
+            return Err(err(
+                "token",
+                "must be a table: `{ query = \"token\" }`".into(),
+            ));
+        }
     };
 
     let names: Vec<String> = match table.get("rules") {
@@ -208,10 +218,9 @@ fn parse_endpoint(index: usize, raw: &Value, rules: &[Rule]) -> Result<Endpoint,
         None => {}
         Some(Value::Table(t)) => {
             for (key, value) in t {
-                let text = value
-                    .as_str()
-                    .filter(|s| !s.is_empty())
-                    .ok_or_else(|| err("messages", format!("`{key}` must be a non-empty string")))?;
+                let text = value.as_str().filter(|s| !s.is_empty()).ok_or_else(|| {
+                    err("messages", format!("`{key}` must be a non-empty string"))
+                })?;
                 messages.insert(key.clone(), text.to_owned());
             }
         }

@@ -161,7 +161,10 @@ async fn clear_event(
         .await
         .map_err(store_failed)?;
     invalidate(&state, &channel).await?;
-    info!(channel = channel.name, event, "admin: retained event cleared");
+    info!(
+        channel = channel.name,
+        event, "admin: retained event cleared"
+    );
     Ok(HttpResponse::Ok().json(json!({ "channel": channel.name, "cleared": [event] })))
 }
 

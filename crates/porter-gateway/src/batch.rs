@@ -269,7 +269,12 @@ fn member_json(data: &AuthData) -> Option<String> {
 }
 
 /// Signs an allowed channel for this socket.
-pub(crate) fn sign(state: &AppState, socket_id: &str, p: &Prepared<'_>, data: AuthData) -> ChannelResult {
+pub(crate) fn sign(
+    state: &AppState,
+    socket_id: &str,
+    p: &Prepared<'_>,
+    data: AuthData,
+) -> ChannelResult {
     let rule = p.matched.rule;
     let (channel_data, events) = if p.channel.kind == ChannelKind::Presence {
         (

@@ -150,9 +150,7 @@ async fn scoped_auth(
         Some(endpoint) => scoped_auth_inner(&request, &body, &state, which.0, endpoint).await,
         None => body_error(StatusCode::NOT_FOUND, "not_found", None),
     };
-    state
-        .metrics
-        .request("scoped", response.status().as_u16());
+    state.metrics.request("scoped", response.status().as_u16());
     response
 }
 
@@ -205,7 +203,13 @@ async fn scoped_auth_inner(
             Some("socket_id must be two groups of digits joined by a dot"),
         );
     }
-    let no_match = || forbidden(endpoint.message(MESSAGE_NO_MATCH).unwrap_or(DEFAULT_NO_MATCH));
+    let no_match = || {
+        forbidden(
+            endpoint
+                .message(MESSAGE_NO_MATCH)
+                .unwrap_or(DEFAULT_NO_MATCH),
+        )
+    };
     let Ok(channel) = Channel::parse(&channel_name) else {
         return no_match();
     };

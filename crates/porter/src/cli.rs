@@ -104,7 +104,12 @@ pub struct TokenArgs {
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     pub ttl: u64,
-    #[arg(long, env = "PORTER_JWT_SECRET", hide_env_values = true, required = true)]
+    #[arg(
+        long,
+        env = "PORTER_JWT_SECRET",
+        hide_env_values = true,
+        required = true
+    )]
     pub jwt_secret: Option<String>,
 }
 

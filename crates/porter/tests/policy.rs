@@ -179,7 +179,10 @@ async fn every_allow_mode_allows_and_refuses() {
     let a = channel_answer(&deployment, "1.1", "private-either@7", Some(&bob)).await;
     assert_refused(&a, "forbidden", "private-either@7 as 8");
     let _: () = redis
-        .sadd(format!("{}members:private-either@7", deployment.prefix), "8")
+        .sadd(
+            format!("{}members:private-either@7", deployment.prefix),
+            "8",
+        )
         .await
         .unwrap();
     let a = channel_answer(&deployment, "1.1", "private-either@7", Some(&bob)).await;
@@ -262,7 +265,11 @@ async fn per_user_cache_and_admin_changes_take_effect_at_once() {
     let a = channel_answer(&deployment, "2.2", "private-own@7", Some(&bob)).await;
     assert_refused(&a, "forbidden", "private-own@7 as 8 after 7 was cached");
     let a = channel_answer(&deployment, "2.2", "private-own@7", None).await;
-    assert_refused(&a, "unauthenticated", "private-own@7 anonymous after 7 was cached");
+    assert_refused(
+        &a,
+        "unauthenticated",
+        "private-own@7 anonymous after 7 was cached",
+    );
     // The cached entry is re-signed for the new socket.
     let a = channel_answer(&deployment, "2.3", "private-own@7", Some(&ann)).await;
     assert_allowed(&a, "2.3", "private-own@7");
@@ -270,7 +277,10 @@ async fn per_user_cache_and_admin_changes_take_effect_at_once() {
     // The admin API refuses callers without the token.
     let path = "/admin/channels/private-club@5/members/7";
     let (status, body) = admin(reqwest::Method::PUT, &deployment, path, None, None).await;
-    assert_eq!((status, body["error"].as_str()), (401, Some("admin_unauthorized")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("admin_unauthorized"))
+    );
     let (status, _) = admin(reqwest::Method::PUT, &deployment, path, Some("wrong"), None).await;
     assert_eq!(status, 401);
     let (status, _) = admin(
@@ -289,13 +299,22 @@ async fn per_user_cache_and_admin_changes_take_effect_at_once() {
     assert!(members.is_empty(), "a refused admin call changed nothing");
 
     // Membership through the admin API; the decision is cached per user.
-    let (status, body) =
-        admin(reqwest::Method::PUT, &deployment, path, Some(ADMIN_TOKEN), None).await;
+    let (status, body) = admin(
+        reqwest::Method::PUT,
+        &deployment,
+        path,
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let a = channel_answer(&deployment, "2.1", "private-club@5", Some(&ann)).await;
     assert_allowed(&a, "2.1", "private-club@5");
     assert!(a.get("events").is_none());
-    let cached: bool = redis.hexists(cache_key("private-club@5"), "user:7").await.unwrap();
+    let cached: bool = redis
+        .hexists(cache_key("private-club@5"), "user:7")
+        .await
+        .unwrap();
     assert!(cached);
 
     // A retained event set through the admin API shows on the next request.
@@ -354,7 +373,10 @@ async fn per_user_cache_and_admin_changes_take_effect_at_once() {
     assert!(a.get("events").is_none(), "{a}");
 
     // Removing the member takes effect on the very next request, though 7's entry was cached.
-    let cached: bool = redis.hexists(cache_key("private-club@5"), "user:7").await.unwrap();
+    let cached: bool = redis
+        .hexists(cache_key("private-club@5"), "user:7")
+        .await
+        .unwrap();
     assert!(cached);
     let (status, _) = admin(
         reqwest::Method::DELETE,
@@ -392,7 +414,10 @@ async fn per_user_cache_and_admin_changes_take_effect_at_once() {
         None,
     )
     .await;
-    assert_eq!((body["allowed"].as_bool(), body["reason"].as_str()), (Some(false), Some("forbidden")));
+    assert_eq!(
+        (body["allowed"].as_bool(), body["reason"].as_str()),
+        (Some(false), Some("forbidden"))
+    );
     let (_, body) = admin(
         reqwest::Method::GET,
         &deployment,
@@ -410,11 +435,17 @@ async fn per_user_cache_and_admin_changes_take_effect_at_once() {
         None,
     )
     .await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_channel")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_channel"))
+    );
 }
 
 fn example_policy() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/policy.example.toml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/policy.example.toml"
+    );
     std::fs::read_to_string(path).expect("deploy/policy.example.toml")
 }
 
@@ -436,7 +467,14 @@ fn porter(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
 fn guest_token(hotel: &str, booking: &str, ttl: &str) -> String {
     let (ok, stdout, stderr) = porter(
         &[
-            "token", "guest", "--hotel", hotel, "--booking", booking, "--ttl", ttl,
+            "token",
+            "guest",
+            "--hotel",
+            hotel,
+            "--booking",
+            booking,
+            "--ttl",
+            ttl,
         ],
         &[("PORTER_GUEST_TOKEN_SECRET", GUEST_SECRET)],
     );
@@ -616,7 +654,10 @@ async fn guest_chat_answers_every_seed_003_case() {
         (None, json!({ "socket_id": "1.2", "channel_name": channel })),
         (Some(&token), json!({ "channel_name": channel })),
         (Some(&token), json!({ "socket_id": "1.2" })),
-        (Some(&token), json!({ "socket_id": "", "channel_name": channel })),
+        (
+            Some(&token),
+            json!({ "socket_id": "", "channel_name": channel }),
+        ),
     ];
     for (token, body) in cases {
         let (status, answer) = guest_auth(
@@ -647,7 +688,10 @@ async fn guest_chat_answers_every_seed_003_case() {
 
 #[test]
 fn policy_tools_check_and_explain() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/policy.example.toml");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/policy.example.toml"
+    );
     let (ok, stdout, stderr) = porter(&["policy", "check", example], &[]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("5 rules, 1 endpoints, valid"), "{stdout}");

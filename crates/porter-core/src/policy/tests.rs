@@ -303,8 +303,8 @@ fn endpoint_route_parameters_pin_captures() {
     let policy = Policy::from_toml(EXAMPLE_POLICY).unwrap();
     let endpoint = &policy.endpoints()[0];
     let params = BTreeMap::from([("hotel_slug".to_owned(), "grand-hotel".to_owned())]);
-    let channel = Channel::parse("private-hotel-grand-hotel-guest-chat-booking-BK-2025-ABC123")
-        .unwrap();
+    let channel =
+        Channel::parse("private-hotel-grand-hotel-guest-chat-booking-BK-2025-ABC123").unwrap();
     let matched = policy
         .match_for_endpoint(endpoint, &channel, &params)
         .unwrap();
@@ -332,12 +332,27 @@ fn endpoint_route_parameters_pin_captures() {
 fn endpoints_are_checked() {
     let rule = "[[rule]]\nname = \"g\"\npattern = \"private-g-{id}\"\nallow = { claims = { id = \"id\" } }\n";
     let bad = [
-        ("[[endpoint]]\npath = \"/x\"\ntoken = { query = \"t\" }\nrules = [\"nope\"]\n", "no rule is named"),
-        ("[[endpoint]]\npath = \"x\"\ntoken = { query = \"t\" }\nrules = [\"g\"]\n", "absolute path"),
-        ("[[endpoint]]\npath = \"/pusher/auth\"\ntoken = { query = \"t\" }\nrules = [\"g\"]\n", "collides"),
+        (
+            "[[endpoint]]\npath = \"/x\"\ntoken = { query = \"t\" }\nrules = [\"nope\"]\n",
+            "no rule is named",
+        ),
+        (
+            "[[endpoint]]\npath = \"x\"\ntoken = { query = \"t\" }\nrules = [\"g\"]\n",
+            "absolute path",
+        ),
+        (
+            "[[endpoint]]\npath = \"/pusher/auth\"\ntoken = { query = \"t\" }\nrules = [\"g\"]\n",
+            "collides",
+        ),
         ("[[endpoint]]\npath = \"/x\"\nrules = [\"g\"]\n", "token"),
-        ("[[endpoint]]\npath = \"/x\"\ntoken = { query = \"t\", secret_env = \"lower\" }\nrules = [\"g\"]\n", "secret_env"),
-        ("[[endpoint]]\npath = \"/x\"\ntoken = { query = \"t\" }\nrules = [\"g\"]\nextra = 1\n", "unknown field"),
+        (
+            "[[endpoint]]\npath = \"/x\"\ntoken = { query = \"t\", secret_env = \"lower\" }\nrules = [\"g\"]\n",
+            "secret_env",
+        ),
+        (
+            "[[endpoint]]\npath = \"/x\"\ntoken = { query = \"t\" }\nrules = [\"g\"]\nextra = 1\n",
+            "unknown field",
+        ),
     ];
     for (endpoint, needle) in bad {
         let error = Policy::from_toml(&format!("{rule}{endpoint}"))
