@@ -67,6 +67,35 @@ fn is_env_name(name: &str) -> bool {
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
+/// The route parameters each rule may compare with, read leniently from the raw `[[endpoint]]`
+/// tables before the rules are parsed (their errors are reported by [`parse_endpoints`]): the
+/// parameters common to every endpoint that lists the rule.
+pub(crate) fn route_params_by_rule(raw: Option<&Value>) -> BTreeMap<String, Vec<String>> {
+    let mut by_rule: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for endpoint in raw.and_then(Value::as_array).into_iter().flatten() {
+        let Some(table) = endpoint.as_table() else {
+            continue;
+        };
+        let params: Vec<String> = table
+            .get("path")
+            .and_then(Value::as_str)
+            .map(|path| template_names(path).into_iter().map(str::to_owned).collect())
+            .unwrap_or_default();
+        let rules: Vec<&str> = match table.get("rules") {
+            Some(Value::String(name)) => vec![name.as_str()],
+            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        for rule in rules {
+            by_rule
+                .entry(rule.to_owned())
+                .and_modify(|common| common.retain(|p| params.contains(p)))
+                .or_insert_with(|| params.clone());
+        }
+    }
+    by_rule
+}
+
 /// Parses the `[[endpoint]]` tables against the already parsed rules.
 pub(crate) fn parse_endpoints(raw: &Value, rules: &[Rule]) -> Result<Vec<Endpoint>, PolicyError> {
     let list = raw.as_array().ok_or_else(|| {

@@ -303,9 +303,12 @@ impl Policy {
         if raw_rules.is_empty() {
             return Err(PolicyError::NoRules);
         }
+        // Route parameters of the endpoints that list a rule are comparable in its `claims`
+        // and usable in its templates, like captures.
+        let route_params = crate::endpoint::route_params_by_rule(document.get("endpoint"));
         let mut rules: Vec<Rule> = Vec::with_capacity(raw_rules.len());
         for (index, raw) in raw_rules.iter().enumerate() {
-            let rule = parse_rule(index, raw)?;
+            let rule = parse_rule(index, raw, &route_params)?;
             if rules.iter().any(|r| r.name == rule.name) {
                 return Err(field_error(
                     &rule.name,
@@ -388,7 +391,11 @@ const RULE_FIELDS: &[&str] = &[
     "private_data",
 ];
 
-fn parse_rule(index: usize, raw: &Value) -> Result<Rule, PolicyError> {
+fn parse_rule(
+    index: usize,
+    raw: &Value,
+    route_params: &BTreeMap<String, Vec<String>>,
+) -> Result<Rule, PolicyError> {
     let position = format!("#{}", index + 1);
     let table = raw
         .as_table()
@@ -446,6 +453,12 @@ fn parse_rule(index: usize, raw: &Value) -> Result<Rule, PolicyError> {
         .collect::<Result<_, _>>()?;
 
     let capture_names: Vec<&str> = patterns.iter().flat_map(|p| p.capture_names()).collect();
+    // What `claims` and templates may name: the captures, and the route parameters of every
+    // scoped endpoint that serves this rule.
+    let mut comparable = capture_names.clone();
+    if let Some(params) = route_params.get(&name) {
+        comparable.extend(params.iter().map(String::as_str));
+    }
 
     let constraints = match table.get("where") {
         None => Constraints::new(),
@@ -503,7 +516,7 @@ fn parse_rule(index: usize, raw: &Value) -> Result<Rule, PolicyError> {
                 "is required (e.g. `allow = \"authenticated\"`)".into(),
             ));
         }
-        Some(v) => parse_allow(v, &capture_names).map_err(|m| err("allow", m))?,
+        Some(v) => parse_allow(v, &comparable).map_err(|m| err("allow", m))?,
     };
 
     let data = match table.get("data") {
@@ -518,7 +531,7 @@ fn parse_rule(index: usize, raw: &Value) -> Result<Rule, PolicyError> {
             user_id: None,
             info: BTreeMap::new(),
         },
-        Some(v) => parse_data(v, is_presence, &capture_names)
+        Some(v) => parse_data(v, is_presence, &comparable)
             .map_err(|(f, m)| err(&format!("data.{f}"), m))?,
     };
 
@@ -629,7 +642,7 @@ fn parse_allow(value: &Value, captures: &[&str]) -> Result<Allow, String> {
                         })?;
                         if !captures.contains(&capture) {
                             return Err(format!(
-                                "claim `{claim}` refers to `{capture}`, which is not a capture of the pattern"
+                                "claim `{claim}` refers to `{capture}`, which is neither a capture of the pattern nor a route parameter of an endpoint serving the rule"
                             ));
                         }
                         out.insert(claim.clone(), capture.to_owned());

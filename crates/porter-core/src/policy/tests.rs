@@ -368,3 +368,25 @@ fn endpoints_are_checked() {
             .contains("private")
     );
 }
+
+#[test]
+fn claims_may_compare_route_parameters_of_the_serving_endpoint() {
+    let rule = "[[rule]]\nname = \"concierge\"\npattern = \"private-concierge-{booking_id}\"\nallow = { claims = { hotel = \"hotel_slug\", booking_id = \"booking_id\" } }\ndata = { info = { hotel = \"{hotel_slug}\" } }\n";
+    // Without an endpoint that has `{hotel_slug}`, the rule names something that is not there.
+    let error = Policy::from_toml(rule).unwrap_err().to_string();
+    assert!(error.contains("route parameter"), "{error}");
+    let endpoint = "[[endpoint]]\npath = \"/h/{hotel_slug}/auth\"\ntoken = { query = \"t\" }\nrules = \"concierge\"\n";
+    let policy = Policy::from_toml(&format!("{rule}{endpoint}")).unwrap();
+    let params = BTreeMap::from([("hotel_slug".to_owned(), "grand-hotel".to_owned())]);
+    let channel = Channel::parse("private-concierge-BK-1").unwrap();
+    let matched = policy
+        .match_for_endpoint(&policy.endpoints()[0], &channel, &params)
+        .unwrap();
+    assert_eq!(
+        matched.captures,
+        BTreeMap::from([
+            ("booking_id".to_owned(), "BK-1".to_owned()),
+            ("hotel_slug".to_owned(), "grand-hotel".to_owned()),
+        ])
+    );
+}
