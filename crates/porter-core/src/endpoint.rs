@@ -79,7 +79,12 @@ pub(crate) fn route_params_by_rule(raw: Option<&Value>) -> BTreeMap<String, Vec<
         let params: Vec<String> = table
             .get("path")
             .and_then(Value::as_str)
-            .map(|path| template_names(path).into_iter().map(str::to_owned).collect())
+            .map(|path| {
+                template_names(path)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default();
         let rules: Vec<&str> = match table.get("rules") {
             Some(Value::String(name)) => vec![name.as_str()],

@@ -55,6 +55,9 @@ pub enum Allow {
     /// The application decides over HTTP.
     Webhook {
         url: String,
+        /// How long the call may take; past it the decision is `authorizer_unavailable`.
+        /// Without it the call is bounded only by the rule's time limit (`time limit exceeded`).
+        timeout: Option<Duration>,
     },
     AnyOf(Vec<Allow>),
     AllOf(Vec<Allow>),
@@ -74,7 +77,7 @@ impl Allow {
     /// Every webhook URL this decision may call.
     pub fn webhook_urls(&self) -> Vec<&str> {
         match self {
-            Allow::Webhook { url } => vec![url.as_str()],
+            Allow::Webhook { url, .. } => vec![url.as_str()],
             Allow::AnyOf(all) | Allow::AllOf(all) => {
                 all.iter().flat_map(Allow::webhook_urls).collect()
             }
@@ -110,7 +113,10 @@ impl fmt::Display for Allow {
                 }
                 f.write_str(")")
             }
-            Allow::Webhook { url } => write!(f, "webhook({url})"),
+            Allow::Webhook { url, timeout } => match timeout {
+                Some(t) => write!(f, "webhook({url}, timeout {} ms)", t.as_millis()),
+                None => write!(f, "webhook({url})"),
+            },
             Allow::AnyOf(all) => list(f, "any_of", all),
             Allow::AllOf(all) => list(f, "all_of", all),
         }
@@ -518,6 +524,19 @@ fn parse_rule(
         }
         Some(v) => parse_allow(v, &comparable).map_err(|m| err("allow", m))?,
     };
+    if let Some(timeout) = webhook_timeouts(&allow)
+        .into_iter()
+        .find(|t| *t >= route.time_limit)
+    {
+        return Err(err(
+            "allow",
+            format!(
+                "webhook timeout {} ms must be shorter than the rule's time_limit ({} ms), or the time limit cuts the call off first",
+                timeout.as_millis(),
+                route.time_limit.as_millis()
+            ),
+        ));
+    }
 
     let data = match table.get("data") {
         None => DataSpec {
@@ -568,6 +587,17 @@ fn parse_rule(
         cache,
         private_data,
     })
+}
+
+/// Every webhook timeout of a decision.
+fn webhook_timeouts(allow: &Allow) -> Vec<Duration> {
+    match allow {
+        Allow::Webhook {
+            timeout: Some(t), ..
+        } => vec![*t],
+        Allow::AnyOf(all) | Allow::AllOf(all) => all.iter().flat_map(webhook_timeouts).collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn string_list(value: &Value) -> Option<Vec<String>> {
@@ -650,16 +680,34 @@ fn parse_allow(value: &Value, captures: &[&str]) -> Result<Allow, String> {
                     Ok(Allow::Claims(out))
                 }
                 "webhook" => {
-                    let url = match inner {
-                        Value::String(url) => url.clone(),
-                        Value::Table(t) => t
-                            .get("url")
-                            .and_then(Value::as_str)
-                            .ok_or("`webhook` needs a `url`")?
-                            .to_owned(),
+                    let (url, timeout) = match inner {
+                        Value::String(url) => (url.clone(), None),
+                        Value::Table(t) => {
+                            if let Some(unknown) =
+                                t.keys().find(|k| !["url", "timeout"].contains(&k.as_str()))
+                            {
+                                return Err(format!(
+                                    "`webhook` has an unknown field `{unknown}`; expected url, timeout"
+                                ));
+                            }
+                            let url = t
+                                .get("url")
+                                .and_then(Value::as_str)
+                                .ok_or("`webhook` needs a `url`")?
+                                .to_owned();
+                            let timeout = match t.get("timeout") {
+                                None => None,
+                                Some(v) => Some(
+                                    parse_duration(v)
+                                        .map_err(|m| format!("webhook timeout {m}"))?,
+                                ),
+                            };
+                            (url, timeout)
+                        }
                         _ => {
                             return Err(
-                                "`webhook` must be a URL string or `{ url = \"…\" }`".into()
+                                "`webhook` must be a URL string or `{ url = \"…\", timeout = … }`"
+                                    .into(),
                             );
                         }
                     };
@@ -668,7 +716,7 @@ fn parse_allow(value: &Value, captures: &[&str]) -> Result<Allow, String> {
                             "webhook url `{url}` must start with http:// or https://"
                         ));
                     }
-                    Ok(Allow::Webhook { url })
+                    Ok(Allow::Webhook { url, timeout })
                 }
                 "any_of" | "all_of" => {
                     let list = inner

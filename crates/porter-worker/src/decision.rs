@@ -93,9 +93,9 @@ pub fn decide<'a>(
                 Ok(())
             }
             // Captures may appear in the URL (`…/{verdict}`), so one rule can route by channel.
-            Allow::Webhook { url } => match facts
+            Allow::Webhook { url, timeout } => match facts
                 .webhooks
-                .ask(&render_template(url, &task.captures), task)
+                .ask(&render_template(url, &task.captures), task, *timeout)
                 .await
             {
                 None => Err(reason::AUTHORIZER_UNAVAILABLE.to_owned()),

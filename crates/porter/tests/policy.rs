@@ -55,6 +55,13 @@ pattern = "private-both@{object_id}"
 allow = { all_of = ["authenticated", "member"] }
 
 [[rule]]
+name = "slowhook"
+pattern = "private-slowhook@{object_id}"
+time_limit = 2
+expires = 3
+allow = { webhook = { url = "http://127.0.0.1:PORT/slow", timeout = "300ms" } }
+
+[[rule]]
 name = "hook"
 pattern = "private-hook-{verdict}@{object_id}"
 time_limit = 0.5
@@ -216,6 +223,10 @@ async fn every_allow_mode_allows_and_refuses() {
     // The server answers `/slow` after 1.5 s; the rule's time limit is 0.5 s.
     let a = channel_answer(&deployment, "1.1", "private-hook-slow@1", Some(&ann)).await;
     assert_refused(&a, "time limit exceeded", "private-hook-slow@1");
+    // With its own timeout (300 ms, well inside the 2 s time limit) a slow webhook is
+    // `authorizer_unavailable`, like any other webhook failure.
+    let a = channel_answer(&deployment, "1.1", "private-slowhook@1", Some(&ann)).await;
+    assert_refused(&a, "authorizer_unavailable", "private-slowhook@1");
     // The webhook saw the facts of the task (echoed back as an event).
     let a = channel_answer(&deployment, "1.1", "private-hook-echo@1", Some(&fan)).await;
     let seen = &a["events"][0]["data"];

@@ -390,3 +390,48 @@ fn claims_may_compare_route_parameters_of_the_serving_endpoint() {
         ])
     );
 }
+
+#[test]
+fn webhook_timeouts_parse_and_must_fit_the_time_limit() {
+    let rule = |allow: &str| {
+        format!(
+            "[[rule]]\nname = \"w\"\npattern = \"private-w@{{object_id}}\"\ntime_limit = 1\nallow = {allow}\n"
+        )
+    };
+    let policy = Policy::from_toml(&rule(
+        "{ webhook = { url = \"http://h/x\", timeout = \"250ms\" } }",
+    ))
+    .unwrap();
+    assert_eq!(
+        policy.rules()[0].allow,
+        Allow::Webhook {
+            url: "http://h/x".into(),
+            timeout: Some(Duration::from_millis(250)),
+        }
+    );
+    assert_eq!(
+        policy.rules()[0].allow.to_string(),
+        "webhook(http://h/x, timeout 250 ms)"
+    );
+    for (allow, needle) in [
+        (
+            "{ webhook = { url = \"http://h/x\", timeout = 1 } }",
+            "shorter than the rule's time_limit",
+        ),
+        (
+            "{ any_of = [{ webhook = { url = \"http://h/x\", timeout = 2 } }] }",
+            "shorter",
+        ),
+        (
+            "{ webhook = { url = \"http://h/x\", timeout = \"soon\" } }",
+            "webhook timeout",
+        ),
+        (
+            "{ webhook = { url = \"http://h/x\", retries = 2 } }",
+            "unknown field `retries`",
+        ),
+    ] {
+        let error = Policy::from_toml(&rule(allow)).unwrap_err().to_string();
+        assert!(error.contains(needle), "{error} lacks {needle}");
+    }
+}
