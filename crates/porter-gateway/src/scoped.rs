@@ -288,3 +288,77 @@ fn refusal(endpoint: &Endpoint, why: &str) -> HttpResponse {
         _ => forbidden(endpoint.message(why).unwrap_or(why)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn reads_json_and_form_bodies_with_the_token_field() {
+        let json = TestRequest::default()
+            .insert_header(("content-type", "application/json"))
+            .to_http_request();
+        let fields = parse_body(
+            &json,
+            br#"{"socket_id": "1.2", "channel_name": "private-a", "token": "t"}"#,
+            "token",
+        )
+        .unwrap();
+        assert_eq!(fields.socket_id.as_deref(), Some("1.2"));
+        assert_eq!(fields.channel_name.as_deref(), Some("private-a"));
+        assert_eq!(fields.token.as_deref(), Some("t"));
+        assert!(parse_body(&json, b"[1]", "token").is_err());
+        assert!(parse_body(&json, b"{", "token").is_err());
+        assert!(parse_body(&json, b"", "token").unwrap().socket_id.is_none());
+
+        let form = TestRequest::default().to_http_request();
+        let fields = parse_body(
+            &form,
+            b"socket_id=1.2&channel_name=private-a&guest=g&socket_id=9.9",
+            "guest",
+        )
+        .unwrap();
+        assert_eq!(fields.socket_id.as_deref(), Some("1.2"), "first value wins");
+        assert_eq!(fields.token.as_deref(), Some("g"));
+    }
+
+    #[test]
+    fn refusals_use_the_endpoint_messages() {
+        let policy = Policy::from_toml(
+            "[[rule]]\nname = \"g\"\npattern = \"private-g-{id}\"\nallow = { claims = { id = \"id\" } }\n[[endpoint]]\npath = \"/g\"\ntoken = { query = \"t\" }\nrules = \"g\"\n[endpoint.messages]\n\"claim_mismatch:id\" = \"Not yours\"\n",
+        )
+        .unwrap();
+        let endpoint = &policy.endpoints()[0];
+        assert_eq!(refusal(endpoint, "claim_mismatch:id").status(), 403);
+        assert_eq!(refusal(endpoint, "forbidden").status(), 403);
+        assert_eq!(refusal(endpoint, reason::TIMEOUT).status(), 504);
+        assert_eq!(
+            refusal(endpoint, reason::AUTHORIZER_UNAVAILABLE).status(),
+            503
+        );
+        assert_eq!(endpoint.message("claim_mismatch:id"), Some("Not yours"));
+    }
+
+    #[test]
+    fn an_endpoint_without_a_secret_accepts_no_token() {
+        let policy = Policy::from_toml(
+            "[[rule]]\nname = \"g\"\npattern = \"private-g-{id}\"\nallow = { claims = { id = \"id\" } }\n[[endpoint]]\npath = \"/g\"\ntoken = { query = \"t\", secret_env = \"G_SECRET\" }\nrules = \"g\"\n",
+        )
+        .unwrap();
+        let claims = serde_json::json!({ "id": "1", "exp": 4_000_000_000u64 });
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"s"),
+        )
+        .unwrap();
+        let without = ScopedKeys::new(&policy, |_| None);
+        assert!(without.verify(0, &token).is_none());
+        let with = ScopedKeys::new(&policy, |name| (name == "G_SECRET").then(|| "s".to_owned()));
+        assert_eq!(with.verify(0, &token).unwrap()["id"], "1");
+        assert!(with.verify(1, &token).is_none(), "no such endpoint");
+        let other = ScopedKeys::new(&policy, |_| Some("other".to_owned()));
+        assert!(other.verify(0, &token).is_none());
+    }
+}
