@@ -50,8 +50,9 @@ pub enum Allow {
     Owner,
     /// The caller's user id is in the channel's member set.
     Member,
-    /// Each named claim of the caller's token equals the named capture (claim → capture).
-    Claims(BTreeMap<String, String>),
+    /// Each named claim of the caller's token equals the named capture (claim → capture),
+    /// checked in declaration order: the first mismatch is the refusal (`claim_mismatch:{claim}`).
+    Claims(Vec<(String, String)>),
     /// The application decides over HTTP.
     Webhook {
         url: String,
@@ -148,7 +149,8 @@ pub struct DataSpec {
     /// Member id template (`guest_{booking_id}`); the caller's user id when absent.
     pub user_id: Option<String>,
     /// Fixed user info fields, templates over captures.
-    pub info: BTreeMap<String, String>,
+    /// In declaration order, which is the order of the fields in the signed `user_info`.
+    pub info: Vec<(String, String)>,
 }
 
 impl DataSpec {
@@ -548,7 +550,7 @@ fn parse_rule(
                 UserInfoSource::None
             },
             user_id: None,
-            info: BTreeMap::new(),
+            info: Vec::new(),
         },
         Some(v) => parse_data(v, is_presence, &comparable)
             .map_err(|(f, m)| err(&format!("data.{f}"), m))?,
@@ -665,7 +667,7 @@ fn parse_allow(value: &Value, captures: &[&str]) -> Result<Allow, String> {
                     if pairs.is_empty() {
                         return Err("`claims` needs at least one claim".into());
                     }
-                    let mut out = BTreeMap::new();
+                    let mut out = Vec::with_capacity(pairs.len());
                     for (claim, capture) in pairs {
                         let capture = capture.as_str().ok_or_else(|| {
                             format!("claim `{claim}` must name a capture as a string")
@@ -675,7 +677,7 @@ fn parse_allow(value: &Value, captures: &[&str]) -> Result<Allow, String> {
                                 "claim `{claim}` refers to `{capture}`, which is neither a capture of the pattern nor a route parameter of an endpoint serving the rule"
                             ));
                         }
-                        out.insert(claim.clone(), capture.to_owned());
+                        out.push((claim.clone(), capture.to_owned()));
                     }
                     Ok(Allow::Claims(out))
                 }
@@ -802,7 +804,7 @@ fn parse_data(
         }
         Some(_) => return Err(("user_id", "must be a template string".into())),
     };
-    let mut info = BTreeMap::new();
+    let mut info = Vec::new();
     match table.get("info") {
         None => {}
         Some(Value::Table(t)) => {
@@ -811,7 +813,7 @@ fn parse_data(
                     .as_str()
                     .ok_or(("info", format!("`{key}` must be a string")))?;
                 check_template("info", template)?;
-                info.insert(key.clone(), template.to_owned());
+                info.push((key.clone(), template.to_owned()));
             }
         }
         Some(_) => return Err(("info", "must be a table of field = \"template\"".into())),

@@ -172,11 +172,15 @@ async fn every_allow_mode_allows_and_refuses() {
     let fan = token("9", &[("team", json!("red-sox")), ("room", json!("a-1"))]);
     let a = channel_answer(&deployment, "1.1", channel, Some(&fan)).await;
     assert_allowed(&a, "1.1", channel);
+    // Claims are checked in declaration order; the first mismatch names its claim.
     let other = token("9", &[("team", json!("red")), ("room", json!("a-1"))]);
     let a = channel_answer(&deployment, "1.1", channel, Some(&other)).await;
     assert_refused(&a, "claim_mismatch:team", channel);
-    let a = channel_answer(&deployment, "1.1", channel, Some(&ann)).await;
+    let other = token("9", &[("team", json!("red-sox")), ("room", json!("a"))]);
+    let a = channel_answer(&deployment, "1.1", channel, Some(&other)).await;
     assert_refused(&a, "claim_mismatch:room", channel);
+    let a = channel_answer(&deployment, "1.1", channel, Some(&ann)).await;
+    assert_refused(&a, "claim_mismatch:team", channel);
     let a = channel_answer(&deployment, "1.1", channel, None).await;
     assert_refused(&a, "unauthenticated", channel);
 
@@ -560,13 +564,11 @@ async fn guest_chat_answers_every_seed_003_case() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    // Byte for byte the seed's `channel_data`: the fields in the seed's order.
     let data = body["channel_data"].as_str().expect("channel_data");
     assert_eq!(
-        serde_json::from_str::<Value>(data).unwrap(),
-        json!({
-            "user_id": "guest_BK-2025-ABC123",
-            "user_info": { "name": "Guest", "booking_id": "BK-2025-ABC123" }
-        })
+        data,
+        r#"{"user_id":"guest_BK-2025-ABC123","user_info":{"name":"Guest","booking_id":"BK-2025-ABC123"}}"#
     );
     assert_eq!(
         body,
@@ -722,7 +724,7 @@ fn policy_tools_check_and_explain() {
         "rule:        guest-chat",
         "captures:    booking_id = BK-2025-ABC123, hotel_slug = grand-hotel",
         "allow:       claims(booking_id = {booking_id}, hotel = {hotel_slug})",
-        "data:        user_id = guest_{booking_id}, info.booking_id = {booking_id}, info.name = Guest",
+        "data:        user_id = guest_{booking_id}, info.name = Guest, info.booking_id = {booking_id}",
         "cache:       no",
         "served by:   POST /api/guest/hotel/{hotel_slug}/chat/pusher/auth only",
     ] {
