@@ -437,3 +437,17 @@ fn webhook_timeouts_parse_and_must_fit_the_time_limit() {
         assert!(error.contains(needle), "{error} lacks {needle}");
     }
 }
+
+#[test]
+fn every_toml_example_in_the_policy_docs_is_a_valid_policy() {
+    let docs = include_str!("../../../../docs/policy.md");
+    let mut examples = 0;
+    for block in docs.split("```toml\n").skip(1) {
+        let source = block.split("```").next().unwrap();
+        if let Err(error) = Policy::from_toml(source) {
+            panic!("docs/policy.md example does not parse: {error}\n{source}");
+        }
+        examples += 1;
+    }
+    assert!(examples >= 2, "the docs have their examples");
+}
