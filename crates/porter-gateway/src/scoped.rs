@@ -31,6 +31,8 @@ use crate::metrics::Outcome;
 /// Said for a bad token when the endpoint sets no message: never whether the object exists.
 const DEFAULT_INVALID_TOKEN: &str = "Invalid or expired token";
 const DEFAULT_NO_MATCH: &str = "Invalid channel format";
+/// Seed 003's error for input it cannot use (a malformed body or socket id), with a message.
+const BAD_INPUT: &str = "Authentication failed";
 
 /// The verification keys of the policy's endpoints, by endpoint index.
 #[derive(Default)]
@@ -164,7 +166,7 @@ async fn scoped_auth_inner(
     let Ok(fields) = parse_body(request, body, &endpoint.token_query) else {
         return body_error(
             StatusCode::BAD_REQUEST,
-            "Bad Request",
+            BAD_INPUT,
             Some("the body must be a JSON object or a form"),
         );
     };
@@ -199,7 +201,7 @@ async fn scoped_auth_inner(
     if validate_socket_id(&socket_id).is_err() {
         return body_error(
             StatusCode::BAD_REQUEST,
-            "Bad Request",
+            BAD_INPUT,
             Some("socket_id must be two groups of digits joined by a dot"),
         );
     }

@@ -683,6 +683,31 @@ async fn guest_chat_answers_every_seed_003_case() {
         assert_eq!((status, &answer), (400, &missing), "{body}");
     }
 
+    // Input it cannot use: 400 with seed 003's catch-all error, never a 500.
+    let (status, body) = guest_auth(
+        &deployment,
+        "grand-hotel",
+        Some(&token),
+        Body::Json(json!({ "socket_id": "1.2\n", "channel_name": channel })),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("Authentication failed"))
+    );
+    let response = reqwest::Client::new()
+        .post(deployment.url(&format!(
+            "/api/guest/hotel/grand-hotel/chat/pusher/auth?token={token}"
+        )))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "Authentication failed");
+
     // The guest rule is served only by its endpoint: a bearer token with the same claims
     // gets nothing from the general endpoints.
     let bearer = common::token(
