@@ -220,10 +220,13 @@ async fn decision(
     if let Some(user) = &user_id {
         claims.insert("sub".to_owned(), Value::String(user.clone()));
     }
+    // `..default()` keeps this compiling when identity features add fields to `Identity`.
+    #[allow(clippy::needless_update)]
     let identity = Identity {
         user_id,
         client_id: None,
         claims,
+        ..Identity::default()
     };
     let prepared = [Prepared {
         index: 0,

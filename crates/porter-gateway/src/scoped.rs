@@ -229,6 +229,8 @@ async fn scoped_auth_inner(
         return no_match();
     };
 
+    // `..default()` keeps this compiling when identity features add fields to `Identity`.
+    #[allow(clippy::needless_update)]
     let identity = Identity {
         user_id: match claims.get("sub") {
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
@@ -241,6 +243,7 @@ async fn scoped_auth_inner(
             .filter(|c| !c.is_empty() && c.len() <= 200)
             .map(str::to_owned),
         claims,
+        ..Identity::default()
     };
     let prepared = [Prepared {
         index: 0,
