@@ -5,7 +5,8 @@
 //! - `PUT /admin/channels/{channel}/events/{event}` (body: the event's JSON data): retain an
 //!   event; `DELETE …/events/{event}` clears one, `DELETE …/events` clears them all.
 //! - `GET /admin/decision?channel=…&user_id=…`: runs the decision in a worker, as a request of
-//!   that user would, and shows the rule, the verdict and the data, unsigned.
+//!   that user would, and shows the rule, the verdict and the data, unsigned; `POST` the same
+//!   with `claims` (and a scoped endpoint's route `params`) to try rules that compare claims.
 //!
 //! Architecture Invariant: every change drops the cached results of the channel it touches
 //! (the cache hash of its cache name, which drops `-encrypted`), before answering, so the
@@ -48,7 +49,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/admin/channels/{channel}/events",
         web::delete().to(clear_events),
     )
-    .route("/admin/decision", web::get().to(decision));
+    .route("/admin/decision", web::get().to(decision))
+    .route("/admin/decision", web::post().to(decision_with_claims));
 }
 
 fn channel_of(name: &str) -> Result<Channel<'_>, ApiError> {
@@ -192,18 +194,74 @@ struct DecisionQuery {
     user_id: Option<String>,
 }
 
+/// `POST /admin/decision`: like the `GET`, with the caller's token claims as well, so rules
+/// that compare claims can be tried (`{"channel", "user_id"?, "claims"?, "params"?}`; `params`
+/// stand in for the route parameters of a scoped endpoint).
+#[derive(Deserialize)]
+struct DecisionBody {
+    channel: String,
+    user_id: Option<String>,
+    #[serde(default)]
+    claims: Map<String, Value>,
+    #[serde(default)]
+    params: std::collections::BTreeMap<String, String>,
+}
+
 async fn decision(
     request: HttpRequest,
     query: web::Query<DecisionQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.admin.check(&request)?;
-    let channel = channel_of(&query.channel)?;
-    let user_id = match query.user_id.as_deref().filter(|u| !u.is_empty()) {
+    let query = query.into_inner();
+    decide_for(
+        &state,
+        DecisionBody {
+            channel: query.channel,
+            user_id: query.user_id,
+            claims: Map::new(),
+            params: Default::default(),
+        },
+    )
+    .await
+}
+
+async fn decision_with_claims(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state.admin.check(&request)?;
+    let body: DecisionBody = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_body",
+            "expected {\"channel\", \"user_id\"?, \"claims\"?, \"params\"?}",
+        )
+    })?;
+    decide_for(&state, body).await
+}
+
+async fn decide_for(state: &AppState, asked: DecisionBody) -> Result<HttpResponse, ApiError> {
+    let channel = channel_of(&asked.channel)?;
+    let user_id = match asked.user_id.as_deref().filter(|u| !u.is_empty()) {
         Some(user) => Some(checked_name("user_id", user)?.to_owned()),
         None => None,
     };
-    let matched = match state.policy.match_channel(&channel) {
+    let mut found = state.policy.match_channel(&channel);
+    // A scoped rule is matched as its endpoint would, with the given route parameters.
+    if let Ok(matched) = &found
+        && state.policy.is_scoped(&matched.rule.name)
+        && let Some(endpoint) = state
+            .policy
+            .endpoints()
+            .iter()
+            .find(|e| e.rules.contains(&matched.rule.name))
+    {
+        found = state
+            .policy
+            .match_for_endpoint(endpoint, &channel, &asked.params);
+    }
+    let matched = match found {
         Ok(matched) => matched,
         Err(error) => {
             return Ok(HttpResponse::Ok().json(json!({
@@ -216,7 +274,7 @@ async fn decision(
     };
     let rule = matched.rule.name.clone();
     let captures = matched.captures.clone();
-    let mut claims = Map::new();
+    let mut claims = asked.claims;
     if let Some(user) = &user_id {
         claims.insert("sub".to_owned(), Value::String(user.clone()));
     }
@@ -234,7 +292,7 @@ async fn decision(
         matched,
     }];
     let task = task_for(&prepared[0], &identity);
-    let reply = fan_out(&state, &prepared, &[0], std::slice::from_ref(&task))
+    let reply = fan_out(state, &prepared, &[0], std::slice::from_ref(&task))
         .await?
         .pop()
         .flatten();

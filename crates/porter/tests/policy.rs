@@ -442,6 +442,58 @@ async fn per_user_cache_and_admin_changes_take_effect_at_once() {
     )
     .await;
     assert_eq!(body["reason"], "no_rule");
+    // With claims, for rules that compare them.
+    let ask = |room: &str| {
+        json!({
+            "channel": "private-team-red-sox-room-a-1",
+            "user_id": "9",
+            "claims": { "team": "red-sox", "room": room },
+        })
+    };
+    let (status, body) = admin(
+        reqwest::Method::POST,
+        &deployment,
+        "/admin/decision",
+        Some(ADMIN_TOKEN),
+        Some(ask("a-1")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (body["rule"].as_str(), body["allowed"].as_bool()),
+        (Some("team"), Some(true))
+    );
+    let (_, body) = admin(
+        reqwest::Method::POST,
+        &deployment,
+        "/admin/decision",
+        Some(ADMIN_TOKEN),
+        Some(ask("a")),
+    )
+    .await;
+    assert_eq!(body["reason"], "claim_mismatch:room");
+    let (status, _) = admin(
+        reqwest::Method::POST,
+        &deployment,
+        "/admin/decision",
+        None,
+        Some(ask("a-1")),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, body) = admin(
+        reqwest::Method::POST,
+        &deployment,
+        "/admin/decision",
+        Some(ADMIN_TOKEN),
+        Some(json!(["not", "an", "object"])),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_body"))
+    );
+
     let (status, body) = admin(
         reqwest::Method::PUT,
         &deployment,
@@ -547,6 +599,9 @@ async fn guest_chat_answers_every_seed_003_case() {
     deployment
         .extra_env
         .push(("PORTER_GUEST_TOKEN_SECRET".into(), GUEST_SECRET.into()));
+    deployment
+        .extra_env
+        .push(("PORTER_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()));
     let _gateway = deployment.gateway();
     let _worker = deployment.worker();
     deployment.wait_ready().await;
@@ -719,6 +774,37 @@ async fn guest_chat_answers_every_seed_003_case() {
     );
     let a = channel_answer(&deployment, "1.2", channel, Some(&bearer)).await;
     assert_eq!(a, json!({ "reason": "no_rule" }));
+    // The admin API explains a scoped rule as its endpoint decides it.
+    let ask = |hotel: &str| {
+        json!({
+            "channel": channel,
+            "claims": { "hotel": hotel, "booking_id": "BK-2025-ABC123" },
+            "params": { "hotel_slug": "grand-hotel" },
+        })
+    };
+    let (status, body) = admin(
+        reqwest::Method::POST,
+        &deployment,
+        "/admin/decision",
+        Some(ADMIN_TOKEN),
+        Some(ask("grand-hotel")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["rule"], "guest-chat");
+    assert_eq!(body["scoped"], true);
+    assert_eq!(body["allowed"], true, "{body}");
+    assert_eq!(body["data"]["user_id"], "guest_BK-2025-ABC123");
+    let (_, body) = admin(
+        reqwest::Method::POST,
+        &deployment,
+        "/admin/decision",
+        Some(ADMIN_TOKEN),
+        Some(ask("seaside-inn")),
+    )
+    .await;
+    assert_eq!(body["reason"], "claim_mismatch:hotel");
+
     // The rest of the catalogue still works with the example policy.
     let a = channel_answer(&deployment, "1.2", "private-stream@42", None).await;
     assert_allowed(&a, "1.2", "private-stream@42");
