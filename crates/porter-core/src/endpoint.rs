@@ -149,13 +149,23 @@ fn parse_endpoint(index: usize, raw: &Value, rules: &[Rule]) -> Result<Endpoint,
             format!("`{path}` must be an absolute path without a query"),
         ));
     }
-    for reserved in ["/pusher/", "/admin/", "/metrics", "/healthz", "/readyz"] {
-        if path.starts_with(reserved) {
-            return Err(err(
-                "path",
-                format!("`{path}` collides with Porter's own routes under `{reserved}`"),
-            ));
-        }
+    // Porter's own routes (and those of its identity and presence features) come first.
+    let reserved = [
+        "/pusher/",
+        "/admin/",
+        "/presence/",
+        "/metrics",
+        "/healthz",
+        "/readyz",
+    ]
+    .into_iter()
+    .find(|prefix| path.starts_with(prefix))
+    .or((path == "/auth" || path == "/auth/").then_some("/auth"));
+    if let Some(reserved) = reserved {
+        return Err(err(
+            "path",
+            format!("`{path}` collides with Porter's own routes under `{reserved}`"),
+        ));
     }
     let params: Vec<String> = template_names(path)
         .into_iter()

@@ -346,6 +346,10 @@ fn endpoints_are_checked() {
             "[[endpoint]]\npath = \"/pusher/auth\"\ntoken = { query = \"t\" }\nrules = [\"g\"]\n",
             "collides",
         ),
+        (
+            "[[endpoint]]\npath = \"/auth\"\ntoken = { query = \"t\" }\nrules = [\"g\"]\n",
+            "collides",
+        ),
         ("[[endpoint]]\npath = \"/x\"\nrules = [\"g\"]\n", "token"),
         (
             "[[endpoint]]\npath = \"/x\"\ntoken = { query = \"t\", secret_env = \"lower\" }\nrules = [\"g\"]\n",
