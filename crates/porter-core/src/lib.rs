@@ -4,6 +4,7 @@
 //! lapin or Redis, so it can be unit-tested, property-tested and fuzzed in isolation.
 //!
 //! - [`channel`]: Pusher channel and socket id validation, and the parts of a channel name.
+//! - [`endpoint`]: scoped-token endpoints a policy declares (seed 003's guest chat).
 //! - [`pattern`]: channel name patterns with named captures, and templates.
 //! - [`policy`]: the rules that decide, per channel, who may subscribe, what rides along,
 //!   where the task goes and whether the result may be cached.
@@ -13,6 +14,7 @@
 //! - [`reason`]: the stable refusal reasons a client can read.
 
 pub mod channel;
+pub mod endpoint;
 pub mod pattern;
 pub mod policy;
 pub mod reason;

@@ -50,11 +50,15 @@ pub enum Allow {
     Owner,
     /// The caller's user id is in the channel's member set.
     Member,
-    /// Each named claim of the caller's token equals the named capture (claim → capture).
-    Claims(BTreeMap<String, String>),
+    /// Each named claim of the caller's token equals the named capture (claim → capture),
+    /// checked in declaration order: the first mismatch is the refusal (`claim_mismatch:{claim}`).
+    Claims(Vec<(String, String)>),
     /// The application decides over HTTP.
     Webhook {
         url: String,
+        /// How long the call may take; past it the decision is `authorizer_unavailable`.
+        /// Without it the call is bounded only by the rule's time limit (`time limit exceeded`).
+        timeout: Option<Duration>,
     },
     AnyOf(Vec<Allow>),
     AllOf(Vec<Allow>),
@@ -74,7 +78,7 @@ impl Allow {
     /// Every webhook URL this decision may call.
     pub fn webhook_urls(&self) -> Vec<&str> {
         match self {
-            Allow::Webhook { url } => vec![url.as_str()],
+            Allow::Webhook { url, .. } => vec![url.as_str()],
             Allow::AnyOf(all) | Allow::AllOf(all) => {
                 all.iter().flat_map(Allow::webhook_urls).collect()
             }
@@ -110,7 +114,10 @@ impl fmt::Display for Allow {
                 }
                 f.write_str(")")
             }
-            Allow::Webhook { url } => write!(f, "webhook({url})"),
+            Allow::Webhook { url, timeout } => match timeout {
+                Some(t) => write!(f, "webhook({url}, timeout {} ms)", t.as_millis()),
+                None => write!(f, "webhook({url})"),
+            },
             Allow::AnyOf(all) => list(f, "any_of", all),
             Allow::AllOf(all) => list(f, "all_of", all),
         }
@@ -142,7 +149,8 @@ pub struct DataSpec {
     /// Member id template (`guest_{booking_id}`); the caller's user id when absent.
     pub user_id: Option<String>,
     /// Fixed user info fields, templates over captures.
-    pub info: BTreeMap<String, String>,
+    /// In declaration order, which is the order of the fields in the signed `user_info`.
+    pub info: Vec<(String, String)>,
 }
 
 impl DataSpec {
@@ -238,6 +246,8 @@ impl MatchError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     rules: Vec<Rule>,
+    /// Scoped-token endpoints (`[[endpoint]]`); their rules are served only by them.
+    endpoints: Vec<crate::endpoint::Endpoint>,
 }
 
 impl Default for Policy {
@@ -283,9 +293,9 @@ impl Policy {
             .parse()
             .map_err(|e: toml::de::Error| PolicyError::Syntax(e.message().to_owned()))?;
         for key in document.keys() {
-            if key != "rule" {
+            if key != "rule" && key != "endpoint" {
                 return Err(PolicyError::Document(format!(
-                    "unknown top-level key `{key}` (expected `[[rule]]` tables)"
+                    "unknown top-level key `{key}` (expected `[[rule]]` and `[[endpoint]]` tables)"
                 )));
             }
         }
@@ -301,9 +311,12 @@ impl Policy {
         if raw_rules.is_empty() {
             return Err(PolicyError::NoRules);
         }
+        // Route parameters of the endpoints that list a rule are comparable in its `claims`
+        // and usable in its templates, like captures.
+        let route_params = crate::endpoint::route_params_by_rule(document.get("endpoint"));
         let mut rules: Vec<Rule> = Vec::with_capacity(raw_rules.len());
         for (index, raw) in raw_rules.iter().enumerate() {
-            let rule = parse_rule(index, raw)?;
+            let rule = parse_rule(index, raw, &route_params)?;
             if rules.iter().any(|r| r.name == rule.name) {
                 return Err(field_error(
                     &rule.name,
@@ -313,7 +326,55 @@ impl Policy {
             }
             rules.push(rule);
         }
-        Ok(Policy { rules })
+        let endpoints = match document.get("endpoint") {
+            None => Vec::new(),
+            Some(raw) => crate::endpoint::parse_endpoints(raw, &rules)?,
+        };
+        Ok(Policy { rules, endpoints })
+    }
+
+    /// The scoped-token endpoints the gateway registers.
+    pub fn endpoints(&self) -> &[crate::endpoint::Endpoint] {
+        &self.endpoints
+    }
+
+    /// True when an endpoint lists the rule: the general endpoints must not serve it.
+    pub fn is_scoped(&self, rule: &str) -> bool {
+        self.endpoints
+            .iter()
+            .any(|e| e.rules.iter().any(|r| r == rule))
+    }
+
+    /// Matches a channel for a scoped endpoint: only the endpoint's rules, in its order, with
+    /// every capture that shares a name with a route parameter pinned to the parameter's
+    /// value. The captures of the match include the route parameters.
+    pub fn match_for_endpoint<'p>(
+        &'p self,
+        endpoint: &crate::endpoint::Endpoint,
+        channel: &Channel<'_>,
+        params: &BTreeMap<String, String>,
+    ) -> Result<Match<'p>, MatchError> {
+        endpoint
+            .rules
+            .iter()
+            .filter_map(|name| self.rule(name))
+            .find_map(|rule| {
+                rule.patterns.iter().find_map(|pattern| {
+                    let constraints =
+                        crate::endpoint::pinned_constraints(pattern, &rule.constraints, params);
+                    pattern
+                        .captures(channel.name, &constraints)
+                        .map(|mut captures| {
+                            for (name, value) in params {
+                                captures
+                                    .entry(name.clone())
+                                    .or_insert_with(|| value.clone());
+                            }
+                            Match { rule, captures }
+                        })
+                })
+            })
+            .ok_or(MatchError::NoRule)
     }
 }
 
@@ -338,7 +399,11 @@ const RULE_FIELDS: &[&str] = &[
     "private_data",
 ];
 
-fn parse_rule(index: usize, raw: &Value) -> Result<Rule, PolicyError> {
+fn parse_rule(
+    index: usize,
+    raw: &Value,
+    route_params: &BTreeMap<String, Vec<String>>,
+) -> Result<Rule, PolicyError> {
     let position = format!("#{}", index + 1);
     let table = raw
         .as_table()
@@ -396,6 +461,12 @@ fn parse_rule(index: usize, raw: &Value) -> Result<Rule, PolicyError> {
         .collect::<Result<_, _>>()?;
 
     let capture_names: Vec<&str> = patterns.iter().flat_map(|p| p.capture_names()).collect();
+    // What `claims` and templates may name: the captures, and the route parameters of every
+    // scoped endpoint that serves this rule.
+    let mut comparable = capture_names.clone();
+    if let Some(params) = route_params.get(&name) {
+        comparable.extend(params.iter().map(String::as_str));
+    }
 
     let constraints = match table.get("where") {
         None => Constraints::new(),
@@ -453,8 +524,21 @@ fn parse_rule(index: usize, raw: &Value) -> Result<Rule, PolicyError> {
                 "is required (e.g. `allow = \"authenticated\"`)".into(),
             ));
         }
-        Some(v) => parse_allow(v, &capture_names).map_err(|m| err("allow", m))?,
+        Some(v) => parse_allow(v, &comparable).map_err(|m| err("allow", m))?,
     };
+    if let Some(timeout) = webhook_timeouts(&allow)
+        .into_iter()
+        .find(|t| *t >= route.time_limit)
+    {
+        return Err(err(
+            "allow",
+            format!(
+                "webhook timeout {} ms must be shorter than the rule's time_limit ({} ms), or the time limit cuts the call off first",
+                timeout.as_millis(),
+                route.time_limit.as_millis()
+            ),
+        ));
+    }
 
     let data = match table.get("data") {
         None => DataSpec {
@@ -466,9 +550,9 @@ fn parse_rule(index: usize, raw: &Value) -> Result<Rule, PolicyError> {
                 UserInfoSource::None
             },
             user_id: None,
-            info: BTreeMap::new(),
+            info: Vec::new(),
         },
-        Some(v) => parse_data(v, is_presence, &capture_names)
+        Some(v) => parse_data(v, is_presence, &comparable)
             .map_err(|(f, m)| err(&format!("data.{f}"), m))?,
     };
 
@@ -505,6 +589,17 @@ fn parse_rule(index: usize, raw: &Value) -> Result<Rule, PolicyError> {
         cache,
         private_data,
     })
+}
+
+/// Every webhook timeout of a decision.
+fn webhook_timeouts(allow: &Allow) -> Vec<Duration> {
+    match allow {
+        Allow::Webhook {
+            timeout: Some(t), ..
+        } => vec![*t],
+        Allow::AnyOf(all) | Allow::AllOf(all) => all.iter().flat_map(webhook_timeouts).collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn string_list(value: &Value) -> Option<Vec<String>> {
@@ -572,31 +667,49 @@ fn parse_allow(value: &Value, captures: &[&str]) -> Result<Allow, String> {
                     if pairs.is_empty() {
                         return Err("`claims` needs at least one claim".into());
                     }
-                    let mut out = BTreeMap::new();
+                    let mut out = Vec::with_capacity(pairs.len());
                     for (claim, capture) in pairs {
                         let capture = capture.as_str().ok_or_else(|| {
                             format!("claim `{claim}` must name a capture as a string")
                         })?;
                         if !captures.contains(&capture) {
                             return Err(format!(
-                                "claim `{claim}` refers to `{capture}`, which is not a capture of the pattern"
+                                "claim `{claim}` refers to `{capture}`, which is neither a capture of the pattern nor a route parameter of an endpoint serving the rule"
                             ));
                         }
-                        out.insert(claim.clone(), capture.to_owned());
+                        out.push((claim.clone(), capture.to_owned()));
                     }
                     Ok(Allow::Claims(out))
                 }
                 "webhook" => {
-                    let url = match inner {
-                        Value::String(url) => url.clone(),
-                        Value::Table(t) => t
-                            .get("url")
-                            .and_then(Value::as_str)
-                            .ok_or("`webhook` needs a `url`")?
-                            .to_owned(),
+                    let (url, timeout) = match inner {
+                        Value::String(url) => (url.clone(), None),
+                        Value::Table(t) => {
+                            if let Some(unknown) =
+                                t.keys().find(|k| !["url", "timeout"].contains(&k.as_str()))
+                            {
+                                return Err(format!(
+                                    "`webhook` has an unknown field `{unknown}`; expected url, timeout"
+                                ));
+                            }
+                            let url = t
+                                .get("url")
+                                .and_then(Value::as_str)
+                                .ok_or("`webhook` needs a `url`")?
+                                .to_owned();
+                            let timeout = match t.get("timeout") {
+                                None => None,
+                                Some(v) => Some(
+                                    parse_duration(v)
+                                        .map_err(|m| format!("webhook timeout {m}"))?,
+                                ),
+                            };
+                            (url, timeout)
+                        }
                         _ => {
                             return Err(
-                                "`webhook` must be a URL string or `{ url = \"…\" }`".into()
+                                "`webhook` must be a URL string or `{ url = \"…\", timeout = … }`"
+                                    .into(),
                             );
                         }
                     };
@@ -605,7 +718,7 @@ fn parse_allow(value: &Value, captures: &[&str]) -> Result<Allow, String> {
                             "webhook url `{url}` must start with http:// or https://"
                         ));
                     }
-                    Ok(Allow::Webhook { url })
+                    Ok(Allow::Webhook { url, timeout })
                 }
                 "any_of" | "all_of" => {
                     let list = inner
@@ -691,7 +804,7 @@ fn parse_data(
         }
         Some(_) => return Err(("user_id", "must be a template string".into())),
     };
-    let mut info = BTreeMap::new();
+    let mut info = Vec::new();
     match table.get("info") {
         None => {}
         Some(Value::Table(t)) => {
@@ -700,7 +813,7 @@ fn parse_data(
                     .as_str()
                     .ok_or(("info", format!("`{key}` must be a string")))?;
                 check_template("info", template)?;
-                info.insert(key.clone(), template.to_owned());
+                info.push((key.clone(), template.to_owned()));
             }
         }
         Some(_) => return Err(("info", "must be a table of field = \"template\"".into())),

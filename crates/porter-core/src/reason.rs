@@ -27,3 +27,7 @@ pub const INTERNAL: &str = "internal_error";
 pub const BROKER_UNAVAILABLE: &str = "broker_unavailable";
 /// The gateway has too many tasks in flight.
 pub const OVERLOADED: &str = "overloaded";
+/// A `claims` rule refused: the named claim of the token differs from its capture. The full
+/// reason is this prefix followed by the claim's name (`claim_mismatch:booking_id`), so a
+/// scoped endpoint can say which check failed; it names only a claim of the caller's own token.
+pub const CLAIM_MISMATCH_PREFIX: &str = "claim_mismatch:";

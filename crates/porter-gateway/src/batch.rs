@@ -42,10 +42,10 @@ pub struct SignedChannel {
 pub type ChannelResult = Result<SignedChannel, String>;
 
 /// A channel that matched a rule and awaits a decision.
-struct Prepared<'a> {
-    index: usize,
-    channel: Channel<'a>,
-    matched: Match<'a>,
+pub(crate) struct Prepared<'a> {
+    pub(crate) index: usize,
+    pub(crate) channel: Channel<'a>,
+    pub(crate) matched: Match<'a>,
 }
 
 /// Authorizes a batch. Channels are deduplicated; answers come in first-seen order.
@@ -75,6 +75,10 @@ pub async fn authorize(
             Err(error) => results[index] = Some(Err(error.reason().to_owned())),
             Ok(channel) => match state.policy.match_channel(&channel) {
                 Err(error) => results[index] = Some(Err(error.reason().to_owned())),
+                // A rule of a scoped-token endpoint is served only by that endpoint.
+                Ok(matched) if state.policy.is_scoped(&matched.rule.name) => {
+                    results[index] = Some(Err(reason::NO_RULE.to_owned()))
+                }
                 Ok(matched) => prepared.push(Prepared {
                     index,
                     channel,
@@ -201,7 +205,7 @@ pub async fn authorize(
         .collect())
 }
 
-fn task_for(p: &Prepared<'_>, identity: &Identity) -> Task {
+pub(crate) fn task_for(p: &Prepared<'_>, identity: &Identity) -> Task {
     Task {
         v: FORMAT_VERSION,
         id: uuid::Uuid::new_v4().to_string(),
@@ -219,7 +223,7 @@ fn task_for(p: &Prepared<'_>, identity: &Identity) -> Task {
 
 /// Publishes the tasks and waits for their replies until the batch deadline.
 /// Each element is `None` when its reply did not come in time.
-async fn fan_out(
+pub(crate) async fn fan_out(
     state: &AppState,
     prepared: &[Prepared<'_>],
     misses: &[usize],
@@ -284,7 +288,12 @@ fn member_json(data: &AuthData) -> Option<String> {
 }
 
 /// Signs an allowed channel for this socket.
-fn sign(state: &AppState, socket_id: &str, p: &Prepared<'_>, data: AuthData) -> ChannelResult {
+pub(crate) fn sign(
+    state: &AppState,
+    socket_id: &str,
+    p: &Prepared<'_>,
+    data: AuthData,
+) -> ChannelResult {
     let rule = p.matched.rule;
     let (channel_data, events) = if p.channel.kind == ChannelKind::Presence {
         (

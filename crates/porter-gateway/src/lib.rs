@@ -3,8 +3,10 @@
 //! aggregates.
 //!
 //! - [`admin`]: the admin token guard.
+//! - [`admin_api`]: members, retained events and decisions, behind the guard.
 //! - [`batch`]: the fan-out/aggregate core shared by every endpoint.
 //! - [`routes`]: the endpoints and their request formats.
+//! - [`scoped`]: the policy's scoped-token endpoints (`[[endpoint]]`, seed 003's guest chat).
 //! - [`identity`]: who is asking (JWT bearer tokens, sessions, client id).
 //! - [`jwks`]: public keys from a JWKS file or URL, cached and refreshed on rotation.
 //! - [`sessions`]: `POST /auth` and `X-Session-ID` (seed 001).
@@ -20,6 +22,7 @@
 //! gateway, and tasks never carry the socket id.
 
 pub mod admin;
+pub mod admin_api;
 pub mod audit;
 pub mod batch;
 pub mod cors;
@@ -31,6 +34,7 @@ pub mod presence;
 pub mod protection;
 pub mod revocation;
 pub mod routes;
+pub mod scoped;
 pub mod sessions;
 
 use std::sync::Arc;
@@ -77,4 +81,6 @@ pub struct AppState {
     pub admin: admin::AdminGuard,
     /// Rate limits, in-flight cap, CORS origins, presence and webhook settings.
     pub protection: protection::Protection,
+    /// Token keys of the policy's scoped-token endpoints.
+    pub scoped: scoped::ScopedKeys,
 }

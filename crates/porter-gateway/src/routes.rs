@@ -42,7 +42,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+        .route("/metrics", web::get().to(metrics))
+        .configure(crate::admin_api::configure);
 }
 
 /// Key/value pairs of a query string or form body; `+` and `%xx` decoded.

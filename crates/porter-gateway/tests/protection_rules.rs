@@ -167,6 +167,7 @@ fn state(store: Arc<dyn Store>, protection: ProtectionConfig) -> web::Data<AppSt
         metrics: Default::default(),
         admin: porter_gateway::admin::AdminGuard::new(Some("admin-token")),
         protection: Protection::new(protection),
+        scoped: Default::default(),
     })
 }
 

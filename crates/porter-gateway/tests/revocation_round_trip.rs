@@ -176,6 +176,7 @@ fn state(store: Arc<Counting>) -> AppState {
         metrics: Default::default(),
         admin: Default::default(),
         protection: Protection::new(ProtectionConfig::default()),
+        scoped: Default::default(),
     }
 }
 

@@ -86,16 +86,16 @@ pub fn decide<'a>(
                         return Err(if task.claims.is_empty() {
                             reason::UNAUTHENTICATED.to_owned()
                         } else {
-                            reason::FORBIDDEN.to_owned()
+                            format!("{}{claim}", reason::CLAIM_MISMATCH_PREFIX)
                         });
                     }
                 }
                 Ok(())
             }
             // Captures may appear in the URL (`…/{verdict}`), so one rule can route by channel.
-            Allow::Webhook { url } => match facts
+            Allow::Webhook { url, timeout } => match facts
                 .webhooks
-                .ask(&render_template(url, &task.captures), task)
+                .ask(&render_template(url, &task.captures), task, *timeout)
                 .await
             {
                 None => Err(reason::AUTHORIZER_UNAVAILABLE.to_owned()),

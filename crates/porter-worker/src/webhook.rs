@@ -57,8 +57,14 @@ impl WebhookClient {
         WebhookClient { http }
     }
 
-    /// Asks the webhook. `None` means no usable answer.
-    pub async fn ask(&self, url: &str, task: &Task) -> Option<WebhookAnswer> {
+    /// Asks the webhook, within `timeout` when the rule sets one (the rule's time limit
+    /// bounds the call in any case). `None` means no usable answer.
+    pub async fn ask(
+        &self,
+        url: &str,
+        task: &Task,
+        timeout: Option<Duration>,
+    ) -> Option<WebhookAnswer> {
         let request = WebhookRequest {
             channel: &task.channel,
             channel_type: task.channel_type.as_str(),
@@ -69,8 +75,16 @@ impl WebhookClient {
             client_id: task.client_id.as_deref(),
             claims: &task.claims,
         };
-        let response = match self.http.post(url).json(&request).send().await {
+        let mut call = self.http.post(url).json(&request);
+        if let Some(timeout) = timeout {
+            call = call.timeout(timeout);
+        }
+        let response = match call.send().await {
             Ok(response) => response,
+            Err(error) if error.is_timeout() => {
+                tracing::warn!(channel = %task.channel, "webhook authorizer timed out");
+                return None;
+            }
             Err(error) => {
                 tracing::warn!(channel = %task.channel, error = %error.without_url(), "webhook authorizer unreachable");
                 return None;
@@ -82,6 +96,10 @@ impl WebhookClient {
         }
         match response.json::<WebhookAnswer>().await {
             Ok(answer) => Some(answer),
+            Err(error) if error.is_timeout() => {
+                tracing::warn!(channel = %task.channel, "webhook authorizer timed out");
+                None
+            }
             Err(_) => {
                 tracing::warn!(channel = %task.channel, "webhook authorizer answered invalid JSON");
                 None

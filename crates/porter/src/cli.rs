@@ -89,10 +89,14 @@ pub struct SignArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct TokenArgs {
+    /// Other kinds of token (`porter token guest …`).
+    #[command(subcommand)]
+    pub kind: Option<TokenKind>,
     /// The user id (`sub`).
-    #[arg(long)]
-    pub sub: String,
+    #[arg(long, required = true)]
+    pub sub: Option<String>,
     #[arg(long)]
     pub name: Option<String>,
     #[arg(long)]
@@ -103,8 +107,35 @@ pub struct TokenArgs {
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     pub ttl: u64,
-    #[arg(long, env = "PORTER_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: String,
+    #[arg(
+        long,
+        env = "PORTER_JWT_SECRET",
+        hide_env_values = true,
+        required = true
+    )]
+    pub jwt_secret: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenKind {
+    /// Mint a scoped guest token (seed 003): HS256 with claims `hotel`, `booking_id`, `exp`.
+    Guest(GuestTokenArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GuestTokenArgs {
+    /// The hotel slug the token is good for (claim `hotel`).
+    #[arg(long)]
+    pub hotel: String,
+    /// The booking id (claim `booking_id`).
+    #[arg(long)]
+    pub booking: String,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 86400)]
+    pub ttl: u64,
+    /// The secret of the guest chat endpoint (`secret_env` of its `[[endpoint]]`).
+    #[arg(long, env = "PORTER_GUEST_TOKEN_SECRET", hide_env_values = true)]
+    pub secret: String,
 }
 
 /// Settings shared by gateway and worker.

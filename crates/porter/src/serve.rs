@@ -14,6 +14,7 @@ use porter_broker::{TaskClient, local};
 use porter_core::policy::{Policy, PrivateData};
 use porter_core::routing::Queue;
 use porter_gateway::admin::AdminGuard;
+use porter_gateway::scoped::ScopedKeys;
 use porter_gateway::{AppState, GatewayConfig};
 use porter_store::memory::MemoryStore;
 use porter_store::redis::RedisStore;
@@ -42,6 +43,7 @@ fn app_state(
     store: Arc<dyn Store>,
 ) -> anyhow::Result<web::Data<AppState>> {
     let identity = crate::verifier::verifier(http, store.clone(), tasks.clone())?;
+    let scoped = ScopedKeys::new(&policy, |name| std::env::var(name).ok());
     Ok(web::Data::new(AppState {
         signer: signer(&http.credentials)?,
         policy,
@@ -60,6 +62,7 @@ fn app_state(
         metrics: Default::default(),
         admin: AdminGuard::new(http.admin_token.as_deref()),
         protection: porter_gateway::protection::Protection::new(http.protection.config()),
+        scoped,
     }))
 }
 
@@ -74,6 +77,7 @@ async fn serve_http(
             .wrap(from_fn(porter_gateway::protection::limit_request_size))
             .wrap(from_fn(porter_gateway::cors::cors))
             .configure(porter_gateway::configure)
+            .configure(|cfg| porter_gateway::scoped::configure(cfg, &state.policy))
     })
     .bind(listen)
     .with_context(|| format!("cannot listen on {listen}"))?;

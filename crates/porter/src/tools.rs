@@ -8,7 +8,7 @@ use porter_core::policy::Policy;
 use porter_core::signing::{Secret, Signer};
 use serde_json::{Map, Value};
 
-use crate::cli::{Credentials, SignArgs, TokenArgs};
+use crate::cli::{Credentials, GuestTokenArgs, SignArgs, TokenArgs, TokenKind};
 
 /// Builds the signer; a bad master key is a start-up error.
 pub fn signer(credentials: &Credentials) -> anyhow::Result<Signer> {
@@ -63,9 +63,14 @@ pub fn sign(args: &SignArgs) -> anyhow::Result<()> {
 }
 
 pub fn token(args: &TokenArgs) -> anyhow::Result<()> {
-    if args.jwt_secret.is_empty() {
+    if let Some(TokenKind::Guest(guest)) = &args.kind {
+        return guest_token(guest);
+    }
+    let jwt_secret = args.jwt_secret.as_deref().unwrap_or_default();
+    if jwt_secret.is_empty() {
         bail!("PORTER_JWT_SECRET (or --jwt-secret) must not be empty");
     }
+    let sub = args.sub.as_deref().context("--sub is required")?;
     let mut claims = Map::new();
     for pair in &args.claims {
         let (key, value) = pair
@@ -76,7 +81,7 @@ pub fn token(args: &TokenArgs) -> anyhow::Result<()> {
         }
         claims.insert(key.to_owned(), Value::String(value.to_owned()));
     }
-    claims.insert("sub".into(), Value::String(args.sub.clone()));
+    claims.insert("sub".into(), Value::String(sub.to_owned()));
     if let Some(name) = &args.name {
         claims.insert("name".into(), Value::String(name.clone()));
     }
@@ -88,7 +93,27 @@ pub fn token(args: &TokenArgs) -> anyhow::Result<()> {
         .as_secs();
     claims.insert("iat".into(), now.into());
     claims.insert("exp".into(), (now + args.ttl).into());
-    println!("{}", mint(&claims, args.jwt_secret.as_bytes())?);
+    println!("{}", mint(&claims, jwt_secret.as_bytes())?);
+    Ok(())
+}
+
+/// `porter token guest`: the scoped token of seed 003's guest chat.
+pub fn guest_token(args: &GuestTokenArgs) -> anyhow::Result<()> {
+    if args.secret.is_empty() {
+        bail!("PORTER_GUEST_TOKEN_SECRET (or --secret) must not be empty");
+    }
+    if args.hotel.is_empty() || args.booking.is_empty() {
+        bail!("--hotel and --booking must not be empty");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let mut claims = Map::new();
+    claims.insert("hotel".into(), Value::String(args.hotel.clone()));
+    claims.insert("booking_id".into(), Value::String(args.booking.clone()));
+    claims.insert("iat".into(), now.into());
+    claims.insert("exp".into(), (now + args.ttl).into());
+    println!("{}", mint(&claims, args.secret.as_bytes())?);
     Ok(())
 }
 
@@ -104,7 +129,12 @@ pub fn mint(claims: &Map<String, Value>, secret: &[u8]) -> anyhow::Result<String
 
 pub fn policy_check(file: &Path) -> anyhow::Result<()> {
     let policy = load_policy(Some(file))?;
-    println!("{}: {} rules, valid", file.display(), policy.rules().len());
+    println!(
+        "{}: {} rules, {} endpoints, valid",
+        file.display(),
+        policy.rules().len(),
+        policy.endpoints().len()
+    );
     Ok(())
 }
 
@@ -115,5 +145,15 @@ pub fn policy_explain(channel: &str, policy: Option<&Path>) -> anyhow::Result<()
         .map_err(|e| anyhow::anyhow!("{channel}: {e} (reason `{}`)", e.reason()))?;
     println!("channel:     {channel}");
     println!("{matched}");
+    for endpoint in policy
+        .endpoints()
+        .iter()
+        .filter(|e| e.rules.contains(&matched.rule.name))
+    {
+        println!(
+            "served by:   POST {} only (token from `{}`, secret in {})",
+            endpoint.path, endpoint.token_query, endpoint.secret_env
+        );
+    }
     Ok(())
 }

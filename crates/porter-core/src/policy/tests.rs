@@ -134,7 +134,9 @@ fn guest_chat_rule_with_hyphenated_captures_and_claims() {
     assert_eq!(m.captures["hotel_slug"], "grand-hotel");
     assert_eq!(m.captures["booking_id"], "BK-2025-ABC123");
     assert_eq!(m.rule.private_data, Some(PrivateData::Signed));
-    assert!(matches!(&m.rule.allow, Allow::Claims(c) if c["hotel"] == "hotel_slug"));
+    assert!(
+        matches!(&m.rule.allow, Allow::Claims(c) if c.contains(&("hotel".into(), "hotel_slug".into())))
+    );
     assert_eq!(m.rule.data.user_id.as_deref(), Some("guest_{booking_id}"));
     // Routing defaults for a private rule.
     assert_eq!(m.rule.route, Route::DEFAULT);
@@ -273,4 +275,183 @@ fn explain_output_lists_everything() {
         text.contains("cache:       shared (ANNON) for 60 s"),
         "{text}"
     );
+}
+
+/// The shipped example policy: seed 000's catalogue plus seed 003's guest chat endpoint.
+const EXAMPLE_POLICY: &str = include_str!("../../../../deploy/policy.example.toml");
+
+#[test]
+fn example_policy_is_valid_and_declares_the_guest_chat_endpoint() {
+    let policy = Policy::from_toml(EXAMPLE_POLICY).unwrap();
+    let endpoint = &policy.endpoints()[0];
+    assert_eq!(
+        endpoint.path,
+        "/api/guest/hotel/{hotel_slug}/chat/pusher/auth"
+    );
+    assert_eq!(endpoint.params, vec!["hotel_slug".to_owned()]);
+    assert_eq!(endpoint.token_query, "token");
+    assert_eq!(endpoint.secret_env, "PORTER_GUEST_TOKEN_SECRET");
+    assert_eq!(endpoint.message("no_match"), Some("Invalid channel format"));
+    assert!(policy.is_scoped("guest-chat"));
+    assert!(!policy.is_scoped("private"));
+    // The catalogue is the built-in one.
+    for rule in Policy::default().rules() {
+        assert_eq!(policy.rule(&rule.name), Some(rule));
+    }
+}
+
+#[test]
+fn endpoint_route_parameters_pin_captures() {
+    let policy = Policy::from_toml(EXAMPLE_POLICY).unwrap();
+    let endpoint = &policy.endpoints()[0];
+    let params = BTreeMap::from([("hotel_slug".to_owned(), "grand-hotel".to_owned())]);
+    let channel =
+        Channel::parse("private-hotel-grand-hotel-guest-chat-booking-BK-2025-ABC123").unwrap();
+    let matched = policy
+        .match_for_endpoint(endpoint, &channel, &params)
+        .unwrap();
+    assert_eq!(matched.rule.name, "guest-chat");
+    assert_eq!(matched.captures["hotel_slug"], "grand-hotel");
+    assert_eq!(matched.captures["booking_id"], "BK-2025-ABC123");
+    // Another hotel's channel, or another shape, matches nothing at this route.
+    for other in [
+        "private-hotel-seaside-guest-chat-booking-BK-1",
+        "private-some-other-format",
+        "private-stream@42",
+    ] {
+        let channel = Channel::parse(other).unwrap();
+        assert_eq!(
+            policy
+                .match_for_endpoint(endpoint, &channel, &params)
+                .unwrap_err(),
+            MatchError::NoRule,
+            "{other}"
+        );
+    }
+}
+
+#[test]
+fn endpoints_are_checked() {
+    let rule = "[[rule]]\nname = \"g\"\npattern = \"private-g-{id}\"\nallow = { claims = { id = \"id\" } }\n";
+    let bad = [
+        (
+            "[[endpoint]]\npath = \"/x\"\ntoken = { query = \"t\" }\nrules = [\"nope\"]\n",
+            "no rule is named",
+        ),
+        (
+            "[[endpoint]]\npath = \"x\"\ntoken = { query = \"t\" }\nrules = [\"g\"]\n",
+            "absolute path",
+        ),
+        (
+            "[[endpoint]]\npath = \"/pusher/auth\"\ntoken = { query = \"t\" }\nrules = [\"g\"]\n",
+            "collides",
+        ),
+        (
+            "[[endpoint]]\npath = \"/auth\"\ntoken = { query = \"t\" }\nrules = [\"g\"]\n",
+            "collides",
+        ),
+        ("[[endpoint]]\npath = \"/x\"\nrules = [\"g\"]\n", "token"),
+        (
+            "[[endpoint]]\npath = \"/x\"\ntoken = { query = \"t\", secret_env = \"lower\" }\nrules = [\"g\"]\n",
+            "secret_env",
+        ),
+        (
+            "[[endpoint]]\npath = \"/x\"\ntoken = { query = \"t\" }\nrules = [\"g\"]\nextra = 1\n",
+            "unknown field",
+        ),
+    ];
+    for (endpoint, needle) in bad {
+        let error = Policy::from_toml(&format!("{rule}{endpoint}"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(needle), "{error} lacks {needle}");
+    }
+    let presence = "[[rule]]\nname = \"p\"\npattern = \"presence-{id}\"\nallow = \"authenticated\"\n[[endpoint]]\npath = \"/x\"\ntoken = { query = \"t\" }\nrules = [\"p\"]\n";
+    assert!(
+        Policy::from_toml(presence)
+            .unwrap_err()
+            .to_string()
+            .contains("private")
+    );
+}
+
+#[test]
+fn claims_may_compare_route_parameters_of_the_serving_endpoint() {
+    let rule = "[[rule]]\nname = \"concierge\"\npattern = \"private-concierge-{booking_id}\"\nallow = { claims = { hotel = \"hotel_slug\", booking_id = \"booking_id\" } }\ndata = { info = { hotel = \"{hotel_slug}\" } }\n";
+    // Without an endpoint that has `{hotel_slug}`, the rule names something that is not there.
+    let error = Policy::from_toml(rule).unwrap_err().to_string();
+    assert!(error.contains("route parameter"), "{error}");
+    let endpoint = "[[endpoint]]\npath = \"/h/{hotel_slug}/auth\"\ntoken = { query = \"t\" }\nrules = \"concierge\"\n";
+    let policy = Policy::from_toml(&format!("{rule}{endpoint}")).unwrap();
+    let params = BTreeMap::from([("hotel_slug".to_owned(), "grand-hotel".to_owned())]);
+    let channel = Channel::parse("private-concierge-BK-1").unwrap();
+    let matched = policy
+        .match_for_endpoint(&policy.endpoints()[0], &channel, &params)
+        .unwrap();
+    assert_eq!(
+        matched.captures,
+        BTreeMap::from([
+            ("booking_id".to_owned(), "BK-1".to_owned()),
+            ("hotel_slug".to_owned(), "grand-hotel".to_owned()),
+        ])
+    );
+}
+
+#[test]
+fn webhook_timeouts_parse_and_must_fit_the_time_limit() {
+    let rule = |allow: &str| {
+        format!(
+            "[[rule]]\nname = \"w\"\npattern = \"private-w@{{object_id}}\"\ntime_limit = 1\nallow = {allow}\n"
+        )
+    };
+    let policy = Policy::from_toml(&rule(
+        "{ webhook = { url = \"http://h/x\", timeout = \"250ms\" } }",
+    ))
+    .unwrap();
+    assert_eq!(
+        policy.rules()[0].allow,
+        Allow::Webhook {
+            url: "http://h/x".into(),
+            timeout: Some(Duration::from_millis(250)),
+        }
+    );
+    assert_eq!(
+        policy.rules()[0].allow.to_string(),
+        "webhook(http://h/x, timeout 250 ms)"
+    );
+    for (allow, needle) in [
+        (
+            "{ webhook = { url = \"http://h/x\", timeout = 1 } }",
+            "shorter than the rule's time_limit",
+        ),
+        (
+            "{ any_of = [{ webhook = { url = \"http://h/x\", timeout = 2 } }] }",
+            "shorter",
+        ),
+        (
+            "{ webhook = { url = \"http://h/x\", timeout = \"soon\" } }",
+            "webhook timeout",
+        ),
+        (
+            "{ webhook = { url = \"http://h/x\", retries = 2 } }",
+            "unknown field `retries`",
+        ),
+    ] {
+        let error = Policy::from_toml(&rule(allow)).unwrap_err().to_string();
+        assert!(error.contains(needle), "{error} lacks {needle}");
+    }
+}
+
+#[test]
+fn every_toml_example_in_the_policy_docs_is_a_valid_policy() {
+    let docs = include_str!("../../../../docs/policy.md");
+    let mut examples = 0;
+    for block in docs.split("```toml\n").skip(1) {
+        let source = block.split("```").next().unwrap();
+        if let Err(error) = Policy::from_toml(source) {
+            panic!("docs/policy.md example does not parse: {error}\n{source}");
+        }
+        examples += 1;
+    }
+    assert!(examples >= 2, "the docs have their examples");
 }
