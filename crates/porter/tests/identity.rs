@@ -727,6 +727,44 @@ async fn the_redis_store_checks_revocations_with_the_cache_and_slides_sessions()
     );
     let pttl: i64 = redis.pttl(&key).await.unwrap();
     assert!(pttl > 50_000, "{pttl}");
+    // A cap shortens (a session ends with its token), never lengthens, never creates.
+    store
+        .cap_session("s-1", Duration::from_secs(20))
+        .await
+        .unwrap();
+    let pttl: i64 = redis.pttl(&key).await.unwrap();
+    assert!(pttl > 0 && pttl <= 20_000, "{pttl}");
+    store
+        .cap_session("s-1", Duration::from_secs(600))
+        .await
+        .unwrap();
+    let pttl: i64 = redis.pttl(&key).await.unwrap();
+    assert!(pttl > 0 && pttl <= 20_000, "{pttl}");
+    store
+        .cap_session("s-3", Duration::from_secs(20))
+        .await
+        .unwrap();
+    let exists: bool = redis
+        .exists(Keys::new(&prefix).session("s-3"))
+        .await
+        .unwrap();
+    assert!(!exists);
+    store.forget_session("s-1").await.unwrap();
+    let exists: bool = redis.exists(&key).await.unwrap();
+    assert!(!exists);
+    // A revocation whose token expires in 100 years is kept, clamped, not refused.
+    store
+        .revoke(
+            Revocation::Jti("j-far"),
+            Duration::from_secs(100 * 366 * 86_400),
+        )
+        .await
+        .unwrap();
+    let far_ttl: i64 = redis
+        .ttl(Keys::new(&prefix).revoked_jti("j-far"))
+        .await
+        .unwrap();
+    assert!(far_ttl > 0 && far_ttl <= 366 * 86_400, "{far_ttl}");
     assert!(
         store
             .touch_session("s-2", Duration::from_secs(60))
