@@ -578,6 +578,50 @@ mod tests {
         let _ = std::fs::remove_file(path);
     }
 
+    /// `a - b` for 32-byte big-endian numbers, `a > b`.
+    fn sub_be(a: &[u8], b: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; 32];
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let mut d = a[i] as i16 - b[i] as i16 - borrow;
+            borrow = i16::from(d < 0);
+            if d < 0 {
+                d += 256;
+            }
+            out[i] = d as u8;
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn an_es256_signature_twin_names_the_same_token() {
+        // The order n of P-256: (r, s) and (r, n - s) are both valid signatures.
+        let order = hex::decode("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551")
+            .unwrap();
+        let (verifier, path) = test_verifier(Vec::new());
+        let token = es(&claims(json!({})));
+        let (signed, signature) = token.rsplit_once('.').unwrap();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let signature = b64.decode(signature).unwrap();
+        let (r, s) = signature.split_at(32);
+        let twin = format!("{signed}.{}", b64.encode([r, &sub_be(&order, s)].concat()));
+        assert_ne!(twin, token);
+        // The twin verifies: it is the same token to anyone checking signatures…
+        let verified = verifier.verify(&twin).await.unwrap();
+        // …so it must be the same token to revocation too.
+        assert_eq!(
+            Credential::of(&twin, &verified),
+            Credential::of(&token, &verified)
+        );
+        assert_eq!(token_sha256(&twin), token_sha256(&token));
+        // A different payload is a different token.
+        assert_ne!(
+            token_sha256(&token),
+            token_sha256(&es(&claims(json!({"sub": "u2"}))))
+        );
+        let _ = std::fs::remove_file(path);
+    }
+
     #[test]
     fn credentials_hash_the_token_and_keep_the_jti() {
         let claims = json!({"jti": "j-7"});
