@@ -103,7 +103,10 @@ fn now_secs() -> i64 {
 /// How long a token with these claims stays good from `now` (its `exp` plus the leeway), or
 /// `None` when it has ended or has no `exp`.
 fn remaining(claims: &Map<String, Value>, leeway: Duration, now: i64) -> Option<Duration> {
-    let exp = claims.get("exp").and_then(Value::as_i64)?;
+    // NumericDate may have a fraction (RFC 7519); whole seconds are enough here.
+    let exp = claims
+        .get("exp")
+        .and_then(|exp| exp.as_i64().or_else(|| exp.as_f64().map(|f| f as i64)))?;
     let end = exp.saturating_add(leeway.as_secs().min(i64::MAX as u64) as i64);
     (end > now).then(|| Duration::from_secs((end - now) as u64))
 }
