@@ -5,7 +5,7 @@
 //! RabbitMQ has no TTL for exchanges, so the exchange's life is tied to a *lease queue*:
 //!
 //! - the exchange is declared `auto_delete`: RabbitMQ deletes it once its last binding goes;
-//! - the lease queue `data.<session-id>.lease` is bound to it and declared with
+//! - the lease queue `data.<sha256(session-id)[..32]>.lease` is bound to it and declared with
 //!   `x-expires` = the session TTL, and `x-max-length` = 0 so the copies of published messages
 //!   it receives are dropped at once instead of piling up;
 //! - every use of the session declares the lease again, which renews its `x-expires` (RabbitMQ
@@ -13,6 +13,13 @@
 //! - when the session is no longer used, the lease queue expires with it, its binding goes, and
 //!   the auto-delete exchange is deleted (unless a client's own queue is still bound to it;
 //!   then it goes when that queue does).
+//!
+//! Names: the exchange's name is seed 001's and carries the session id, so anyone who can
+//! list the vhost's exchanges (management UI, `rabbitmqctl`) sees live session ids: keep
+//! those rights to operators. The lease queue is named by a hash of the id instead, and the
+//! exchange is declared with fixed arguments only: the declaration the broker may refuse
+//! (`x-expires` differs after `PORTER_SESSION_TTL` changed → PRECONDITION_FAILED, which lapin
+//! logs with the server's text) names only the hash.
 //!
 //! Declaring is idempotent: every renewal declares exchange, lease and binding again, so a
 //! lease that expired early (a broker restart) is restored by the next use of the session.
@@ -30,9 +37,13 @@ pub fn exchange_name(session_id: &str) -> String {
     format!("data.{session_id}.published")
 }
 
-/// The queue whose expiry ends the session's exchange.
+/// The queue whose expiry ends the session's exchange: named by the first 128 bits of the
+/// SHA-256 of the session id, never the id, because a refused declaration of it ends up in
+/// lapin's logs with the queue's name.
 pub fn lease_queue_name(session_id: &str) -> String {
-    format!("data.{session_id}.lease")
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(session_id.as_bytes());
+    format!("data.{}.lease", hex::encode(&digest[..16]))
 }
 
 /// Declares (or renews) a session's exchange, lease queue and binding.
@@ -81,6 +92,16 @@ mod tests {
     #[test]
     fn names_follow_seed_001() {
         assert_eq!(exchange_name("abc"), "data.abc.published");
-        assert_eq!(lease_queue_name("abc"), "data.abc.lease");
+    }
+
+    #[test]
+    fn the_lease_queue_does_not_name_the_session() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let lease = lease_queue_name(id);
+        assert!(!lease.contains(id), "{lease}");
+        // sha256("0123…cdef")[..16], hex: stable, so every gateway renews the same queue.
+        assert_eq!(lease.len(), "data.".len() + 32 + ".lease".len());
+        assert_eq!(lease, lease_queue_name(id));
+        assert_ne!(lease, lease_queue_name("0123456789abcdef0123456789abcdee"));
     }
 }

@@ -120,8 +120,20 @@ pub async fn authorize(
     if !lookups.is_empty() || !revocations.is_empty() {
         let keys: Vec<CacheLookup<'_>> = lookups.iter().map(|(_, l)| *l).collect();
         match state.store.lookup(&keys, &revocations).await {
-            Ok(found) if found.revoked => return Err(crate::revocation::revoked()),
+            Ok(found) if found.revoked => {
+                // A session of a revoked token is deleted, so that it stays refused once
+                // the revocation has expired.
+                if let Some(session) = &identity.session {
+                    session.revoked(state.store.as_ref()).await;
+                }
+                return Err(crate::revocation::revoked());
+            }
             Ok(found) => {
+                // Only now, with the revocation check passed, may the session's exchange
+                // lease be renewed.
+                if let Some(session) = &identity.session {
+                    session.passed();
+                }
                 for ((i, _), value) in lookups.iter().zip(found.cached) {
                     hits[*i] = value.and_then(|v| serde_json::from_str(&v).ok());
                 }

@@ -35,12 +35,17 @@ pub struct Identity {
     pub claims: Map<String, Value>,
     /// The token the caller authenticated with (directly, or when opening its session).
     pub credential: Option<Credential>,
+    /// The session the caller came with, if any: what to do once its revocation check
+    /// is known (see [`crate::sessions::SessionUse`]). Its `Debug` never shows the id.
+    pub session: Option<crate::sessions::SessionUse>,
 }
 
-/// What names a token for revocation. Never the token itself.
+/// What names a token for revocation. Never the token itself, and not its signature either:
+/// an ES256 signature `(r, s)` has a twin `(r, n - s)` that verifies too, so a hash of the
+/// whole token would let the holder of a revoked token make an unrevoked copy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Credential {
-    /// SHA-256 of the token, lowercase hex.
+    /// SHA-256 of the token's signed part (`header.payload`), lowercase hex.
     pub token_sha256: String,
     /// The token's `jti` claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,9 +79,14 @@ impl Identity {
     }
 }
 
-/// SHA-256 of a token, lowercase hex: the only form in which a token is ever stored.
+/// SHA-256 of a token's signed part (`header.payload`, without the signature), lowercase
+/// hex: the only form in which a token is ever stored. The signature is left out because it
+/// is malleable (ES256: `(r, s)` and `(r, n - s)` both verify), while the signed part is
+/// fixed by the signature check itself.
 pub fn token_sha256(token: &str) -> String {
-    hex::encode(sha2::Sha256::digest(token.trim().as_bytes()))
+    let token = token.trim();
+    let signed = token.rsplit_once('.').map_or(token, |(signed, _)| signed);
+    hex::encode(sha2::Sha256::digest(signed.as_bytes()))
 }
 
 /// How tokens are verified.
@@ -200,10 +210,17 @@ impl Verifier {
         }
     }
 
-    /// Enables `X-Session-ID` and `POST /auth`.
+    /// Enables `X-Session-ID` and `POST /auth`. A session ends when its token does, with
+    /// the same leeway as the token's own `exp` check.
     pub fn with_sessions(mut self, sessions: Sessions) -> Verifier {
-        self.sessions = Some(sessions);
+        let leeway = Duration::from_secs(self.validation.leeway);
+        self.sessions = Some(sessions.with_leeway(leeway));
         self
+    }
+
+    /// The tolerated clock skew on `exp` and `nbf`.
+    pub fn leeway(&self) -> Duration {
+        Duration::from_secs(self.validation.leeway)
     }
 
     pub fn sessions(&self) -> Option<&Sessions> {
@@ -558,6 +575,50 @@ mod tests {
         assert_eq!(code(&verifier, &token).await, "invalid_token");
         // A secret that is not ours.
         assert_eq!(code(&verifier, &hs(&good, b"other")).await, "invalid_token");
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// `a - b` for 32-byte big-endian numbers, `a > b`.
+    fn sub_be(a: &[u8], b: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; 32];
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let mut d = a[i] as i16 - b[i] as i16 - borrow;
+            borrow = i16::from(d < 0);
+            if d < 0 {
+                d += 256;
+            }
+            out[i] = d as u8;
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn an_es256_signature_twin_names_the_same_token() {
+        // The order n of P-256: (r, s) and (r, n - s) are both valid signatures.
+        let order = hex::decode("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551")
+            .unwrap();
+        let (verifier, path) = test_verifier(Vec::new());
+        let token = es(&claims(json!({})));
+        let (signed, signature) = token.rsplit_once('.').unwrap();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let signature = b64.decode(signature).unwrap();
+        let (r, s) = signature.split_at(32);
+        let twin = format!("{signed}.{}", b64.encode([r, &sub_be(&order, s)].concat()));
+        assert_ne!(twin, token);
+        // The twin verifies: it is the same token to anyone checking signatures…
+        let verified = verifier.verify(&twin).await.unwrap();
+        // …so it must be the same token to revocation too.
+        assert_eq!(
+            Credential::of(&twin, &verified),
+            Credential::of(&token, &verified)
+        );
+        assert_eq!(token_sha256(&twin), token_sha256(&token));
+        // A different payload is a different token.
+        assert_ne!(
+            token_sha256(&token),
+            token_sha256(&es(&claims(json!({"sub": "u2"}))))
+        );
         let _ = std::fs::remove_file(path);
     }
 

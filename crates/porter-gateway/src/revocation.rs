@@ -1,10 +1,15 @@
 //! Token revocation (seed 004): `POST /admin/tokens/revoke` with `{"token": "…"}` or
 //! `{"jti": "…"}` (optionally `"exp"`, the token's expiry in Unix seconds).
 //!
-//! A token is stored only as its SHA-256 (`{prefix}blacklist:token:{sha256}`), a `jti` as
-//! `{prefix}blacklist:jti:{jti}`, each with a TTL equal to the token's remaining lifetime
-//! (after which the token is refused as expired anyway). For a `jti` without `exp` the TTL
-//! is the configured revocation TTL.
+//! A token is stored only as the SHA-256 of its signed part `header.payload`
+//! (`{prefix}blacklist:token:{sha256}`; the signature is left out because ES256 signatures
+//! are malleable, see [`crate::identity::token_sha256`]), a `jti` as
+//! `{prefix}blacklist:jti:{jti}`, each with a TTL of the token's remaining lifetime plus the
+//! verifier's leeway plus a second: until the token is refused as expired anyway. For a
+//! `jti` without `exp` the TTL is the configured revocation TTL (plus the leeway), which must
+//! cover the longest token lifetime the issuer hands out. Sessions cannot outlive a
+//! revocation: a session ends with its token's `exp`, and the first use that finds its
+//! token revoked deletes it.
 //!
 //! Checking happens in the batch, in the same Redis round trip as the cache look-up
 //! ([`crate::batch`]); endpoints without a batch call [`ensure_not_revoked`]. A revoked
@@ -46,8 +51,18 @@ pub async fn ensure_not_revoked(store: &dyn Store, identity: &Identity) -> Resul
         return Ok(());
     }
     match store.lookup(&[], &revocations).await {
-        Ok(found) if found.revoked => Err(revoked()),
-        Ok(_) => Ok(()),
+        Ok(found) if found.revoked => {
+            if let Some(session) = &identity.session {
+                session.revoked(store).await;
+            }
+            Err(revoked())
+        }
+        Ok(_) => {
+            if let Some(session) = &identity.session {
+                session.passed();
+            }
+            Ok(())
+        }
         Err(error) => {
             warn!(%error, "could not check revocations");
             Err(store_unavailable())
@@ -90,6 +105,23 @@ fn unverified_claims(token: &str) -> Option<Map<String, Value>> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// How long to keep a revocation: until the token is refused as expired anyway, i.e. its
+/// `exp` plus the leeway, plus a second for the rounding of both clocks. `None` when the
+/// token has already ended. Without an `exp`, the configured fallback (plus the leeway).
+fn revocation_ttl(
+    exp: Option<i64>,
+    now: i64,
+    leeway: Duration,
+    fallback: Duration,
+) -> Option<Duration> {
+    let Some(exp) = exp else {
+        return Some(fallback.saturating_add(leeway));
+    };
+    let leeway_secs = leeway.as_secs().min(i64::MAX as u64) as i64;
+    let end = exp.saturating_add(leeway_secs);
+    (end > now).then(|| Duration::from_secs(end.saturating_sub(now) as u64 + 1))
+}
+
 /// `POST /admin/tokens/revoke`.
 pub async fn revoke(
     request: HttpRequest,
@@ -110,7 +142,11 @@ async fn revoke_inner(
     body: &[u8],
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
-    state.admin.check(request)?;
+    // A wrong admin token is a failed authentication: audited and counted like any other.
+    state
+        .admin
+        .check(request)
+        .inspect_err(|error| crate::protection::audit_unauthorized(state, request, None, error))?;
     let body: RevokeBody = serde_json::from_slice(body).map_err(|_| {
         ApiError::bad_request(
             "invalid_body",
@@ -143,15 +179,15 @@ async fn revoke_inner(
             ));
         }
     };
-    let ttl = match expires_at {
-        Some(exp) if exp <= now => {
+    let leeway = state.identity.leeway();
+    let ttl = match revocation_ttl(expires_at, now, leeway, state.identity.revocation_ttl()) {
+        None => {
             return Ok(HttpResponse::Ok().json(json!({
                 "revoked": false,
                 "reason": "token_expired",
             })));
         }
-        Some(exp) => Duration::from_secs((exp - now) as u64),
-        None => state.identity.revocation_ttl(),
+        Some(ttl) => ttl,
     };
     let (revocation, kind) = match &key {
         RevokedKey::Token(hash) => (Revocation::TokenSha256(hash), "token"),
@@ -171,6 +207,29 @@ async fn revoke_inner(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revocations_last_until_the_token_is_refused_as_expired() {
+        let leeway = Duration::from_secs(30);
+        let fallback = Duration::from_secs(3600);
+        // exp + leeway + 1 s: a token still inside its leeway stays revoked.
+        assert_eq!(
+            revocation_ttl(Some(1_100), 1_000, leeway, fallback),
+            Some(Duration::from_secs(131))
+        );
+        // Past exp but within the leeway: the token is still accepted, so still revoked.
+        assert_eq!(
+            revocation_ttl(Some(990), 1_000, leeway, fallback),
+            Some(Duration::from_secs(21))
+        );
+        assert_eq!(revocation_ttl(Some(960), 1_000, leeway, fallback), None);
+        assert_eq!(
+            revocation_ttl(None, 1_000, leeway, fallback),
+            Some(Duration::from_secs(3630))
+        );
+        // A bogus far-future exp does not overflow (the store clamps the TTL).
+        assert!(revocation_ttl(Some(i64::MAX), 1_000, leeway, fallback).is_some());
+    }
 
     #[test]
     fn unverified_claims_read_the_payload_only() {

@@ -5,10 +5,14 @@
 //!
 //! - The session lives in Redis (`{prefix}session:{sha256(id)}`) with a sliding TTL: every
 //!   use renews it in the same command that reads it (GETEX).
+//! - A session ends when its token does: it is refused (and deleted) once the token's `exp`
+//!   plus the leeway has passed, and its key never outlives that moment by design (the TTL
+//!   is capped at creation and after every renewal near the end).
 //! - Opening a session declares its fanout exchange `data.<session-id>.published`, whose
-//!   lifetime follows the session through a lease queue that every use renews (see
-//!   `porter_broker::session`).
-//! - The session remembers the token's hash and `jti`: revoking the token ends its sessions.
+//!   lifetime follows the session through a lease queue (see `porter_broker::session`). The
+//!   lease is renewed only once a use has passed its revocation check ([`SessionUse`]).
+//! - The session remembers the token's hash and `jti`: revoking the token ends its sessions;
+//!   the first use that finds the revocation deletes the session.
 //! - Session ids are 128-bit random (UUID v4) hex strings and never appear in a log line.
 
 use std::collections::HashMap;
@@ -33,11 +37,81 @@ pub struct Sessions {
     store: Arc<dyn Store>,
     exchanges: Arc<dyn TaskClient>,
     ttl: Duration,
+    /// Tolerated clock skew past a token's `exp`, as for bearer tokens.
+    leeway: Duration,
     /// When this gateway last renewed each session's exchange lease.
     renewed: Mutex<HashMap<String, Instant>>,
     /// When the renewal table was last swept: at most once per renewal step, so a table
     /// above [`RENEWED_SWEEP_AT`] of live sessions is not walked on every request.
     swept: Mutex<Instant>,
+}
+
+/// A use of a session, carried in the caller's [`Identity`] until its revocation check is
+/// known: [`SessionUse::passed`] then renews the exchange lease (when due), and
+/// [`SessionUse::revoked`] deletes the session. Renewing before the check would keep the
+/// exchange of a revoked session alive.
+#[derive(Clone)]
+pub struct SessionUse {
+    id: String,
+    /// The lease renewal due with this use, if any.
+    renewal: Option<LeaseRenewal>,
+}
+
+#[derive(Clone)]
+struct LeaseRenewal {
+    exchanges: Arc<dyn TaskClient>,
+    lease: Duration,
+}
+
+impl std::fmt::Debug for SessionUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the id: an Identity may be debug-printed.
+        f.debug_struct("SessionUse")
+            .field("renewal_due", &self.renewal.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionUse {
+    /// The revocation check passed: renews the exchange lease in the background, when due.
+    pub fn passed(&self) {
+        let Some(renewal) = self.renewal.clone() else {
+            return;
+        };
+        let id = self.id.clone();
+        tokio::spawn(async move {
+            if let Err(error) = renewal.exchanges.renew_session(&id, renewal.lease).await {
+                warn!(error = %redact(&error.to_string(), &id), "could not renew a session exchange");
+            }
+        });
+    }
+
+    /// The session's token is revoked: the session is deleted, so that it stays refused
+    /// after the revocation itself has expired.
+    pub async fn revoked(&self, store: &dyn Store) {
+        if let Err(error) = store.forget_session(&self.id).await {
+            warn!(%error, "could not delete a revoked session");
+        }
+    }
+}
+
+/// The Unix time now, in seconds.
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// How long a token with these claims stays good from `now` (its `exp` plus the leeway), or
+/// `None` when it has ended or has no `exp`.
+fn remaining(claims: &Map<String, Value>, leeway: Duration, now: i64) -> Option<Duration> {
+    // NumericDate may have a fraction (RFC 7519); whole seconds are enough here.
+    let exp = claims
+        .get("exp")
+        .and_then(|exp| exp.as_i64().or_else(|| exp.as_f64().map(|f| f as i64)))?;
+    let end = exp.saturating_add(leeway.as_secs().min(i64::MAX as u64) as i64);
+    (end > now).then(|| Duration::from_secs((end - now) as u64))
 }
 
 /// A lease is renewed at most once per `ttl / RENEWALS_PER_TTL` by one gateway, so a busy
@@ -63,9 +137,16 @@ impl Sessions {
             store,
             exchanges,
             ttl: ttl.max(Duration::from_secs(1)),
+            leeway: Duration::ZERO,
             renewed: Mutex::new(HashMap::new()),
             swept: Mutex::new(Instant::now()),
         }
+    }
+
+    /// Sets the tolerated clock skew past a token's `exp` (the verifier's leeway).
+    pub fn with_leeway(mut self, leeway: Duration) -> Sessions {
+        self.leeway = leeway;
+        self
     }
 
     pub fn ttl(&self) -> Duration {
@@ -127,6 +208,14 @@ impl Sessions {
         claims: Map<String, Value>,
         credential: Credential,
     ) -> Result<String, ApiError> {
+        // The session ends when its token does, and its key with it.
+        let Some(remaining) = remaining(&claims, self.leeway, now_secs()) else {
+            return Err(ApiError::unauthorized(
+                "unauthorized",
+                "the token has expired",
+            ));
+        };
+        let ttl = self.ttl.min(remaining).max(Duration::from_secs(1));
         let id = uuid::Uuid::new_v4().simple().to_string();
         if let Err(error) = self.exchanges.open_session(&id, self.lease()).await {
             warn!(error = %redact(&error.to_string(), &id), "could not declare a session exchange");
@@ -138,15 +227,16 @@ impl Sessions {
             credential,
         };
         let data = serde_json::to_string(&record).map_err(|_| store_unavailable())?;
-        if let Err(error) = self.store.create_session(&id, &data, self.ttl).await {
+        if let Err(error) = self.store.create_session(&id, &data, ttl).await {
             warn!(%error, "could not store a session");
             return Err(store_unavailable());
         }
         Ok(id)
     }
 
-    /// The identity of a session, its TTL renewed; its exchange lease is renewed in the
-    /// background, off the request's path.
+    /// The identity of a session, its TTL renewed (up to its token's end). A session whose
+    /// token has ended is refused and deleted. Its exchange lease is renewed only once the
+    /// caller's revocation check passed ([`SessionUse::passed`]).
     pub async fn resume(&self, id: &str) -> Result<Identity, ApiError> {
         if !Self::well_formed(id) {
             return Err(Self::invalid());
@@ -160,20 +250,37 @@ impl Sessions {
             }
         };
         let record: SessionRecord = serde_json::from_str(&data).map_err(|_| Self::invalid())?;
-        if self.renewal_due(id) {
-            let exchanges = self.exchanges.clone();
-            let (id, lease) = (id.to_owned(), self.lease());
+        let Some(remaining) = remaining(&record.claims, self.leeway, now_secs()) else {
+            // The token has ended: so has the session, whatever its sliding TTL says.
+            if let Err(error) = self.store.forget_session(id).await {
+                warn!(%error, "could not delete an ended session");
+            }
+            return Err(Self::invalid());
+        };
+        if remaining < self.ttl {
+            // GETEX just renewed the key past the token's end: bring it back, off the
+            // request's path (a read after the end is refused anyway).
+            let store = self.store.clone();
+            let id = id.to_owned();
             tokio::spawn(async move {
-                if let Err(error) = exchanges.renew_session(&id, lease).await {
-                    warn!(error = %redact(&error.to_string(), &id), "could not renew a session exchange");
+                if let Err(error) = store.cap_session(&id, remaining).await {
+                    warn!(%error, "could not cap a session's TTL");
                 }
             });
         }
+        let renewal = self.renewal_due(id).then(|| LeaseRenewal {
+            exchanges: self.exchanges.clone(),
+            lease: self.lease(),
+        });
         Ok(Identity {
             user_id: Some(record.user_id),
             client_id: None,
             claims: record.claims,
             credential: Some(record.credential),
+            session: Some(SessionUse {
+                id: id.to_owned(),
+                renewal,
+            }),
         })
     }
 }
@@ -199,7 +306,7 @@ pub async fn create(
     // where someone guessing tokens or emails would knock.
     let anonymous = crate::identity::Identity::default();
     let result = match crate::protection::check_rate(&state, &request, &anonymous).await {
-        Ok(()) => create_inner(&body, &state).await,
+        Ok(()) => create_inner(&request, &body, &state).await,
         Err(error) => Err(error),
     };
     let status = match &result {
@@ -214,7 +321,27 @@ fn unauthorized(message: impl Into<String>) -> ApiError {
     ApiError::unauthorized("unauthorized", message)
 }
 
-async fn create_inner(body: &[u8], state: &AppState) -> Result<HttpResponse, ApiError> {
+/// Audits and counts a failed authentication of `POST /auth` under its real reason, before
+/// the answer folds every such reason into seed 001's `unauthorized`.
+fn failed(
+    state: &AppState,
+    request: &HttpRequest,
+    identity: Option<&Identity>,
+    error: ApiError,
+) -> ApiError {
+    crate::protection::audit_unauthorized(state, request, identity, &error);
+    if error.status == StatusCode::UNAUTHORIZED && error.code != "token_revoked" {
+        unauthorized(error.message)
+    } else {
+        error
+    }
+}
+
+async fn create_inner(
+    request: &HttpRequest,
+    body: &[u8],
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
     let sessions = state.identity.sessions().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -233,29 +360,41 @@ async fn create_inner(body: &[u8], state: &AppState) -> Result<HttpResponse, Api
             "both `email` and `token` are required",
         ));
     }
-    let claims = state.identity.verify(token).await.map_err(|error| {
-        if error.status == StatusCode::UNAUTHORIZED {
-            unauthorized(error.message)
-        } else {
-            error
-        }
-    })?;
-    let user_id = subject(&claims).map_err(|error| unauthorized(error.message))?;
+    let claims = state
+        .identity
+        .verify(token)
+        .await
+        .map_err(|error| failed(state, request, None, error))?;
+    let user_id = subject(&claims).map_err(|error| failed(state, request, None, error))?;
+    let identity = Identity {
+        user_id: Some(user_id),
+        credential: Some(Credential::of(token, &claims)),
+        ..Identity::default()
+    };
     let matches = claims
         .get("email")
         .and_then(Value::as_str)
         .is_some_and(|claimed| claimed.trim().eq_ignore_ascii_case(email));
     if !matches {
-        return Err(unauthorized("the email does not match the token"));
+        let error = ApiError::unauthorized("email_mismatch", "the email does not match the token");
+        return Err(failed(state, request, Some(&identity), error));
     }
-    let credential = Credential::of(token, &claims);
-    let identity = Identity {
-        credential: Some(credential),
-        ..Identity::default()
-    };
-    ensure_not_revoked(state.store.as_ref(), &identity).await?;
-    let credential = identity.credential.unwrap_or_default();
-    let id = sessions.open(user_id, claims, credential).await?;
+    ensure_not_revoked(state.store.as_ref(), &identity)
+        .await
+        .map_err(|error| failed(state, request, Some(&identity), error))?;
+    let Identity {
+        user_id,
+        credential,
+        ..
+    } = identity;
+    let id = sessions
+        .open(
+            user_id.unwrap_or_default(),
+            claims,
+            credential.unwrap_or_default(),
+        )
+        .await
+        .map_err(|error| failed(state, request, None, error))?;
     Ok(HttpResponse::Ok().json(json!({ "sessionId": id })))
 }
 
@@ -327,6 +466,7 @@ mod tests {
         );
         let mut claims = Map::new();
         claims.insert("team".into(), Value::from("blue"));
+        claims.insert("exp".into(), Value::from(now_secs() + 600));
         let credential = Credential {
             token_sha256: "ab".repeat(32),
             jti: Some("j".into()),
@@ -343,6 +483,117 @@ mod tests {
         assert_eq!(
             sessions.resume(&other).await.unwrap_err().code,
             "invalid_session"
+        );
+    }
+
+    fn memory_sessions(store: Arc<porter_store::memory::MemoryStore>) -> Sessions {
+        let (client, _source) = porter_broker::local::channel(Default::default());
+        Sessions::new(store, Arc::new(client), Duration::from_secs(3600))
+            .with_leeway(Duration::from_secs(5))
+    }
+
+    fn claims_until(exp: i64) -> Map<String, Value> {
+        let mut claims = Map::new();
+        claims.insert("exp".into(), Value::from(exp));
+        claims
+    }
+
+    #[tokio::test]
+    async fn a_session_ends_when_its_token_does() {
+        let store = Arc::new(porter_store::memory::MemoryStore::default());
+        let sessions = memory_sessions(store.clone());
+        // A session stored while its token was good, read after the token's exp + leeway
+        // (the clock moved on; the sliding TTL alone would keep it forever).
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let record = SessionRecord {
+            user_id: "7".into(),
+            claims: claims_until(now_secs() - 6),
+            credential: Credential::default(),
+        };
+        let data = serde_json::to_string(&record).unwrap();
+        store
+            .create_session(&id, &data, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(
+            sessions.resume(&id).await.unwrap_err().code,
+            "invalid_session"
+        );
+        // …and it is deleted, not just refused.
+        assert!(
+            store
+                .touch_session(&id, Duration::from_secs(1))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Within the leeway it is still good, as the token itself would be.
+        let record = SessionRecord {
+            claims: claims_until(now_secs() - 2),
+            ..record
+        };
+        store
+            .create_session(
+                &id,
+                &serde_json::to_string(&record).unwrap(),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert!(sessions.resume(&id).await.is_ok());
+        // A record without `exp` (tokens are verified with `exp` required) is refused.
+        let record = SessionRecord {
+            claims: Map::new(),
+            ..record
+        };
+        store
+            .create_session(
+                &id,
+                &serde_json::to_string(&record).unwrap(),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert!(sessions.resume(&id).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_key_expires_with_its_token() {
+        let store = Arc::new(porter_store::memory::MemoryStore::default());
+        let sessions = memory_sessions(store.clone());
+        // The token ends in 30 s (+5 s leeway); the sliding TTL is an hour.
+        let id = sessions
+            .open(
+                "7".into(),
+                claims_until(now_secs() + 30),
+                Credential::default(),
+            )
+            .await
+            .unwrap();
+        assert!(sessions.resume(&id).await.is_ok());
+        // The renewal's cap runs in the background.
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::advance(Duration::from_secs(40)).await;
+        assert!(
+            store
+                .touch_session(&id, Duration::from_secs(1))
+                .await
+                .unwrap()
+                .is_none(),
+            "the session key outlived its token"
+        );
+        // An already ended token opens nothing.
+        assert!(
+            sessions
+                .open(
+                    "7".into(),
+                    claims_until(now_secs() - 60),
+                    Credential::default()
+                )
+                .await
+                .is_err()
         );
     }
 

@@ -146,6 +146,12 @@ impl Store for Flaky {
     ) -> Result<Option<String>, StoreError> {
         self.inner.touch_session(session_id, ttl).await
     }
+    async fn cap_session(&self, session_id: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.inner.cap_session(session_id, ttl).await
+    }
+    async fn forget_session(&self, session_id: &str) -> Result<(), StoreError> {
+        self.inner.forget_session(session_id).await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }

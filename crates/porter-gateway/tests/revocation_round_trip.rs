@@ -135,6 +135,14 @@ impl Store for Counting {
         self.count();
         self.inner.touch_session(session_id, ttl).await
     }
+    async fn cap_session(&self, session_id: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.count();
+        self.inner.cap_session(session_id, ttl).await
+    }
+    async fn forget_session(&self, session_id: &str) -> Result<(), StoreError> {
+        self.count();
+        self.inner.forget_session(session_id).await
+    }
     async fn update_presence(
         &self,
         user_id: &str,

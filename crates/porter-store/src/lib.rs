@@ -22,6 +22,10 @@ pub use ratelimit::{Quota, RateCheck, RateDecision};
 /// `member_removed` webhooks that never arrive (see [`presence`]).
 pub const PRESENCE_CHANNELS_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// The longest a revocation is kept: an `exp` decades away (or a bogus one) must not overflow
+/// a clock or keep a key forever.
+pub const MAX_REVOCATION_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
@@ -228,6 +232,7 @@ pub trait Store: Send + Sync + 'static {
         revocations: &[Revocation<'_>],
     ) -> Result<Lookup, StoreError>;
     /// Records a revocation until `ttl` has passed (the token's remaining lifetime).
+    /// Implementations clamp `ttl` to [`MAX_REVOCATION_TTL`].
     async fn revoke(&self, revocation: Revocation<'_>, ttl: Duration) -> Result<(), StoreError>;
 
     /// Stores a new session's data (JSON) with its TTL.
@@ -244,6 +249,11 @@ pub trait Store: Send + Sync + 'static {
         session_id: &str,
         ttl: Duration,
     ) -> Result<Option<String>, StoreError>;
+    /// Shortens a session's remaining TTL to at most `ttl`: never lengthens it, never
+    /// creates the session (a session may not outlive the token that opened it).
+    async fn cap_session(&self, session_id: &str, ttl: Duration) -> Result<(), StoreError>;
+    /// Deletes a session (its token was revoked or has expired).
+    async fn forget_session(&self, session_id: &str) -> Result<(), StoreError>;
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;

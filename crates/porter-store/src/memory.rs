@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use crate::presence;
 use crate::ratelimit::gcra;
 use crate::{
-    CacheLookup, Keys, Lookup, PRESENCE_CHANNELS_TTL, PresenceEvent, RateCheck, RateDecision,
-    Revocation, Store, StoreError,
+    CacheLookup, Keys, Lookup, MAX_REVOCATION_TTL, PRESENCE_CHANNELS_TTL, PresenceEvent, RateCheck,
+    RateDecision, Revocation, Store, StoreError,
 };
 
 enum Value {
@@ -362,6 +362,8 @@ impl Store for MemoryStore {
     }
 
     async fn revoke(&self, revocation: Revocation<'_>, ttl: Duration) -> Result<(), StoreError> {
+        // Clamped: `Instant + ttl` panics on overflow, and Redis keeps at most this long too.
+        let ttl = ttl.min(MAX_REVOCATION_TTL);
         self.data().insert(
             self.keys.revocation(revocation),
             Entry {
@@ -405,6 +407,22 @@ impl Store for MemoryStore {
             },
             None => Ok(None),
         }
+    }
+
+    async fn cap_session(&self, session_id: &str, ttl: Duration) -> Result<(), StoreError> {
+        let mut data = self.data();
+        if let Some(entry) = Self::live(&mut data, &self.keys.session(session_id)) {
+            let cap = Instant::now() + ttl;
+            if entry.expires.is_none_or(|at| at > cap) {
+                entry.expires = Some(cap);
+            }
+        }
+        Ok(())
+    }
+
+    async fn forget_session(&self, session_id: &str) -> Result<(), StoreError> {
+        self.data().remove(&self.keys.session(session_id));
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -577,6 +595,46 @@ mod tests {
         tokio::time::advance(Duration::from_secs(11)).await;
         assert!(store.touch_session("s1", ttl).await.unwrap().is_none());
         assert!(store.touch_session("other", ttl).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_revocation_with_a_huge_ttl_is_clamped_not_a_panic() {
+        let store = MemoryStore::default();
+        store
+            .revoke(Revocation::Jti("far"), Duration::from_secs(u64::MAX / 2))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .lookup(&[], &[Revocation::Jti("far")])
+                .await
+                .unwrap()
+                .revoked
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sessions_are_capped_and_forgotten() {
+        let store = MemoryStore::default();
+        let ttl = Duration::from_secs(100);
+        store.create_session("s1", "{}", ttl).await.unwrap();
+        // A cap never lengthens…
+        store
+            .cap_session("s1", Duration::from_secs(500))
+            .await
+            .unwrap();
+        store
+            .cap_session("s1", Duration::from_secs(5))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(store.touch_session("s1", ttl).await.unwrap().is_none());
+        // …and never creates.
+        store.cap_session("s2", ttl).await.unwrap();
+        assert!(store.touch_session("s2", ttl).await.unwrap().is_none());
+        store.create_session("s3", "{}", ttl).await.unwrap();
+        store.forget_session("s3").await.unwrap();
+        assert!(store.touch_session("s3", ttl).await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -21,8 +21,8 @@ use tokio::sync::OnceCell;
 use crate::presence::PRESENCE_SCRIPT;
 use crate::ratelimit::GCRA_SCRIPT;
 use crate::{
-    CacheLookup, Keys, Lookup, PRESENCE_CHANNELS_TTL, PresenceEvent, RateCheck, RateDecision,
-    Revocation, Store, StoreError,
+    CacheLookup, Keys, Lookup, MAX_REVOCATION_TTL, PRESENCE_CHANNELS_TTL, PresenceEvent, RateCheck,
+    RateDecision, Revocation, Store, StoreError,
 };
 
 /// The longest any one store call may take.
@@ -335,6 +335,7 @@ impl Store for RedisStore {
 
     async fn revoke(&self, revocation: Revocation<'_>, ttl: Duration) -> Result<(), StoreError> {
         let key = self.keys.revocation(revocation);
+        let ttl = ttl.min(MAX_REVOCATION_TTL);
         self.run(async |c| c.set_ex::<_, _, ()>(&key, "1", ttl.as_secs().max(1)).await)
             .await
     }
@@ -366,6 +367,29 @@ impl Store for RedisStore {
                 .await
         })
         .await
+    }
+
+    async fn cap_session(&self, session_id: &str, ttl: Duration) -> Result<(), StoreError> {
+        let key = self.keys.session(session_id);
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        // `LT` (Redis ≥ 7.0) only ever shortens; on a missing key PEXPIRE does nothing.
+        self.run(async |c| {
+            redis::cmd("PEXPIRE")
+                .arg(&key)
+                .arg(ttl_ms)
+                .arg("LT")
+                .query_async::<i64>(c)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn forget_session(&self, session_id: &str) -> Result<(), StoreError> {
+        let key = self.keys.session(session_id);
+        self.run(async |c| c.del::<_, i64>(&key).await)
+            .await
+            .map(drop)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

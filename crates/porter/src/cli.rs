@@ -197,7 +197,7 @@ pub struct HttpArgs {
 /// Token verification (besides `PORTER_JWT_SECRET`), sessions and revocation.
 #[derive(Args, Debug, Clone)]
 pub struct IdentityArgs {
-    /// A JWKS for RS256/ES256 tokens: a file path or an http(s) URL.
+    /// A JWKS for RS256/ES256 tokens: a file path or an https URL (plain http only to loopback).
     #[arg(long, env = "PORTER_JWKS")]
     pub jwks: Option<String>,
     /// The required `iss` of tokens.

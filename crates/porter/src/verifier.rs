@@ -22,14 +22,18 @@ pub fn verifier(
     let algorithms = parse_algorithms(&identity.jwt_algorithms)
         .map_err(anyhow::Error::msg)
         .context("invalid PORTER_JWT_ALGORITHMS")?;
-    if let Some(url) = identity.jwks.as_deref()
-        && url.trim().starts_with("https://")
+    if let Some(source) = identity
+        .jwks
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| JwksSource::parse(s.trim()))
     {
-        // reqwest is built without TLS in this workspace: say so now, not at the first token.
-        anyhow::bail!(
-            "PORTER_JWKS: this build fetches JWKS over http only; use an http URL \
-             (e.g. a local sidecar) or a file, or build reqwest with a TLS feature"
-        );
+        // Keys over plain http from a remote host could be swapped in transit: refused at
+        // start-up, not at the first token.
+        source
+            .check()
+            .map_err(anyhow::Error::msg)
+            .context("invalid PORTER_JWKS")?;
     }
     let settings = JwtSettings {
         secret: http

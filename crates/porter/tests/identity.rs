@@ -339,6 +339,32 @@ fn sha256_hex(text: &str) -> String {
     hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
+/// The hash a revoked token is stored under: of its signed part `header.payload`.
+fn revoked_hash(token: &str) -> String {
+    sha256_hex(token.rsplit_once('.').expect("a JWT").0)
+}
+
+/// The other valid ES256 signature of a token: `(r, s)` → `(r, n - s)`.
+fn es256_twin(token: &str) -> String {
+    let order =
+        hex::decode("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551").unwrap();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (signed, signature) = token.rsplit_once('.').unwrap();
+    let signature = b64.decode(signature).unwrap();
+    let (r, s) = signature.split_at(32);
+    let mut twin_s = vec![0u8; 32];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let mut d = order[i] as i16 - s[i] as i16 - borrow;
+        borrow = i16::from(d < 0);
+        if d < 0 {
+            d += 256;
+        }
+        twin_s[i] = d as u8;
+    }
+    format!("{signed}.{}", b64.encode([r, &twin_s].concat()))
+}
+
 /// Every key of this deployment in Redis, with its value where it is a string.
 async fn redis_dump(deployment: &Deployment) -> Vec<(String, Option<String>)> {
     let mut redis = deployment.redis().await;
@@ -354,7 +380,7 @@ async fn redis_dump(deployment: &Deployment) -> Vec<(String, Option<String>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_tokens_and_jtis_get_token_revoked() {
     let prefix = unique_prefix("revoke");
-    let file = jwks_file(&prefix, &[RSA_A_JWK]);
+    let file = jwks_file(&prefix, &[RSA_A_JWK, EC_A_JWK]);
     let deployment = deployment("revoke", &file, &[]);
     let _gateway = deployment.gateway();
     deployment.wait_ready().await;
@@ -376,12 +402,12 @@ async fn revoked_tokens_and_jtis_get_token_revoked() {
     let key = format!(
         "{}blacklist:token:{}",
         deployment.prefix,
-        sha256_hex(&by_token)
+        revoked_hash(&by_token)
     );
     let ttl: i64 = redis.ttl(&key).await.unwrap();
     assert!(
-        (250..=300).contains(&ttl),
-        "TTL is the remaining lifetime: {ttl}"
+        (250..=301).contains(&ttl),
+        "TTL is the remaining lifetime (+ leeway 0 + 1 s): {ttl}"
     );
     for (key, value) in redis_dump(&deployment).await {
         assert!(!key.contains(&by_token), "the token is never stored");
@@ -392,6 +418,21 @@ async fn revoked_tokens_and_jtis_get_token_revoked() {
         (status, body["error"].as_str()),
         (401, Some("token_revoked"))
     );
+
+    // An ES256 token stays revoked under its other valid signature (r, n - s).
+    let es_token = es256(&claims("17", json!({})));
+    let twin = es256_twin(&es_token);
+    assert_ne!(twin, es_token);
+    assert_eq!(bearer(&deployment, &twin).await.0, 200, "the twin verifies");
+    let (status, body) = post_json(&revoke_url, json!({"token": es_token}), true).await;
+    assert_eq!((status, body["revoked"].as_bool()), (200, Some(true)));
+    for token in [&es_token, &twin] {
+        let (status, body) = bearer(&deployment, token).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("token_revoked"))
+        );
+    }
 
     // By jti: the same user's other tokens with another jti still work.
     let jti = format!("jti-{}", uuid::Uuid::new_v4());
@@ -405,7 +446,7 @@ async fn revoked_tokens_and_jtis_get_token_revoked() {
         .ttl(format!("{}blacklist:jti:{jti}", deployment.prefix))
         .await
         .unwrap();
-    assert!((60..=120).contains(&ttl), "{ttl}");
+    assert!((60..=121).contains(&ttl), "{ttl}");
     let (status, body) = bearer(&deployment, &by_jti).await;
     assert_eq!(
         (status, body["error"].as_str()),
@@ -420,7 +461,7 @@ async fn revoked_tokens_and_jtis_get_token_revoked() {
     let key = format!(
         "{}blacklist:token:{}",
         deployment.prefix,
-        sha256_hex(&expired)
+        revoked_hash(&expired)
     );
     assert!(!redis.exists::<_, bool>(&key).await.unwrap());
 
@@ -503,7 +544,10 @@ async fn sessions_identify_slide_and_expire() {
         rabbitmqctl_names("list_exchanges").contains(&format!("data.{session}.published")),
         "the session's fanout exchange is declared"
     );
-    assert!(rabbitmqctl_names("list_queues").contains(&format!("data.{session}.lease")));
+    // The lease queue is named by a hash of the session id, never the id.
+    let queues = rabbitmqctl_names("list_queues");
+    assert!(queues.contains(&porter_broker::session::lease_queue_name(&session)));
+    assert!(!queues.iter().any(|q| q.contains(&session)));
 
     // X-Session-ID identifies the user: a presence channel carries the token's subject.
     let client = reqwest::Client::new();
@@ -574,6 +618,22 @@ async fn sessions_identify_slide_and_expire() {
         (status, body["error"].as_str()),
         (401, Some("token_revoked"))
     );
+    // …and the use that found the revocation deleted the session: it stays ended once the
+    // revocation key itself has expired.
+    let exists: bool = redis.exists(&key).await.unwrap();
+    assert!(!exists, "a revoked session is deleted");
+    let revoked_key = format!(
+        "{}blacklist:token:{}",
+        deployment.prefix,
+        revoked_hash(&token)
+    );
+    let _: () = redis.del(&revoked_key).await.unwrap();
+    let (status, body) = identify(&deployment, &[("X-Session-ID", &session)]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_session"))
+    );
+    let _: () = redis.set_ex(&revoked_key, "1", 60).await.unwrap();
     let (status, body) = open_session(&deployment, "ann@example.com", &token).await;
     assert_eq!(
         (status, body["error"].as_str()),
@@ -613,6 +673,102 @@ async fn sessions_identify_slide_and_expire() {
             (401, Some("invalid_session"))
         );
     }
+    let _ = std::fs::remove_file(file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_when_its_token_expires() {
+    let prefix = unique_prefix("sessexp");
+    let file = jwks_file(&prefix, &[RSA_A_JWK]);
+    let deployment = deployment("sessexp", &file, &[("PORTER_SESSION_TTL", "3600")]);
+    let _gateway = deployment.gateway();
+    deployment.wait_ready().await;
+    let exp = now() + 6;
+    let token = rs256(
+        "rsa-a",
+        RSA_A_KEY,
+        &claims("51", json!({"email": "eve@example.com", "exp": exp})),
+    );
+    let (status, body) = open_session(&deployment, "eve@example.com", &token).await;
+    assert_eq!(status, 200, "{body}");
+    let session = body["sessionId"].as_str().unwrap().to_owned();
+    // Stored for the token's remaining lifetime (leeway 0), not the hour of sliding TTL.
+    let key = format!("{}session:{}", deployment.prefix, sha256_hex(&session));
+    let mut redis = deployment.redis().await;
+    let ttl: i64 = redis.ttl(&key).await.unwrap();
+    assert!((1..=6).contains(&ttl), "{ttl}");
+    // A use renews the sliding TTL but never past the token's end.
+    assert_eq!(
+        identify(&deployment, &[("X-Session-ID", &session)]).await.0,
+        200
+    );
+    eventually(
+        "the renewed TTL to be capped",
+        Duration::from_secs(5),
+        || {
+            let mut redis = redis.clone();
+            let key = key.clone();
+            async move {
+                let ttl: i64 = redis.ttl(&key).await.unwrap();
+                (ttl <= 6).then_some(())
+            }
+        },
+    )
+    .await;
+    // Keep the key alive as a sliding TTL would, then wait for the token to end: the
+    // session is refused all the same, and deleted.
+    while now() <= exp {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _: () = redis.expire(&key, 3600).await.unwrap_or(());
+    let (status, body) = identify(&deployment, &[("X-Session-ID", &session)]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_session"))
+    );
+    let exists: bool = redis.exists(&key).await.unwrap();
+    assert!(!exists, "an ended session is deleted");
+    let _ = std::fs::remove_file(file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_lease_declaration_logs_no_session_id() {
+    let prefix = unique_prefix("leaselog");
+    let file = jwks_file(&prefix, &[RSA_A_JWK]);
+    let deployment = deployment("leaselog", &file, &[("PORTER_SESSION_TTL", "60")])
+        .with_env("RUST_LOG", "debug")
+        .capture_logs();
+    let _gateway = deployment.gateway();
+    deployment.wait_ready().await;
+    let token = rs256(
+        "rsa-a",
+        RSA_A_KEY,
+        &claims("52", json!({"email": "fay@example.com"})),
+    );
+    let (status, body) = open_session(&deployment, "fay@example.com", &token).await;
+    assert_eq!(status, 200, "{body}");
+    let session = body["sessionId"].as_str().unwrap().to_owned();
+    // A second gateway with another session TTL: its lease renewal declares the lease queue
+    // with another `x-expires`, which RabbitMQ refuses (PRECONDITION_FAILED), and lapin logs
+    // the server's text, which names the queue.
+    let other = deployment.sibling().with_env("PORTER_SESSION_TTL", "120");
+    let _other_gateway = other.gateway();
+    other.wait_ready().await;
+    assert_eq!(identify(&other, &[("X-Session-ID", &session)]).await.0, 200);
+    eventually(
+        "the refused declaration to be logged",
+        Duration::from_secs(20),
+        || {
+            let logs = deployment.captured_logs();
+            async move { logs.contains("PRECONDITION_FAILED").then_some(()) }
+        },
+    )
+    .await;
+    let logs = deployment.captured_logs();
+    assert!(
+        !logs.contains(&session),
+        "the session id appears in the logs:\n{logs}"
+    );
     let _ = std::fs::remove_file(file);
 }
 
@@ -727,6 +883,44 @@ async fn the_redis_store_checks_revocations_with_the_cache_and_slides_sessions()
     );
     let pttl: i64 = redis.pttl(&key).await.unwrap();
     assert!(pttl > 50_000, "{pttl}");
+    // A cap shortens (a session ends with its token), never lengthens, never creates.
+    store
+        .cap_session("s-1", Duration::from_secs(20))
+        .await
+        .unwrap();
+    let pttl: i64 = redis.pttl(&key).await.unwrap();
+    assert!(pttl > 0 && pttl <= 20_000, "{pttl}");
+    store
+        .cap_session("s-1", Duration::from_secs(600))
+        .await
+        .unwrap();
+    let pttl: i64 = redis.pttl(&key).await.unwrap();
+    assert!(pttl > 0 && pttl <= 20_000, "{pttl}");
+    store
+        .cap_session("s-3", Duration::from_secs(20))
+        .await
+        .unwrap();
+    let exists: bool = redis
+        .exists(Keys::new(&prefix).session("s-3"))
+        .await
+        .unwrap();
+    assert!(!exists);
+    store.forget_session("s-1").await.unwrap();
+    let exists: bool = redis.exists(&key).await.unwrap();
+    assert!(!exists);
+    // A revocation whose token expires in 100 years is kept, clamped, not refused.
+    store
+        .revoke(
+            Revocation::Jti("j-far"),
+            Duration::from_secs(100 * 366 * 86_400),
+        )
+        .await
+        .unwrap();
+    let far_ttl: i64 = redis
+        .ttl(Keys::new(&prefix).revoked_jti("j-far"))
+        .await
+        .unwrap();
+    assert!(far_ttl > 0 && far_ttl <= 366 * 86_400, "{far_ttl}");
     assert!(
         store
             .touch_session("s-2", Duration::from_secs(60))
