@@ -26,7 +26,13 @@ export PUSHER_ENCRYPTION_MASTER_KEY_BASE64=BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHB
 export PORTER_JWT_SECRET=bench-secret
 
 pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # The task queues are durable: remove this run's (rabbitmqctl reads stdin, hence </dev/null).
+    rabbitmqctl list_queues -q --no-table-headers name 2>/dev/null </dev/null | grep -F "$prefix" |
+        while read -r queue; do rabbitmqctl delete_queue "$queue" >/dev/null 2>&1 </dev/null || true; done
+    redis-cli --scan --pattern "$prefix*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 
 services=()

@@ -95,6 +95,9 @@ pub struct BenchArgs {
         hide_env_values = true
     )]
     amqp_url: String,
+    /// Queue prefix of the `floor` scenario (its own queues, so it never meets real tasks).
+    #[arg(long, env = "PORTER_QUEUE_PREFIX", default_value = "porter-floor.")]
+    queue_prefix: String,
     /// Reply mode of the `floor` scenario: `exclusive` or `direct`.
     #[arg(long, default_value = "exclusive", value_parser = parse_reply_mode)]
     reply_mode: ReplyMode,
@@ -201,6 +204,7 @@ async fn run_floor(args: &BenchArgs, warmup: Duration, duration: Duration) -> Re
     });
     let loops = crate::floor::run(
         &args.amqp_url,
+        &args.queue_prefix,
         args.reply_mode,
         args.connections,
         warmup,

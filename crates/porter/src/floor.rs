@@ -30,6 +30,7 @@ pub struct LoopResult {
 /// Runs `in_flight` closed loops for `warmup + duration` and returns what was measured.
 pub async fn run(
     amqp_url: &str,
+    queue_prefix: &str,
     reply_mode: ReplyMode,
     in_flight: usize,
     warmup: Duration,
@@ -38,7 +39,7 @@ pub async fn run(
     let stop = CancellationToken::new();
     let config = AmqpConfig {
         url: amqp_url.to_owned(),
-        queue_prefix: format!("porter-floor.{}.", uuid::Uuid::new_v4().simple()),
+        queue_prefix: queue_prefix.to_owned(),
         reply_mode,
     };
     for _ in 0..WORKERS {
