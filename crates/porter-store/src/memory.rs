@@ -2,6 +2,7 @@
 //! operations Porter uses, TTLs included, in one process.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -24,8 +25,9 @@ enum Value {
     Tat(u64),
 }
 
-/// Past this many keys, a rate-limit check first sweeps out expired entries, so buckets of
-/// one-off callers do not pile up in a long-running `porter dev`.
+/// Expired entries are swept out once the map holds this many keys, and again each time it has
+/// doubled since the last sweep: cache entries and rate-limit buckets of one-off callers do not
+/// pile up in a long-running `porter dev`, at an amortized O(1) per write.
 const SWEEP_ABOVE: usize = 50_000;
 
 /// Microseconds on a monotonic clock (tokio's, so paused-time tests can advance it).
@@ -44,14 +46,27 @@ struct Entry {
 pub struct MemoryStore {
     keys: Keys,
     data: Mutex<HashMap<String, Entry>>,
+    /// The map size at which the next sweep of expired entries runs.
+    sweep_at: AtomicUsize,
 }
 
 impl MemoryStore {
     pub fn new(keys: Keys) -> MemoryStore {
         MemoryStore {
             keys,
-            data: Mutex::new(HashMap::new()),
+            ..MemoryStore::default()
         }
+    }
+
+    /// Drops expired entries when the map has grown enough since the last sweep.
+    fn sweep_if_due(&self, data: &mut HashMap<String, Entry>) {
+        if data.len() < self.sweep_at.load(Ordering::Relaxed).max(SWEEP_ABOVE) {
+            return;
+        }
+        let now = Instant::now();
+        data.retain(|_, e| e.expires.is_none_or(|at| at > now));
+        self.sweep_at
+            .store((data.len() * 2).max(SWEEP_ABOVE), Ordering::Relaxed);
     }
 
     fn data(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
@@ -85,6 +100,7 @@ impl MemoryStore {
 
     fn hash_set(&self, key: String, fields: &[(&str, &str)], ttl: Option<Duration>) {
         let mut data = self.data();
+        self.sweep_if_due(&mut data);
         let existing = Self::live(&mut data, &key).is_some();
         let entry = if existing {
             data.get_mut(&key)
@@ -293,10 +309,7 @@ impl Store for MemoryStore {
 
     async fn rate_limit(&self, checks: &[RateCheck<'_>]) -> Result<RateDecision, StoreError> {
         let mut data = self.data();
-        if data.len() > SWEEP_ABOVE {
-            let now = Instant::now();
-            data.retain(|_, e| e.expires.is_none_or(|at| at > now));
-        }
+        self.sweep_if_due(&mut data);
         let now = clock_us();
         let mut charged = Vec::with_capacity(checks.len());
         for (index, check) in checks.iter().enumerate() {
@@ -652,5 +665,21 @@ mod tests {
         );
         store.clear_retained_events("c", Some("a")).await.unwrap();
         assert_eq!(store.retained_events("c").await.unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_entries_are_swept_as_the_map_grows() {
+        let store = MemoryStore::default();
+        let ttl = Duration::from_secs(60);
+        for i in 0..SWEEP_ABOVE {
+            store
+                .put_cached(&format!("c{i}"), "ANNON", "{}", ttl)
+                .await
+                .unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(61)).await;
+        // The next write finds the map at the threshold and sweeps every expired entry.
+        store.put_cached("fresh", "ANNON", "{}", ttl).await.unwrap();
+        assert_eq!(store.data().len(), 1);
     }
 }
