@@ -21,7 +21,7 @@ use serde_json::{Map, Value, json};
 use tracing::info;
 
 use crate::AppState;
-use crate::batch::{Prepared, fan_out, task_for};
+use crate::batch::{Prepared, decide_one};
 use crate::error::ApiError;
 use crate::identity::Identity;
 
@@ -90,19 +90,7 @@ async fn add_member(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.admin.check(&request)?;
-    let (channel, user_id) = path.into_inner();
-    let channel = channel_of(&channel)?;
-    let user_id = checked_name("user_id", &user_id)?;
-    state
-        .store
-        .add_member(&channel.cache_name(), user_id)
-        .await
-        .map_err(store_failed)?;
-    invalidate(&state, &channel).await?;
-    info!(channel = channel.name, "admin: member added");
-    Ok(HttpResponse::Ok()
-        .json(json!({ "channel": channel.name, "user_id": user_id, "member": true })))
+    set_member(&request, path, &state, true).await
 }
 
 async fn remove_member(
@@ -110,19 +98,31 @@ async fn remove_member(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.admin.check(&request)?;
+    set_member(&request, path, &state, false).await
+}
+
+/// Adds (`member`) or removes a user of a channel's member set, then drops the channel's cache.
+async fn set_member(
+    request: &HttpRequest,
+    path: web::Path<(String, String)>,
+    state: &AppState,
+    member: bool,
+) -> Result<HttpResponse, ApiError> {
+    state.admin.check(request)?;
     let (channel, user_id) = path.into_inner();
     let channel = channel_of(&channel)?;
     let user_id = checked_name("user_id", &user_id)?;
-    state
-        .store
-        .remove_member(&channel.cache_name(), user_id)
-        .await
-        .map_err(store_failed)?;
-    invalidate(&state, &channel).await?;
-    info!(channel = channel.name, "admin: member removed");
+    let set = channel.cache_name();
+    let changed = if member {
+        state.store.add_member(&set, user_id).await
+    } else {
+        state.store.remove_member(&set, user_id).await
+    };
+    changed.map_err(store_failed)?;
+    invalidate(state, &channel).await?;
+    info!(channel = channel.name, member, "admin: membership changed");
     Ok(HttpResponse::Ok()
-        .json(json!({ "channel": channel.name, "user_id": user_id, "member": false })))
+        .json(json!({ "channel": channel.name, "user_id": user_id, "member": member })))
 }
 
 async fn set_event(
@@ -286,18 +286,14 @@ async fn decide_for(state: &AppState, asked: DecisionBody) -> Result<HttpRespons
         claims,
         ..Identity::default()
     };
-    let prepared = [Prepared {
+    let prepared = Prepared {
         index: 0,
         channel,
         matched,
-    }];
-    let task = task_for(&prepared[0], &identity);
-    let reply = fan_out(state, &prepared, &[0], std::slice::from_ref(&task))
-        .await?
-        .pop()
-        .flatten();
+    };
+    let reply = decide_one(state, &prepared, &identity).await?;
     let mut body = json!({
-        "channel": prepared[0].channel.name,
+        "channel": prepared.channel.name,
         "user_id": identity.user_id,
         "rule": rule,
         "captures": captures,

@@ -233,8 +233,24 @@ pub(crate) fn task_for(p: &Prepared<'_>, identity: &Identity) -> Task {
     }
 }
 
-/// Publishes the tasks and waits for their replies until the batch deadline.
-/// Each element is `None` when its reply did not come in time.
+/// Decides one already matched channel through a worker (the scoped endpoints and the admin
+/// decision read): the data to sign, the refusal, or `None` when no reply came in time.
+pub(crate) async fn decide_one(
+    state: &AppState,
+    prepared: &Prepared<'_>,
+    identity: &Identity,
+) -> Result<Option<Result<AuthData, String>>, ApiError> {
+    let task = task_for(prepared, identity);
+    let mut replies = fan_out(
+        state,
+        std::slice::from_ref(prepared),
+        &[0],
+        std::slice::from_ref(&task),
+    )
+    .await?;
+    Ok(replies.pop().flatten())
+}
+
 pub(crate) async fn fan_out(
     state: &AppState,
     prepared: &[Prepared<'_>],

@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 use tracing::{debug, warn};
 
 use crate::AppState;
-use crate::batch::{Prepared, fan_out, sign, task_for};
+use crate::batch::{Prepared, decide_one, sign};
 use crate::identity::Identity;
 use crate::metrics::Outcome;
 
@@ -251,15 +251,14 @@ async fn scoped_auth_inner(
         claims,
         ..Identity::default()
     };
-    let prepared = [Prepared {
+    let prepared = Prepared {
         index: 0,
         channel,
         matched,
-    }];
-    let task = task_for(&prepared[0], &identity);
-    let reply = match fan_out(state, &prepared, &[0], std::slice::from_ref(&task)).await {
+    };
+    let reply = match decide_one(state, &prepared, &identity).await {
         Err(error) => return body_error(error.status, error.code, Some(&error.message)),
-        Ok(mut replies) => replies.pop().flatten(),
+        Ok(reply) => reply,
     };
     let outcome = match reply {
         None => {
@@ -272,7 +271,7 @@ async fn scoped_auth_inner(
         }
         Some(Ok(data)) => {
             state.metrics.channel(Outcome::Authorized);
-            sign(state, &socket_id, &prepared[0], data)
+            sign(state, &socket_id, &prepared, data)
         }
     };
     match outcome {
