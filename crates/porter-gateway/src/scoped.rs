@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 
 use crate::AppState;
 use crate::batch::{Prepared, decide_one, sign};
-use crate::identity::Identity;
+use crate::identity::{Credential, Identity};
 use crate::metrics::Outcome;
 
 /// Said for a bad token when the endpoint sets no message: never whether the object exists.
@@ -235,9 +235,9 @@ async fn scoped_auth_inner(
         return no_match();
     };
 
-    // `..default()` keeps this compiling when identity features add fields to `Identity`.
-    #[allow(clippy::needless_update)]
+    let credential = Credential::of(&token, &claims);
     let identity = Identity {
+        credential: Some(credential),
         user_id: match claims.get("sub") {
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
             _ => None,
@@ -251,6 +251,19 @@ async fn scoped_auth_inner(
         claims,
         ..Identity::default()
     };
+    // A revoked scoped token (`POST /admin/tokens/revoke` takes any JWT) gets the same answer as
+    // any other bad token.
+    match crate::revocation::ensure_not_revoked(state.store.as_ref(), &identity).await {
+        Ok(()) => {}
+        Err(error) if error.code == "token_revoked" => {
+            return forbidden(
+                endpoint
+                    .message(MESSAGE_INVALID_TOKEN)
+                    .unwrap_or(DEFAULT_INVALID_TOKEN),
+            );
+        }
+        Err(error) => return body_error(error.status, error.code, Some(&error.message)),
+    }
     let prepared = Prepared {
         index: 0,
         channel,

@@ -808,6 +808,28 @@ async fn guest_chat_answers_every_seed_003_case() {
     // The rest of the catalogue still works with the example policy.
     let a = channel_answer(&deployment, "1.2", "private-stream@42", None).await;
     assert_allowed(&a, "1.2", "private-stream@42");
+
+    // A revoked guest token gets the same answer as any other bad token (seed 004 over 003).
+    let (status, _) = admin(
+        reqwest::Method::POST,
+        &deployment,
+        "/admin/tokens/revoke",
+        Some(ADMIN_TOKEN),
+        Some(json!({ "token": token })),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = guest_auth(
+        &deployment,
+        "grand-hotel",
+        Some(&token),
+        Body::Json(json!({ "socket_id": "123456.654321", "channel_name": channel })),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (403, forbidden("Invalid token or booking not found"))
+    );
 }
 
 #[test]
