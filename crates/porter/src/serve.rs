@@ -159,10 +159,17 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     init_tracing();
     let policy = Arc::new(load_policy(args.backends.policy.as_deref())?);
     let queues = parse_queues(&args.queues)?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if args.threads > 0 {
-        runtime.worker_threads(args.threads);
-    }
+    // One thread: everything but lapin's I/O thread runs on the thread that reads the
+    // deliveries, with no hand-offs between runtime threads.
+    let mut runtime = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if args.threads > 1 {
+            builder.worker_threads(args.threads);
+        }
+        builder
+    };
     let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
         let stop = CancellationToken::new();
