@@ -5,22 +5,19 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::ServiceResponse;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpResponse, test, web};
-use async_trait::async_trait;
 use porter_core::policy::Policy;
 use porter_core::signing::{Secret, Signer};
 use porter_gateway::identity::Verifier;
 use porter_gateway::protection::{Protection, ProtectionConfig};
 use porter_gateway::{AppState, GatewayConfig};
 use porter_store::memory::MemoryStore;
-use porter_store::{
-    CacheLookup, Lookup, PresenceEvent, RateCheck, RateDecision, Revocation, Store, StoreError,
-};
+use porter_store::observed::{Observed, Observer};
+use porter_store::{Store, StoreError};
 use serde_json::{Value, json};
 
 const JWT_SECRET: &[u8] = b"jwt-secret";
@@ -28,132 +25,24 @@ const JWT_SECRET: &[u8] = b"jwt-secret";
 const PEER: &str = "203.0.113.7:40000";
 const BATCH: &str = "/pusher/batch-authenticate?app_id=100000&socket_id=1.2&channels=public-x";
 
-/// A memory store whose `update_presence` fails on the calls numbered in `fail_updates`
-/// (counting from 1), as Redis failing half-way through a webhook would.
+/// Fails the `update_presence` calls numbered in `fail_updates` (counting from 1), as Redis
+/// failing half-way through a webhook would.
 #[derive(Default)]
-struct Flaky {
-    inner: MemoryStore,
+struct FailUpdates {
     updates: AtomicUsize,
     fail_updates: Vec<usize>,
 }
 
-#[async_trait]
-impl Store for Flaky {
-    async fn cached(&self, lookups: &[CacheLookup<'_>]) -> Result<Vec<Option<String>>, StoreError> {
-        self.inner.cached(lookups).await
-    }
-    async fn put_cached(
-        &self,
-        channel: &str,
-        scope: &str,
-        data: &str,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        self.inner.put_cached(channel, scope, data, ttl).await
-    }
-    async fn drop_cached(&self, channel: &str) -> Result<(), StoreError> {
-        self.inner.drop_cached(channel).await
-    }
-    async fn retained_events(&self, channel: &str) -> Result<Vec<(String, String)>, StoreError> {
-        self.inner.retained_events(channel).await
-    }
-    async fn set_retained_event(
-        &self,
-        channel: &str,
-        event: &str,
-        data: &str,
-    ) -> Result<(), StoreError> {
-        self.inner.set_retained_event(channel, event, data).await
-    }
-    async fn clear_retained_events(
-        &self,
-        channel: &str,
-        event: Option<&str>,
-    ) -> Result<(), StoreError> {
-        self.inner.clear_retained_events(channel, event).await
-    }
-    async fn is_member(&self, channel: &str, user_id: &str) -> Result<bool, StoreError> {
-        self.inner.is_member(channel, user_id).await
-    }
-    async fn add_member(&self, channel: &str, user_id: &str) -> Result<(), StoreError> {
-        self.inner.add_member(channel, user_id).await
-    }
-    async fn remove_member(&self, channel: &str, user_id: &str) -> Result<(), StoreError> {
-        self.inner.remove_member(channel, user_id).await
-    }
-    async fn user_info(&self, user_id: &str) -> Result<Vec<(String, String)>, StoreError> {
-        self.inner.user_info(user_id).await
-    }
-    async fn set_user_info(
-        &self,
-        user_id: &str,
-        fields: &[(String, String)],
-    ) -> Result<(), StoreError> {
-        self.inner.set_user_info(user_id, fields).await
-    }
-    async fn is_online(&self, user_id: &str) -> Result<bool, StoreError> {
-        self.inner.is_online(user_id).await
-    }
-    async fn set_online(&self, user_id: &str, ttl: Duration) -> Result<(), StoreError> {
-        self.inner.set_online(user_id, ttl).await
-    }
-    async fn update_presence(
-        &self,
-        user_id: &str,
-        channel: &str,
-        event: PresenceEvent,
-        time_ms: u64,
-    ) -> Result<bool, StoreError> {
-        let call = self.updates.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.fail_updates.contains(&call) {
+impl Observer for FailUpdates {
+    fn before(&self, call: &'static str) -> Result<(), StoreError> {
+        if call != "update_presence" {
+            return Ok(());
+        }
+        let number = self.updates.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fail_updates.contains(&number) {
             return Err(StoreError::Timeout);
         }
-        self.inner
-            .update_presence(user_id, channel, event, time_ms)
-            .await
-    }
-    async fn rate_limit(&self, checks: &[RateCheck<'_>]) -> Result<RateDecision, StoreError> {
-        self.inner.rate_limit(checks).await
-    }
-    async fn first_sighting(&self, id: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.inner.first_sighting(id, ttl).await
-    }
-    async fn sighted(&self, id: &str) -> Result<bool, StoreError> {
-        self.inner.sighted(id).await
-    }
-    async fn lookup(
-        &self,
-        cache: &[CacheLookup<'_>],
-        revocations: &[Revocation<'_>],
-    ) -> Result<Lookup, StoreError> {
-        self.inner.lookup(cache, revocations).await
-    }
-    async fn revoke(&self, revocation: Revocation<'_>, ttl: Duration) -> Result<(), StoreError> {
-        self.inner.revoke(revocation, ttl).await
-    }
-    async fn create_session(
-        &self,
-        session_id: &str,
-        data: &str,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        self.inner.create_session(session_id, data, ttl).await
-    }
-    async fn touch_session(
-        &self,
-        session_id: &str,
-        ttl: Duration,
-    ) -> Result<Option<String>, StoreError> {
-        self.inner.touch_session(session_id, ttl).await
-    }
-    async fn cap_session(&self, session_id: &str, ttl: Duration) -> Result<(), StoreError> {
-        self.inner.cap_session(session_id, ttl).await
-    }
-    async fn forget_session(&self, session_id: &str) -> Result<(), StoreError> {
-        self.inner.forget_session(session_id).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
+        Ok(())
     }
 }
 
@@ -352,10 +241,13 @@ fn now_ms() -> u64 {
 
 #[actix_web::test]
 async fn a_webhook_that_fails_half_way_is_applied_in_full_when_retried() {
-    let store = Arc::new(Flaky {
-        fail_updates: vec![2],
-        ..Flaky::default()
-    });
+    let store = Arc::new(Observed::new(
+        MemoryStore::default(),
+        FailUpdates {
+            fail_updates: vec![2],
+            ..FailUpdates::default()
+        },
+    ));
     let app = app!(state(store.clone(), ProtectionConfig::default()));
     let hook = json!({"time_ms": now_ms(), "events": [
         {"name": "member_added", "channel": "presence-a@1", "user_id": "1"},

@@ -6,6 +6,7 @@
 //! cache name, which drops `-encrypted`, so an encrypted channel and its plain twin share it.
 
 pub mod memory;
+pub mod observed;
 pub mod presence;
 pub mod ratelimit;
 pub mod redis;
