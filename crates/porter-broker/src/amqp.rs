@@ -55,13 +55,17 @@ pub enum ReplyMode {
     DirectReplyTo,
 }
 
-impl ReplyMode {
-    /// Parses `exclusive` or `direct`.
-    pub fn parse(name: &str) -> Option<ReplyMode> {
+impl std::str::FromStr for ReplyMode {
+    type Err = String;
+
+    /// `exclusive`, or `direct` (also `direct-reply-to`).
+    fn from_str(name: &str) -> Result<ReplyMode, String> {
         match name {
-            "exclusive" => Some(ReplyMode::Exclusive),
-            "direct" | "direct-reply-to" => Some(ReplyMode::DirectReplyTo),
-            _ => None,
+            "exclusive" => Ok(ReplyMode::Exclusive),
+            "direct" | "direct-reply-to" => Ok(ReplyMode::DirectReplyTo),
+            _ => Err(format!(
+                "unknown reply mode `{name}`; use exclusive or direct"
+            )),
         }
     }
 }
@@ -360,17 +364,17 @@ impl TaskClient for AmqpClient {
         for outgoing in tasks {
             let body = serde_json::to_vec(outgoing.task)?;
             let queue = queue_name(&self.inner.config.queue_prefix, outgoing.route.queue);
-            messages.push((queue, body, task_properties(outgoing, &live.reply_queue)));
+            messages.push((queue, body, outgoing));
         }
         // All publishes are queued before the first is awaited: lapin writes the whole batch
         // in one go instead of one socket write (and one I/O-thread wake-up) per task.
-        let publishes = messages.iter().map(|(queue, body, properties)| {
+        let publishes = messages.iter().map(|(queue, body, outgoing)| {
             live.channel.basic_publish(
                 "",
                 queue,
                 BasicPublishOptions::default(),
                 body,
-                properties.clone(),
+                task_properties(outgoing, &live.reply_queue),
             )
         });
         for result in futures_util::future::join_all(publishes).await {

@@ -250,7 +250,6 @@ async fn decide_for(state: &AppState, asked: DecisionBody) -> Result<HttpRespons
     let mut found = state.policy.match_channel(&channel);
     // A scoped rule is matched as its endpoint would, with the given route parameters.
     if let Ok(matched) = &found
-        && state.policy.is_scoped(&matched.rule.name)
         && let Some(endpoint) = state
             .policy
             .endpoints()

@@ -120,20 +120,8 @@ pub async fn authorize(
     if !lookups.is_empty() || !revocations.is_empty() {
         let keys: Vec<CacheLookup<'_>> = lookups.iter().map(|(_, l)| *l).collect();
         match state.store.lookup(&keys, &revocations).await {
-            Ok(found) if found.revoked => {
-                // A session of a revoked token is deleted, so that it stays refused once
-                // the revocation has expired.
-                if let Some(session) = &identity.session {
-                    session.revoked(state.store.as_ref()).await;
-                }
-                return Err(crate::revocation::revoked());
-            }
             Ok(found) => {
-                // Only now, with the revocation check passed, may the session's exchange
-                // lease be renewed.
-                if let Some(session) = &identity.session {
-                    session.passed();
-                }
+                crate::revocation::settle(state.store.as_ref(), identity, found.revoked).await?;
                 for ((i, _), value) in lookups.iter().zip(found.cached) {
                     hits[*i] = value.and_then(|v| serde_json::from_str(&v).ok());
                 }
@@ -177,20 +165,7 @@ pub async fn authorize(
             Ok(replies) => {
                 for (&i, reply) in misses.iter().zip(replies) {
                     let p = &prepared[i];
-                    results[p.index] = Some(match reply {
-                        None => {
-                            state.metrics.channel(Outcome::Timeout);
-                            Err(reason::TIMEOUT.to_owned())
-                        }
-                        Some(Err(reason)) => {
-                            state.metrics.channel(Outcome::Denied);
-                            Err(reason)
-                        }
-                        Some(Ok(data)) => {
-                            state.metrics.channel(Outcome::Authorized);
-                            sign(state, socket_id, p, data)
-                        }
-                    });
+                    results[p.index] = Some(finish(state, socket_id, p, reply));
                 }
             }
         }
@@ -230,6 +205,29 @@ pub(crate) fn task_for(p: &Prepared<'_>, identity: &Identity) -> Task {
         client_id: identity.client_id.clone(),
         user_id: identity.user_id.clone(),
         claims: identity.claims.clone(),
+    }
+}
+
+/// A worker's answer for one channel, counted and, when allowed, signed for this socket.
+pub(crate) fn finish(
+    state: &AppState,
+    socket_id: &str,
+    p: &Prepared<'_>,
+    reply: Option<Result<AuthData, String>>,
+) -> ChannelResult {
+    match reply {
+        None => {
+            state.metrics.channel(Outcome::Timeout);
+            Err(reason::TIMEOUT.to_owned())
+        }
+        Some(Err(why)) => {
+            state.metrics.channel(Outcome::Denied);
+            Err(why)
+        }
+        Some(Ok(data)) => {
+            state.metrics.channel(Outcome::Authorized);
+            sign(state, socket_id, p, data)
+        }
     }
 }
 

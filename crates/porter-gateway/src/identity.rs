@@ -327,7 +327,7 @@ impl Verifier {
     /// Resolves the caller of a request: `X-Session-ID`, or `Authorization: Bearer`, or
     /// anonymous. Giving both is refused rather than guessing which one counts.
     pub async fn identify(&self, request: &HttpRequest) -> Result<Identity, ApiError> {
-        let client_id = header(request, "x-client-id").filter(|c| !c.is_empty() && c.len() <= 200);
+        let client_id = client_id_of(request).map(str::to_owned);
         let session = request.headers().get("x-session-id");
         let authorization = request.headers().get("authorization");
         if let Some(session) = session {
@@ -380,13 +380,13 @@ pub fn subject(claims: &Map<String, Value>) -> Result<String, ApiError> {
     }
 }
 
-fn header(request: &HttpRequest, name: &str) -> Option<String> {
+/// The caller's `X-Client-ID` (seed 000's client id): non-empty, at most 200 bytes, else none.
+pub fn client_id_of(request: &HttpRequest) -> Option<&str> {
     request
         .headers()
-        .get(name)?
-        .to_str()
-        .ok()
-        .map(str::to_owned)
+        .get("x-client-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|c| !c.is_empty() && c.len() <= 200)
 }
 
 #[cfg(test)]

@@ -42,11 +42,7 @@ pub async fn heartbeat(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let result = heartbeat_inner(&request, &state).await;
-    let status = match &result {
-        Ok(response) => response.status(),
-        Err(error) => error.status,
-    };
-    state.metrics.request("presence-heartbeat", status.as_u16());
+    crate::routes::record(&state, "presence-heartbeat", &result);
     result
 }
 
@@ -56,13 +52,10 @@ async fn heartbeat_inner(
 ) -> Result<HttpResponse, ApiError> {
     let identity = protection::identify_rate_limited(state, request).await?;
     let Some(user) = identity.user_id.as_deref() else {
-        let ip = state.protection.client_ip(request);
-        audit::auth_failed(&Who::of(&identity, ip), "unauthenticated");
-        state.metrics.auth_failure("unauthenticated");
-        return Err(ApiError::unauthorized(
-            "unauthenticated",
-            "a heartbeat needs an authenticated user",
-        ));
+        let error =
+            ApiError::unauthorized("unauthenticated", "a heartbeat needs an authenticated user");
+        protection::audit_unauthorized(state, request, Some(&identity), &error);
+        return Err(error);
     };
     // A heartbeat makes no cache round trip to carry the revocation check: ask on its own.
     crate::revocation::ensure_not_revoked(state.store.as_ref(), &identity)
@@ -121,11 +114,7 @@ pub async fn webhook(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let result = webhook_inner(&request, &body, &state).await;
-    let status = match &result {
-        Ok(response) => response.status(),
-        Err(error) => error.status,
-    };
-    state.metrics.request("webhook", status.as_u16());
+    crate::routes::record(&state, "webhook", &result);
     result
 }
 

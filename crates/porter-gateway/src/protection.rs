@@ -210,8 +210,7 @@ pub fn audit_unauthorized(
     if error.status != StatusCode::UNAUTHORIZED {
         return;
     }
-    // The same bounds as the identity's client id: nothing oversized reaches the log.
-    let header_client = header_client_id(request);
+    let header_client = crate::identity::client_id_of(request);
     let ip = state.protection.client_ip(request);
     let who = match identity {
         Some(identity) => Who::of(identity, ip),
@@ -246,15 +245,6 @@ fn client_bucket(user: Option<&str>, client: &str) -> String {
         Some(user) => format!("client:{user}:{client}"),
         None => format!("client:{client}"),
     }
-}
-
-/// The caller's `X-Client-ID` as the identity would take it (non-empty, at most 200 bytes).
-fn header_client_id(request: &HttpRequest) -> Option<&str> {
-    request
-        .headers()
-        .get("x-client-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|c| !c.is_empty() && c.len() <= 200)
 }
 
 /// Whether a request carries a credential (a token or a session), i.e. names a user.
@@ -307,7 +297,7 @@ pub async fn identify_rate_limited(
     if let (Some(quota), Some(ip)) = (config.rate_ip, ip) {
         before.push(("rate_limit_ip", ip_bucket(ip), quota));
     }
-    let client = header_client_id(request);
+    let client = crate::identity::client_id_of(request);
     if let (Some(quota), Some(client), false) = (config.rate_client, client, credential) {
         before.push(("rate_limit_client", client_bucket(None, client), quota));
     }
@@ -344,7 +334,7 @@ pub async fn rate_limit_before_handler(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     if let Some(state) = request.app_data::<web::Data<AppState>>().cloned() {
         let identity = Identity {
-            client_id: header_client_id(request.request()).map(str::to_owned),
+            client_id: crate::identity::client_id_of(request.request()).map(str::to_owned),
             ..Identity::default()
         };
         if let Err(error) = check_rate(&state, request.request(), &identity).await {

@@ -44,6 +44,26 @@ pub fn store_unavailable() -> ApiError {
     )
 }
 
+/// Acts on the outcome of a revocation check. A revoked token's session is deleted, so that it
+/// stays refused once the revocation has expired; only a session that passed may have its
+/// exchange lease renewed.
+pub(crate) async fn settle(
+    store: &dyn Store,
+    identity: &Identity,
+    revoked_now: bool,
+) -> Result<(), ApiError> {
+    if revoked_now {
+        if let Some(session) = &identity.session {
+            session.revoked(store).await;
+        }
+        return Err(revoked());
+    }
+    if let Some(session) = &identity.session {
+        session.passed();
+    }
+    Ok(())
+}
+
 /// Checks a caller's token against the revocations, alone (no cache look-up to share with).
 pub async fn ensure_not_revoked(store: &dyn Store, identity: &Identity) -> Result<(), ApiError> {
     let revocations = identity.revocations();
@@ -51,18 +71,7 @@ pub async fn ensure_not_revoked(store: &dyn Store, identity: &Identity) -> Resul
         return Ok(());
     }
     match store.lookup(&[], &revocations).await {
-        Ok(found) if found.revoked => {
-            if let Some(session) = &identity.session {
-                session.revoked(store).await;
-            }
-            Err(revoked())
-        }
-        Ok(_) => {
-            if let Some(session) = &identity.session {
-                session.passed();
-            }
-            Ok(())
-        }
+        Ok(found) => settle(store, identity, found.revoked).await,
         Err(error) => {
             warn!(%error, "could not check revocations");
             Err(store_unavailable())
@@ -129,11 +138,7 @@ pub async fn revoke(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let result = revoke_inner(&request, &body, &state).await;
-    let status = match &result {
-        Ok(response) => response.status(),
-        Err(error) => error.status,
-    };
-    state.metrics.request("admin-revoke", status.as_u16());
+    crate::routes::record(&state, "admin-revoke", &result);
     result
 }
 

@@ -67,7 +67,21 @@ fn checked_socket_id(socket_id: Option<&str>) -> Result<&str, ApiError> {
     Ok(socket_id)
 }
 
-fn record(state: &AppState, endpoint: &str, result: &Result<HttpResponse, ApiError>) {
+/// [`batch::authorize`], with a request-level 401 (a revoked token) audited and counted.
+async fn authorize_audited(
+    state: &AppState,
+    request: &HttpRequest,
+    identity: &crate::identity::Identity,
+    socket_id: &str,
+    channels: &[String],
+) -> Result<Vec<(String, ChannelResult)>, ApiError> {
+    batch::authorize(state, identity, socket_id, channels)
+        .await
+        .inspect_err(|e| crate::protection::audit_unauthorized(state, request, Some(identity), e))
+}
+
+/// Counts a request by endpoint and the status it got.
+pub(crate) fn record(state: &AppState, endpoint: &str, result: &Result<HttpResponse, ApiError>) {
     let status = match result {
         Ok(response) => response.status(),
         Err(error) => error.status,
@@ -122,11 +136,7 @@ async fn batch_authenticate_inner(
         return Err(too_many(state));
     }
     let identity = crate::protection::identify_rate_limited(state, request).await?;
-    let results = batch::authorize(state, &identity, socket_id, &channels)
-        .await
-        .inspect_err(|e| {
-            crate::protection::audit_unauthorized(state, request, Some(&identity), e)
-        })?;
+    let results = authorize_audited(state, request, &identity, socket_id, &channels).await?;
     Ok(HttpResponse::Ok()
         .insert_header(("Accept-CH", "DPR"))
         .insert_header(("Accept-CH-Lifetime", "3600"))
@@ -218,22 +228,15 @@ async fn pusher_auth_inner(
         if form.indexed.len() > state.config.max_channels {
             return Err(too_many(state));
         }
-        let results = batch::authorize(state, &identity, socket_id, &form.indexed)
-            .await
-            .inspect_err(|e| {
-                crate::protection::audit_unauthorized(state, request, Some(&identity), e)
-            })?;
+        let results =
+            authorize_audited(state, request, &identity, socket_id, &form.indexed).await?;
         return Ok(HttpResponse::Ok().json(plugin_body(&results)));
     }
     let channel = form
         .single
         .filter(|c| !c.is_empty())
         .ok_or_else(|| ApiError::bad_request("missing_channel_name", "channel_name is required"))?;
-    let mut results = batch::authorize(state, &identity, socket_id, &[channel])
-        .await
-        .inspect_err(|e| {
-            crate::protection::audit_unauthorized(state, request, Some(&identity), e)
-        })?;
+    let mut results = authorize_audited(state, request, &identity, socket_id, &[channel]).await?;
     match results.pop().map(|(_, result)| result) {
         Some(Ok(signed)) => Ok(HttpResponse::Ok().json(signed)),
         Some(Err(reason)) => Err(refusal(reason)),

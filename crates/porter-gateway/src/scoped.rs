@@ -24,9 +24,8 @@ use serde_json::{Map, Value, json};
 use tracing::{debug, warn};
 
 use crate::AppState;
-use crate::batch::{Prepared, decide_one, sign};
+use crate::batch::{Prepared, decide_one, finish};
 use crate::identity::{Credential, Identity};
-use crate::metrics::Outcome;
 
 /// Said for a bad token when the endpoint sets no message: never whether the object exists.
 const DEFAULT_INVALID_TOKEN: &str = "Invalid or expired token";
@@ -242,12 +241,7 @@ async fn scoped_auth_inner(
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
             _ => None,
         },
-        client_id: request
-            .headers()
-            .get("x-client-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|c| !c.is_empty() && c.len() <= 200)
-            .map(str::to_owned),
+        client_id: crate::identity::client_id_of(request).map(str::to_owned),
         claims,
         ..Identity::default()
     };
@@ -273,20 +267,7 @@ async fn scoped_auth_inner(
         Err(error) => return body_error(error.status, error.code, Some(&error.message)),
         Ok(reply) => reply,
     };
-    let outcome = match reply {
-        None => {
-            state.metrics.channel(Outcome::Timeout);
-            Err(reason::TIMEOUT.to_owned())
-        }
-        Some(Err(why)) => {
-            state.metrics.channel(Outcome::Denied);
-            Err(why)
-        }
-        Some(Ok(data)) => {
-            state.metrics.channel(Outcome::Authorized);
-            sign(state, &socket_id, &prepared, data)
-        }
-    };
+    let outcome = finish(state, &socket_id, &prepared, reply);
     match outcome {
         Ok(signed) => HttpResponse::Ok().json(signed),
         Err(why) => refusal(endpoint, &why),

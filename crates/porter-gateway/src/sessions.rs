@@ -309,11 +309,7 @@ pub async fn create(
         Ok(()) => create_inner(&request, &body, &state).await,
         Err(error) => Err(error),
     };
-    let status = match &result {
-        Ok(response) => response.status(),
-        Err(error) => error.status,
-    };
-    state.metrics.request("session", status.as_u16());
+    crate::routes::record(&state, "session", &result);
     result
 }
 

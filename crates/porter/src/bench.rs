@@ -99,12 +99,8 @@ pub struct BenchArgs {
     #[arg(long, env = "PORTER_QUEUE_PREFIX", default_value = "porter-floor.")]
     queue_prefix: String,
     /// Reply mode of the `floor` scenario: `exclusive` or `direct`.
-    #[arg(long, default_value = "exclusive", value_parser = parse_reply_mode)]
+    #[arg(long, default_value = "exclusive")]
     reply_mode: ReplyMode,
-}
-
-fn parse_reply_mode(name: &str) -> Result<ReplyMode, String> {
-    ReplyMode::parse(name).ok_or_else(|| format!("unknown reply mode `{name}`"))
 }
 
 fn parse_pid_arg(s: &str) -> Result<(String, u32), String> {

@@ -250,7 +250,7 @@ pub struct GatewayArgs {
     pub listen: SocketAddr,
     /// Where workers reply: `exclusive` (a reply queue per gateway) or `direct` (RabbitMQ's
     /// direct reply-to).
-    #[arg(long, env = "PORTER_REPLY_MODE", default_value = "exclusive", value_parser = parse_reply_mode)]
+    #[arg(long, env = "PORTER_REPLY_MODE", default_value = "exclusive")]
     pub reply_mode: ReplyMode,
     #[command(flatten)]
     pub backends: Backends,
@@ -394,11 +394,6 @@ impl<T: std::str::FromStr> std::str::FromStr for OrOff<T> {
             text.parse().map(|v| OrOff(Some(v)))
         }
     }
-}
-
-fn parse_reply_mode(name: &str) -> Result<ReplyMode, String> {
-    ReplyMode::parse(name)
-        .ok_or_else(|| format!("unknown reply mode `{name}`; use exclusive or direct"))
 }
 
 #[cfg(test)]
