@@ -29,6 +29,7 @@ use tracing::{info, warn};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::identity::{Identity, token_sha256};
+use crate::sessions::now_secs;
 
 /// The refusal of a revoked token or of a session opened with one.
 pub fn revoked() -> ApiError {
@@ -91,13 +92,6 @@ struct RevokeBody {
     jti: Option<String>,
     /// The token's expiry (Unix seconds), for a `jti`.
     exp: Option<i64>,
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The claims of a JWT, read WITHOUT verifying it: only to learn how long to keep its

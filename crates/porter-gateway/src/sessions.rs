@@ -96,7 +96,8 @@ impl SessionUse {
 }
 
 /// The Unix time now, in seconds.
-fn now_secs() -> i64 {
+/// Unix time in seconds, as JWT claims count it.
+pub(crate) fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
