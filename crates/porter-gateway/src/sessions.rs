@@ -502,16 +502,22 @@ mod tests {
         // A session stored while its token was good, read after the token's exp + leeway
         // (the clock moved on; the sliding TTL alone would keep it forever).
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let record = SessionRecord {
-            user_id: "7".into(),
-            claims: claims_until(now_secs() - 6),
-            credential: Credential::default(),
+        let store_with = |claims| {
+            let record = SessionRecord {
+                user_id: "7".into(),
+                claims,
+                credential: Credential::default(),
+            };
+            let (store, id) = (store.clone(), id.clone());
+            async move {
+                let data = serde_json::to_string(&record).unwrap();
+                store
+                    .create_session(&id, &data, Duration::from_secs(3600))
+                    .await
+                    .unwrap();
+            }
         };
-        let data = serde_json::to_string(&record).unwrap();
-        store
-            .create_session(&id, &data, Duration::from_secs(3600))
-            .await
-            .unwrap();
+        store_with(claims_until(now_secs() - 6)).await;
         assert_eq!(
             sessions.resume(&id).await.unwrap_err().code,
             "invalid_session"
@@ -525,32 +531,10 @@ mod tests {
                 .is_none()
         );
         // Within the leeway it is still good, as the token itself would be.
-        let record = SessionRecord {
-            claims: claims_until(now_secs() - 2),
-            ..record
-        };
-        store
-            .create_session(
-                &id,
-                &serde_json::to_string(&record).unwrap(),
-                Duration::from_secs(60),
-            )
-            .await
-            .unwrap();
+        store_with(claims_until(now_secs() - 2)).await;
         assert!(sessions.resume(&id).await.is_ok());
         // A record without `exp` (tokens are verified with `exp` required) is refused.
-        let record = SessionRecord {
-            claims: Map::new(),
-            ..record
-        };
-        store
-            .create_session(
-                &id,
-                &serde_json::to_string(&record).unwrap(),
-                Duration::from_secs(60),
-            )
-            .await
-            .unwrap();
+        store_with(Map::new()).await;
         assert!(sessions.resume(&id).await.is_err());
     }
 

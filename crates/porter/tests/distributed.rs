@@ -293,6 +293,31 @@ async fn a_cache_hit_publishes_nothing() {
     );
 }
 
+/// Waits until a worker of the deployment answers (its consumer is up).
+async fn until_a_worker_consumes(deployment: &Deployment) {
+    eventually("a worker to consume", Duration::from_secs(10), || async {
+        let (_, body) = get_json(
+            &deployment.batch_url("1.1", &["private-hook-allow@0"]),
+            None,
+        )
+        .await;
+        body["private-hook-allow@0"].get("auth").map(drop)
+    })
+    .await;
+}
+
+/// Asks for `private-hook-slow@1`, whose `/slow` webhook answers after 1.5 s under the `hook`
+/// rule's 5 s limit, and returns once a worker holds the task (0.5 s in).
+async fn slow_task_in_hand(
+    deployment: &Deployment,
+    socket_id: &str,
+) -> tokio::task::JoinHandle<(u16, Value)> {
+    let url = deployment.batch_url(socket_id, &["private-hook-slow@1"]);
+    let request = tokio::spawn(async move { get_json(&url, None).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    request
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_task_leaves_it_to_another() {
     let hook = webhook_server().await;
@@ -304,25 +329,9 @@ async fn a_worker_killed_mid_task_leaves_it_to_another() {
     let mut doomed = deployment.worker();
     deployment.wait_ready().await;
     // Let the doomed worker connect and take the task before the survivor exists.
-    eventually(
-        "the first worker to consume",
-        Duration::from_secs(10),
-        || async {
-            let (_, body) = get_json(
-                &deployment.batch_url("1.1", &["private-hook-allow@0"]),
-                None,
-            )
-            .await;
-            body["private-hook-allow@0"].get("auth").map(drop)
-        },
-    )
-    .await;
-
-    // The `hook` rule allows 5 s, and its `/slow` webhook answers after 1.5 s: the worker is
-    // killed while it waits, with the task unacknowledged.
-    let url = deployment.batch_url("3.3", &["private-hook-slow@1"]);
-    let request = tokio::spawn(async move { get_json(&url, None).await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until_a_worker_consumes(&deployment).await;
+    // The worker is killed while it waits on the slow webhook, the task unacknowledged.
+    let request = slow_task_in_hand(&deployment, "3.3").await;
     doomed.kill();
     let _survivor = deployment.worker();
 
@@ -352,23 +361,10 @@ async fn sigterm_drains_the_task_in_hand_and_leaves_the_rest_to_others() {
     let _gateway = deployment.gateway();
     let mut draining = deployment.worker();
     deployment.wait_ready().await;
-    eventually("the worker to consume", Duration::from_secs(10), || async {
-        let (_, body) = get_json(
-            &deployment.batch_url("1.1", &["private-hook-allow@0"]),
-            None,
-        )
-        .await;
-        body["private-hook-allow@0"].get("auth").map(drop)
-    })
-    .await;
-
-    // The `/slow` webhook answers after 1.5 s: SIGTERM arrives while the worker waits on it.
-    let url = deployment.batch_url("5.5", &["private-hook-slow@1"]);
-    let in_hand = tokio::spawn(async move { get_json(&url, None).await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &draining.pid().to_string()])
-        .status();
+    until_a_worker_consumes(&deployment).await;
+    // SIGTERM arrives while the worker waits on the slow webhook.
+    let in_hand = slow_task_in_hand(&deployment, "5.5").await;
+    draining.signal_term();
     // Published after the signal: the draining worker must not take it.
     let url = deployment.batch_url("6.6", &["private-hook-allow@2"]);
     let after = tokio::spawn(async move { get_json(&url, None).await });
