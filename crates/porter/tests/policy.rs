@@ -126,17 +126,23 @@ async fn admin(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// A gateway and a worker on the modes policy (its webhooks on a local test server), with the
+/// admin API on. The processes are returned after the deployment, so they stop before it
+/// cleans up.
+async fn modes_deployment(name: &str) -> (Deployment, Proc, Proc) {
+    let hook = webhook_server().await;
+    let deployment = Deployment::new(name)
+        .with_policy(&MODES_POLICY.replace("PORT", &hook.to_string()))
+        .with_env("PORTER_ADMIN_TOKEN", ADMIN_TOKEN);
+    let gateway = deployment.gateway();
+    let worker = deployment.worker();
+    deployment.wait_ready().await;
+    (deployment, gateway, worker)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_allow_mode_allows_and_refuses() {
-    let hook = webhook_server().await;
-    let mut deployment =
-        Deployment::new("modes").with_policy(&MODES_POLICY.replace("PORT", &hook.to_string()));
-    deployment
-        .extra_env
-        .push(("PORTER_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()));
-    let _gateway = deployment.gateway();
-    let _worker = deployment.worker();
-    deployment.wait_ready().await;
+    let (deployment, _gateway, _worker) = modes_deployment("modes").await;
     let mut redis = deployment.redis().await;
     let ann = token("7", &[]);
     let bob = token("8", &[]);
@@ -258,15 +264,7 @@ async fn every_allow_mode_allows_and_refuses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_user_cache_and_admin_changes_take_effect_at_once() {
-    let hook = webhook_server().await;
-    let mut deployment =
-        Deployment::new("cache").with_policy(&MODES_POLICY.replace("PORT", &hook.to_string()));
-    deployment
-        .extra_env
-        .push(("PORTER_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()));
-    let _gateway = deployment.gateway();
-    let _worker = deployment.worker();
-    deployment.wait_ready().await;
+    let (deployment, _gateway, _worker) = modes_deployment("cache").await;
     let mut redis = deployment.redis().await;
     let ann = token("7", &[]);
     let bob = token("8", &[]);
