@@ -1,4 +1,7 @@
+use std::time::Duration;
+
 use super::*;
+use crate::routing::Route;
 
 fn explain(policy: &Policy, channel: &str) -> (String, Route, bool) {
     let m = policy.match_name(channel).unwrap();

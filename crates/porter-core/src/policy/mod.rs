@@ -1,0 +1,199 @@
+//! Authorization policy: an ordered list of rules, first match wins.
+//!
+//! A rule matches channel names by [`Pattern`] and decides the route of the task, who may
+//! subscribe ([`Allow`]), what data rides along ([`DataSpec`]) and whether the result may be
+//! cached ([`CacheSpec`]). Policies are written in TOML (`docs/policy.md`); the built-in
+//! [`Policy::default`] reproduces seed 000. Errors name the rule and the field.
+//!
+//! This file holds the [`Policy`] and its matching; the rule types are in `rule.rs`, the
+//! errors in `error.rs`, the scoped-token endpoints in `endpoint.rs` (public through the
+//! crate's `endpoint` module), and the TOML reading in `parse.rs` and `fields.rs`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::channel::Channel;
+use crate::pattern::Pattern;
+
+pub(crate) mod endpoint;
+mod error;
+mod fields;
+mod parse;
+mod rule;
+
+use endpoint::{Endpoint, pinned_constraints};
+pub use error::{MatchError, PolicyError};
+pub use rule::{
+    Allow, CacheScope, CacheSpec, DataSpec, MAX_DURATION, PrivateData, Rule, UserInfoSource,
+};
+
+/// The TOML of the built-in policy (seed 000's catalogue).
+pub const DEFAULT_POLICY_TOML: &str = include_str!("../default_policy.toml");
+
+/// A rule that matched a channel, with its captures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Match<'p> {
+    pub rule: &'p Rule,
+    pub captures: BTreeMap<String, String>,
+}
+
+/// An ordered list of rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    rules: Vec<Rule>,
+    /// Scoped-token endpoints (`[[endpoint]]`); their rules are served only by them.
+    endpoints: Vec<Endpoint>,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        // The built-in policy is compiled in and covered by tests; failing here is a bug
+        // in this crate, not bad input.
+        Policy::from_toml(DEFAULT_POLICY_TOML).expect("the built-in policy is valid")
+    }
+}
+
+impl Policy {
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn rule(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+
+    /// Finds the first rule whose pattern matches the channel name.
+    pub fn match_channel<'p>(&'p self, channel: &Channel<'_>) -> Result<Match<'p>, MatchError> {
+        self.rules
+            .iter()
+            .find_map(|rule| {
+                rule.patterns.iter().find_map(|pattern| {
+                    pattern
+                        .captures(channel.name, &rule.constraints)
+                        .map(|captures| Match { rule, captures })
+                })
+            })
+            .ok_or(MatchError::NoRule)
+    }
+
+    /// Parses and matches a channel name in one step.
+    pub fn match_name<'p>(&'p self, name: &str) -> Result<Match<'p>, MatchError> {
+        let channel = Channel::parse(name)?;
+        self.match_channel(&channel)
+    }
+
+    /// Parses a TOML policy document.
+    pub fn from_toml(source: &str) -> Result<Policy, PolicyError> {
+        let (rules, endpoints) = parse::parse_policy(source)?;
+        Ok(Policy { rules, endpoints })
+    }
+
+    /// The scoped-token endpoints the gateway registers.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// True when an endpoint lists the rule: the general endpoints must not serve it.
+    pub fn is_scoped(&self, rule: &str) -> bool {
+        self.endpoints
+            .iter()
+            .any(|e| e.rules.iter().any(|r| r == rule))
+    }
+
+    /// Matches a channel for a scoped endpoint: only the endpoint's rules, in its order, with
+    /// every capture that shares a name with a route parameter pinned to the parameter's
+    /// value. The captures of the match include the route parameters.
+    pub fn match_for_endpoint<'p>(
+        &'p self,
+        endpoint: &Endpoint,
+        channel: &Channel<'_>,
+        params: &BTreeMap<String, String>,
+    ) -> Result<Match<'p>, MatchError> {
+        endpoint
+            .rules
+            .iter()
+            .filter_map(|name| self.rule(name))
+            .find_map(|rule| {
+                rule.patterns.iter().find_map(|pattern| {
+                    let constraints = pinned_constraints(pattern, &rule.constraints, params);
+                    pattern
+                        .captures(channel.name, &constraints)
+                        .map(|mut captures| {
+                            for (name, value) in params {
+                                captures
+                                    .entry(name.clone())
+                                    .or_insert_with(|| value.clone());
+                            }
+                            Match { rule, captures }
+                        })
+                })
+            })
+            .ok_or(MatchError::NoRule)
+    }
+}
+
+impl fmt::Display for Match<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rule = self.rule;
+        writeln!(f, "rule:        {}", rule.name)?;
+        let patterns: Vec<&str> = rule.patterns.iter().map(Pattern::as_str).collect();
+        writeln!(f, "pattern:     {}", patterns.join(" | "))?;
+        if self.captures.is_empty() {
+            writeln!(f, "captures:    (none)")?;
+        } else {
+            let captures: Vec<String> = self
+                .captures
+                .iter()
+                .map(|(k, v)| format!("{k} = {v}"))
+                .collect();
+            writeln!(f, "captures:    {}", captures.join(", "))?;
+        }
+        writeln!(f, "queue:       {}", rule.route.queue)?;
+        writeln!(f, "time_limit:  {} ms", rule.route.time_limit.as_millis())?;
+        writeln!(f, "expires:     {} ms", rule.route.expires.as_millis())?;
+        writeln!(f, "allow:       {}", rule.allow)?;
+        let mut data = Vec::new();
+        if rule.data.events {
+            data.push("retained events".to_owned());
+        }
+        if rule.data.online {
+            data.push("online status".to_owned());
+        }
+        match rule.data.user_info {
+            UserInfoSource::None => {}
+            UserInfoSource::Store => data.push("user info from store".into()),
+            UserInfoSource::Claims => data.push("user info from claims".into()),
+            UserInfoSource::Webhook => data.push("user info from webhook".into()),
+        }
+        if let Some(t) = &rule.data.user_id {
+            data.push(format!("user_id = {t}"));
+        }
+        for (k, v) in &rule.data.info {
+            data.push(format!("info.{k} = {v}"));
+        }
+        writeln!(
+            f,
+            "data:        {}",
+            if data.is_empty() {
+                "(none)".into()
+            } else {
+                data.join(", ")
+            }
+        )?;
+        match rule.cache {
+            None => write!(f, "cache:       no"),
+            Some(CacheSpec { scope, ttl }) => write!(
+                f,
+                "cache:       {} for {} s",
+                match scope {
+                    CacheScope::Anonymous => "shared (ANNON)",
+                    CacheScope::User => "per user",
+                },
+                ttl.as_secs()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
