@@ -1,14 +1,12 @@
-//! Builds the gateway's token verifier (JWT secret, JWKS, issuer, audience, leeway, allowed
-//! algorithms) and its sessions from the command-line settings.
+//! Builds the gateway's identity resolver from the command-line settings: the token verifier
+//! (JWT secret, JWKS, issuer, audience, leeway, allowed algorithms) and its sessions.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use porter_broker::TaskClient;
-use porter_gateway::identity::{JwtSettings, Verifier, parse_algorithms};
-use porter_gateway::jwks::JwksSource;
-use porter_gateway::sessions::Sessions;
+use porter_identity::{JwksSource, JwtSettings, Resolver, Sessions, Verifier, parse_algorithms};
 use porter_store::Store;
 
 use crate::cli::HttpArgs;
@@ -17,11 +15,10 @@ pub fn verifier(
     http: &HttpArgs,
     store: Arc<dyn Store>,
     tasks: Arc<dyn TaskClient>,
-) -> anyhow::Result<Verifier> {
+) -> anyhow::Result<Resolver> {
     let identity = &http.identity;
-    let algorithms = parse_algorithms(&identity.jwt_algorithms)
-        .map_err(anyhow::Error::msg)
-        .context("invalid PORTER_JWT_ALGORITHMS")?;
+    let algorithms =
+        parse_algorithms(&identity.jwt_algorithms).context("invalid PORTER_JWT_ALGORITHMS")?;
     if let Some(source) = identity
         .jwks
         .as_deref()
@@ -30,10 +27,7 @@ pub fn verifier(
     {
         // Keys over plain http from a remote host could be swapped in transit: refused at
         // start-up, not at the first token.
-        source
-            .check()
-            .map_err(anyhow::Error::msg)
-            .context("invalid PORTER_JWKS")?;
+        source.check().context("invalid PORTER_JWKS")?;
     }
     let settings = JwtSettings {
         secret: http
@@ -64,13 +58,13 @@ pub fn verifier(
         tasks,
         Duration::from_secs(identity.session_ttl.max(1)),
     );
-    Ok(Verifier::new(settings).with_sessions(sessions))
+    Ok(Resolver::new(Verifier::new(settings)).with_sessions(sessions))
 }
 
 /// Reads the JWKS before serving. An unreadable JWKS *file* is a configuration error; an
 /// unreachable JWKS URL is only logged, and read again when a token needs it.
-pub async fn preload(verifier: &Verifier, http: &HttpArgs) -> anyhow::Result<()> {
-    if let Err(error) = verifier.preload().await {
+pub async fn preload(resolver: &Resolver, http: &HttpArgs) -> anyhow::Result<()> {
+    if let Err(error) = resolver.preload().await {
         match http.identity.jwks.as_deref().map(JwksSource::parse) {
             Some(JwksSource::File(_)) => anyhow::bail!("PORTER_JWKS: {error}"),
             _ => tracing::warn!(%error, "could not read the JWKS yet; will retry on demand"),

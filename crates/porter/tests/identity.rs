@@ -16,13 +16,13 @@ use redis::AsyncCommands;
 use serde_json::{Value, json};
 use sha2::Digest;
 
-const RSA_A_KEY: &str = include_str!("../../porter-gateway/testdata/rsa-a.key.pem");
-const RSA_A_PUB: &str = include_str!("../../porter-gateway/testdata/rsa-a.pub.pem");
-const RSA_A_JWK: &str = include_str!("../../porter-gateway/testdata/rsa-a.jwk.json");
-const RSA_B_KEY: &str = include_str!("../../porter-gateway/testdata/rsa-b.key.pem");
-const RSA_B_JWK: &str = include_str!("../../porter-gateway/testdata/rsa-b.jwk.json");
-const EC_A_KEY: &str = include_str!("../../porter-gateway/testdata/ec-a.key.pem");
-const EC_A_JWK: &str = include_str!("../../porter-gateway/testdata/ec-a.jwk.json");
+const RSA_A_KEY: &str = include_str!("../../porter-identity/testdata/rsa-a.key.pem");
+const RSA_A_PUB: &str = include_str!("../../porter-identity/testdata/rsa-a.pub.pem");
+const RSA_A_JWK: &str = include_str!("../../porter-identity/testdata/rsa-a.jwk.json");
+const RSA_B_KEY: &str = include_str!("../../porter-identity/testdata/rsa-b.key.pem");
+const RSA_B_JWK: &str = include_str!("../../porter-identity/testdata/rsa-b.jwk.json");
+const EC_A_KEY: &str = include_str!("../../porter-identity/testdata/ec-a.key.pem");
+const EC_A_JWK: &str = include_str!("../../porter-identity/testdata/ec-a.jwk.json");
 
 const ISSUER: &str = "https://idp.test";
 const AUDIENCE: &str = "porter";
