@@ -1,10 +1,40 @@
-//! Prometheus metrics, rendered in the text exposition format at `/metrics`.
+//! The gateway's Prometheus metrics, kept in `prometheus-client` types and served at `/metrics`.
+//!
+//! The exposition is the Prometheus text format, version 0.0.4 (prometheus-client's
+//! `prometheus_text` encoder), served as [`CONTENT_TYPE`]. That format, rather than the crate's
+//! OpenMetrics encoder, is chosen because it is byte-for-byte the shape the gateway rendered by
+//! hand before: counters keep `_total` on their `# HELP`/`# TYPE` lines, there is no `# EOF`
+//! terminator and no `_created` series, and histogram `le` bounds are written as Go writes them
+//! (`le="1"`, not `le="1.0"`). Dashboards and the old system's scrapers read it unchanged, and the
+//! two halves of the page ([`Metrics::render`] and [`Metrics::render_protection`]) can still be
+//! concatenated, which an OpenMetrics body (one `# EOF`, at the very end) would not allow.
+//!
+//! Counters are registered without `_total`; the encoder appends it, so the names on the page are
+//! `porter_http_requests_total`, `authorization_errors_total` (the previous system's name, without
+//! the `porter_` prefix, kept because its dashboards use it), and so on.
+//!
+//! Gauges whose values live elsewhere (tasks pending, in flight, the cap) and the late-replies
+//! counter (kept by the pending-task table) are set from the render arguments just before
+//! encoding, under the registry's lock so that two concurrent scrapes cannot interleave.
+//!
+//! A family with no series yet (no auth failure so far, say) is left off the page entirely,
+//! `# HELP` and `# TYPE` included, which is how prometheus-client encodes an empty family.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, prometheus_text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The `Content-Type` of what [`Metrics::render`] and [`Metrics::render_protection`] produce:
+/// the Prometheus text format, version 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Upper bounds of the task round-trip histogram, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -41,178 +71,421 @@ impl Outcome {
     }
 }
 
-#[derive(Default)]
+/// One label with a value known at compile time (`outcome`, `reason`, `rule`): no allocation
+/// to look a series up.
+type StaticLabel = [(&'static str, &'static str); 1];
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: String,
+    status: u16,
+}
+
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    channels: [AtomicU64; 5],
-    authorization_errors: AtomicU64,
-    cache_errors: AtomicU64,
-    round_trip_buckets: [AtomicU64; BUCKETS.len()],
-    round_trip_count: AtomicU64,
-    round_trip_sum_micros: AtomicU64,
+    /// Everything but the protection layer's metrics; the mutex serializes scrapes.
+    main: Mutex<Registry>,
+    /// The protection layer's metrics, rendered by [`Metrics::render_protection`].
+    protection: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    /// Handles into `requests`, keyed so that a look-up borrows the caller's `&str`: a look-up
+    /// in the family itself needs an owned `RequestLabels`, an allocation per request.
+    request_handles: RwLock<HashMap<Box<str>, HashMap<u16, Counter>>>,
+    /// Handles to the five series of `porter_channels_total`, indexed by `Outcome as usize`,
+    /// created up front so every outcome shows from the first scrape and counting one is a
+    /// single atomic add.
+    channels: [Counter; 5],
+    authorization_errors: Counter,
+    cache_errors: Counter,
+    round_trip: Histogram,
+    tasks_pending: Gauge,
+    late_replies: Counter,
     /// Failed authentications by reason code (bad token, missing user, forged webhook, …).
-    auth_failures: Mutex<BTreeMap<&'static str, u64>>,
+    auth_failures: Family<StaticLabel, Counter>,
     /// Requests refused by the protection layer, by rule (rate limits, in-flight cap, …).
-    protection_refusals: Mutex<BTreeMap<&'static str, u64>>,
+    protection_refusals: Family<StaticLabel, Counter>,
+    tasks_in_flight: Gauge,
+    tasks_in_flight_cap: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let requests = Family::<RequestLabels, Counter>::default();
+        let channel_family = Family::<StaticLabel, Counter>::default();
+        let channels =
+            Outcome::ALL.map(|o| channel_family.get_or_create_owned(&[("outcome", o.label())]));
+        let authorization_errors = Counter::default();
+        let cache_errors = Counter::default();
+        let round_trip = Histogram::new(BUCKETS);
+        let tasks_pending = Gauge::default();
+        let late_replies = Counter::default();
+
+        // Registration order is page order: the order the hand-written page had.
+        let mut main = Registry::default();
+        main.register(
+            "porter_http_requests",
+            "HTTP requests by endpoint and status",
+            requests.clone(),
+        );
+        main.register("porter_channels", "Channels by outcome", channel_family);
+        main.register(
+            "authorization_errors",
+            "Channels refused or timed out by the authorizers (the previous system's counter)",
+            authorization_errors.clone(),
+        );
+        main.register(
+            "porter_cache_errors",
+            "Cache look-ups that failed and were treated as misses",
+            cache_errors.clone(),
+        );
+        main.register(
+            "porter_task_round_trip_seconds",
+            "Time from publishing a task to its reply",
+            round_trip.clone(),
+        );
+        main.register(
+            "porter_tasks_pending",
+            "Tasks awaiting a reply",
+            tasks_pending.clone(),
+        );
+        main.register(
+            "porter_late_replies",
+            "Replies that arrived after their deadline",
+            late_replies.clone(),
+        );
+
+        let auth_failures = Family::<StaticLabel, Counter>::default();
+        let protection_refusals = Family::<StaticLabel, Counter>::default();
+        let tasks_in_flight = Gauge::default();
+        let tasks_in_flight_cap = Gauge::default();
+        let mut protection = Registry::default();
+        protection.register(
+            "porter_auth_failures",
+            "Failed authentications by reason",
+            auth_failures.clone(),
+        );
+        protection.register(
+            "porter_protection_refusals",
+            "Requests refused by a protection rule",
+            protection_refusals.clone(),
+        );
+        protection.register(
+            "porter_tasks_in_flight",
+            "Channel tasks this gateway has in flight",
+            tasks_in_flight.clone(),
+        );
+        protection.register(
+            "porter_tasks_in_flight_cap",
+            "The cap on channel tasks in flight (0: none)",
+            tasks_in_flight_cap.clone(),
+        );
+
+        Self {
+            main: Mutex::new(main),
+            protection: Mutex::new(protection),
+            requests,
+            request_handles: RwLock::default(),
+            channels,
+            authorization_errors,
+            cache_errors,
+            round_trip,
+            tasks_pending,
+            late_replies,
+            auth_failures,
+            protection_refusals,
+            tasks_in_flight,
+            tasks_in_flight_cap,
+        }
+    }
 }
 
 impl Metrics {
     pub fn request(&self, endpoint: &str, status: u16) {
-        let mut requests = self
-            .requests
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *requests.entry((endpoint.to_owned(), status)).or_default() += 1;
+        if let Some(counter) = self
+            .request_handles
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(endpoint)
+            .and_then(|by_status| by_status.get(&status))
+        {
+            counter.inc();
+            return;
+        }
+        // First request of this endpoint and status: a racing thread may get here too; both
+        // resolve to the family's one series, so neither count is lost.
+        let counter = self.requests.get_or_create_owned(&RequestLabels {
+            endpoint: endpoint.to_owned(),
+            status,
+        });
+        counter.inc();
+        self.request_handles
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(endpoint.into())
+            .or_default()
+            .insert(status, counter);
     }
 
     pub fn channel(&self, outcome: Outcome) {
-        self.channels[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        self.channels[outcome as usize].inc();
         if matches!(outcome, Outcome::Denied | Outcome::Timeout) {
-            // Seed 000's counter: every channel that was not authorized by a task.
-            self.authorization_errors.fetch_add(1, Ordering::Relaxed);
+            // The previous system's counter: every channel that was not authorized by a task.
+            self.authorization_errors.inc();
         }
     }
 
     pub fn cache_error(&self) {
-        self.cache_errors.fetch_add(1, Ordering::Relaxed);
+        self.cache_errors.inc();
     }
 
     pub fn round_trip(&self, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
-            self.round_trip_buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.round_trip_count.fetch_add(1, Ordering::Relaxed);
-        self.round_trip_sum_micros
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.round_trip.observe(elapsed.as_secs_f64());
     }
 
     /// Counts a failed authentication; `reason` is the stable error code.
     pub fn auth_failure(&self, reason: &'static str) {
-        *self
-            .auth_failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(reason)
-            .or_default() += 1;
+        self.auth_failures
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     /// Counts a request refused by a protection rule.
     pub fn protection_refusal(&self, rule: &'static str) {
-        *self
-            .protection_refusals
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(rule)
-            .or_default() += 1;
-    }
-
-    /// The protection part of `/metrics`: failures, refusals, tasks in flight and their cap
-    /// (0 = no cap).
-    pub fn render_protection(&self, in_flight: usize, cap: Option<usize>) -> String {
-        let mut out = String::with_capacity(1024);
-        out.push_str("# HELP porter_auth_failures_total Failed authentications by reason.\n# TYPE porter_auth_failures_total counter\n");
-        for (reason, count) in self
-            .auth_failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "porter_auth_failures_total{{reason=\"{reason}\"}} {count}"
-            );
-        }
-        out.push_str("# HELP porter_protection_refusals_total Requests refused by a protection rule.\n# TYPE porter_protection_refusals_total counter\n");
-        for (rule, count) in self
-            .protection_refusals
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "porter_protection_refusals_total{{rule=\"{rule}\"}} {count}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP porter_tasks_in_flight Channel tasks this gateway has in flight.\n# TYPE porter_tasks_in_flight gauge\nporter_tasks_in_flight {in_flight}"
-        );
-        let _ = writeln!(
-            out,
-            "# HELP porter_tasks_in_flight_cap The cap on channel tasks in flight (0: none).\n# TYPE porter_tasks_in_flight_cap gauge\nporter_tasks_in_flight_cap {}",
-            cap.unwrap_or(0)
-        );
-        out
+        self.protection_refusals
+            .get_or_create(&[("rule", rule)])
+            .inc();
     }
 
     pub fn channel_count(&self, outcome: Outcome) -> u64 {
-        self.channels[outcome as usize].load(Ordering::Relaxed)
+        self.channels[outcome as usize].get()
     }
 
-    /// The Prometheus text format.
+    /// The main part of `/metrics` (requests, channels, cache, task round trips, tasks pending,
+    /// late replies), in the format named by [`CONTENT_TYPE`].
     pub fn render(&self, tasks_pending: usize, late_replies: u64) -> String {
-        let mut out = String::with_capacity(4096);
-        out.push_str("# HELP porter_http_requests_total HTTP requests by endpoint and status.\n# TYPE porter_http_requests_total counter\n");
-        for ((endpoint, status), count) in self
-            .requests
+        let registry = self.main.lock().unwrap_or_else(PoisonError::into_inner);
+        self.tasks_pending.set(saturating_i64(tasks_pending));
+        // The pending-task table owns this count; the counter only mirrors it for the page.
+        self.late_replies
+            .inner()
+            .store(late_replies, Ordering::Relaxed);
+        encode(&registry)
+    }
+
+    /// The protection part of `/metrics`: failures, refusals, tasks in flight and their cap
+    /// (0 = no cap). Its text follows [`Metrics::render`]'s on the same page.
+    pub fn render_protection(&self, in_flight: usize, cap: Option<usize>) -> String {
+        let registry = self
+            .protection
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "porter_http_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {count}"
-            );
-        }
-        out.push_str("# HELP porter_channels_total Channels by outcome.\n# TYPE porter_channels_total counter\n");
+            .unwrap_or_else(PoisonError::into_inner);
+        self.tasks_in_flight.set(saturating_i64(in_flight));
+        self.tasks_in_flight_cap
+            .set(saturating_i64(cap.unwrap_or(0)));
+        encode(&registry)
+    }
+}
+
+fn saturating_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn encode(registry: &Registry) -> String {
+    let mut out = String::with_capacity(4096);
+    // Writing into a String cannot fail and the crate's metrics only pass writer errors on, so
+    // this is unreachable in practice; a partial page with a log line beats a failed scrape.
+    if let Err(error) = prometheus_text::encode(&mut out, registry) {
+        tracing::error!(%error, "encoding the metrics page failed");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sample lines of a page, for exact-line assertions (a `contains` on the whole page
+    /// would let `… 1` match `… 10`).
+    fn lines(page: &str) -> Vec<&str> {
+        page.lines().collect()
+    }
+
+    fn assert_line(page: &str, line: &str) {
+        assert!(lines(page).contains(&line), "missing `{line}` in:\n{page}");
+    }
+
+    #[test]
+    fn content_type_is_prometheus_text() {
+        assert_eq!(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
+    }
+
+    #[test]
+    fn a_fresh_page_shows_every_outcome_and_scalar_at_zero() {
+        let page = Metrics::default().render(0, 0);
         for outcome in Outcome::ALL {
-            let _ = writeln!(
-                out,
-                "porter_channels_total{{outcome=\"{}\"}} {}",
-                outcome.label(),
-                self.channel_count(outcome)
+            assert_line(
+                &page,
+                &format!("porter_channels_total{{outcome=\"{}\"}} 0", outcome.label()),
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP authorization_errors_total Channels refused or timed out by the authorizers (seed 000).\n# TYPE authorization_errors_total counter\nauthorization_errors_total {}",
-            self.authorization_errors.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP porter_cache_errors_total Cache look-ups that failed and were treated as misses.\n# TYPE porter_cache_errors_total counter\nporter_cache_errors_total {}",
-            self.cache_errors.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP porter_task_round_trip_seconds Time from publishing a task to its reply.\n# TYPE porter_task_round_trip_seconds histogram\n");
-        let mut cumulative = 0;
-        for (bound, bucket) in BUCKETS.iter().zip(&self.round_trip_buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "porter_task_round_trip_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+        assert_line(&page, "porter_channels_total{outcome=\"timeout\"} 0");
+        for line in [
+            "authorization_errors_total 0",
+            "porter_cache_errors_total 0",
+            "porter_task_round_trip_seconds_bucket{le=\"+Inf\"} 0",
+            "porter_task_round_trip_seconds_count 0",
+            "porter_tasks_pending 0",
+            "porter_late_replies_total 0",
+        ] {
+            assert_line(&page, line);
+        }
+        assert!(!page.contains("# EOF"), "{page}");
+        assert!(!page.contains("_created"), "{page}");
+    }
+
+    #[test]
+    fn the_main_page_counts_what_was_observed() {
+        let metrics = Metrics::default();
+        metrics.request("batch_authenticate", 200);
+        metrics.request("batch_authenticate", 200);
+        metrics.request("batch_authenticate", 401);
+        metrics.request("scoped", 200);
+        for outcome in [
+            Outcome::Authorized,
+            Outcome::Authorized,
+            Outcome::CacheHit,
+            Outcome::Denied,
+            Outcome::Timeout,
+            Outcome::Timeout,
+            Outcome::Timeout,
+        ] {
+            metrics.channel(outcome);
+        }
+        metrics.cache_error();
+        metrics.round_trip(Duration::from_micros(300));
+        metrics.round_trip(Duration::from_millis(3));
+        metrics.round_trip(Duration::from_secs(7));
+
+        let page = metrics.render(12, 4);
+        for line in [
+            "porter_http_requests_total{endpoint=\"batch_authenticate\",status=\"200\"} 2",
+            "porter_http_requests_total{endpoint=\"batch_authenticate\",status=\"401\"} 1",
+            "porter_http_requests_total{endpoint=\"scoped\",status=\"200\"} 1",
+            "porter_channels_total{outcome=\"authorized\"} 2",
+            "porter_channels_total{outcome=\"cache_hit\"} 1",
+            "porter_channels_total{outcome=\"denied\"} 1",
+            "porter_channels_total{outcome=\"timeout\"} 3",
+            "porter_channels_total{outcome=\"invalid\"} 0",
+            // Denied and timed-out channels, nothing else.
+            "authorization_errors_total 4",
+            "porter_cache_errors_total 1",
+            "porter_tasks_pending 12",
+            "porter_late_replies_total 4",
+        ] {
+            assert_line(&page, line);
+        }
+        assert_eq!(metrics.channel_count(Outcome::Timeout), 3);
+        assert_eq!(metrics.channel_count(Outcome::Invalid), 0);
+
+        // Cumulative buckets at the same bounds, written as before (`1`, not `1.0`); the 7 s
+        // observation lands only in `+Inf`.
+        let expected_buckets = [
+            ("0.0005", 1),
+            ("0.001", 1),
+            ("0.002", 1),
+            ("0.005", 2),
+            ("0.01", 2),
+            ("0.025", 2),
+            ("0.05", 2),
+            ("0.1", 2),
+            ("0.25", 2),
+            ("0.5", 2),
+            ("1", 2),
+            ("5", 2),
+            ("+Inf", 3),
+        ];
+        let rendered_buckets: Vec<&str> = lines(&page)
+            .into_iter()
+            .filter(|l| l.starts_with("porter_task_round_trip_seconds_bucket"))
+            .collect();
+        let expected: Vec<String> = expected_buckets
+            .iter()
+            .map(|(le, n)| format!("porter_task_round_trip_seconds_bucket{{le=\"{le}\"}} {n}"))
+            .collect();
+        assert_eq!(rendered_buckets, expected, "{page}");
+        assert_line(&page, "porter_task_round_trip_seconds_count 3");
+        let sum: f64 = lines(&page)
+            .into_iter()
+            .find_map(|l| l.strip_prefix("porter_task_round_trip_seconds_sum "))
+            .expect("a _sum line")
+            .parse()
+            .expect("a number");
+        assert!((sum - 7.0033).abs() < 1e-9, "sum {sum}");
+    }
+
+    #[test]
+    fn every_metric_keeps_its_name_and_type() {
+        let metrics = Metrics::default();
+        // Families render only once they have a series.
+        metrics.request("auth", 200);
+        metrics.auth_failure("invalid_token");
+        metrics.protection_refusal("rate_limit_ip");
+        let page = metrics.render(0, 0) + &metrics.render_protection(0, None);
+        for (name, kind) in [
+            ("porter_http_requests_total", "counter"),
+            ("porter_channels_total", "counter"),
+            ("authorization_errors_total", "counter"),
+            ("porter_cache_errors_total", "counter"),
+            ("porter_task_round_trip_seconds", "histogram"),
+            ("porter_tasks_pending", "gauge"),
+            ("porter_late_replies_total", "counter"),
+            ("porter_auth_failures_total", "counter"),
+            ("porter_protection_refusals_total", "counter"),
+            ("porter_tasks_in_flight", "gauge"),
+            ("porter_tasks_in_flight_cap", "gauge"),
+        ] {
+            assert_line(&page, &format!("# TYPE {name} {kind}"));
+            assert_eq!(
+                page.matches(&format!("# HELP {name} ")).count(),
+                1,
+                "{name} described once:\n{page}"
             );
         }
-        let count = self.round_trip_count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "porter_task_round_trip_seconds_bucket{{le=\"+Inf\"}} {count}"
+    }
+
+    #[test]
+    fn the_protection_page_counts_failures_refusals_and_in_flight_tasks() {
+        let metrics = Metrics::default();
+        metrics.auth_failure("invalid_token");
+        metrics.auth_failure("invalid_token");
+        metrics.auth_failure("token_revoked");
+        metrics.protection_refusal("rate_limit_user");
+        metrics.protection_refusal("tasks_in_flight_cap");
+        metrics.protection_refusal("tasks_in_flight_cap");
+
+        let page = metrics.render_protection(7, Some(64));
+        for line in [
+            "porter_auth_failures_total{reason=\"invalid_token\"} 2",
+            "porter_auth_failures_total{reason=\"token_revoked\"} 1",
+            "porter_protection_refusals_total{rule=\"rate_limit_user\"} 1",
+            "porter_protection_refusals_total{rule=\"tasks_in_flight_cap\"} 2",
+            "porter_tasks_in_flight 7",
+            "porter_tasks_in_flight_cap 64",
+        ] {
+            assert_line(&page, line);
+        }
+
+        let uncapped = metrics.render_protection(0, None);
+        assert_line(&uncapped, "porter_tasks_in_flight 0");
+        assert_line(&uncapped, "porter_tasks_in_flight_cap 0");
+    }
+
+    #[test]
+    fn a_label_value_is_escaped() {
+        let metrics = Metrics::default();
+        metrics.request("odd\"name", 404);
+        assert_line(
+            &metrics.render(0, 0),
+            "porter_http_requests_total{endpoint=\"odd\\\"name\",status=\"404\"} 1",
         );
-        let _ = writeln!(
-            out,
-            "porter_task_round_trip_seconds_sum {}",
-            self.round_trip_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "porter_task_round_trip_seconds_count {count}");
-        let _ = writeln!(
-            out,
-            "# HELP porter_tasks_pending Tasks awaiting a reply.\n# TYPE porter_tasks_pending gauge\nporter_tasks_pending {tasks_pending}"
-        );
-        let _ = writeln!(
-            out,
-            "# HELP porter_late_replies_total Replies that arrived after their deadline.\n# TYPE porter_late_replies_total counter\nporter_late_replies_total {late_replies}"
-        );
-        out
     }
 }
