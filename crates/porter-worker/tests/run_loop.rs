@@ -1,0 +1,301 @@
+//! The worker's run loop in process: deadlines, time limits, reply-then-ack, failed replies,
+//! malformed and foreign tasks, the concurrency bound and the drain on shutdown.
+//!
+//! Each test drives `Worker::run` with a scripted source and reads the journal of what the
+//! source, the responders and the store saw. Time is tokio's paused clock, so a time limit
+//! fires as soon as nothing else can run and no test waits on the wall clock.
+
+mod support;
+
+use std::time::Duration;
+
+use porter_core::policy::Policy;
+use porter_core::wire::Task;
+use porter_store::Store;
+use porter_worker::registry::Registry;
+use support::{
+    Delivery, Gate, Journal, ScriptedSource, Step, gateway_task, policy, recorded_store, settle,
+    within_an_hour, worker,
+};
+
+/// `team` channels need a membership in the store; `open` ones let anyone in.
+const POLICY: &str = r#"
+[[rule]]
+name = "team"
+pattern = "private-team@{object_id}"
+allow = "member"
+
+[[rule]]
+name = "open"
+pattern = "private-open@{object_id}"
+allow = "anyone"
+"#;
+
+fn team_task(policy: &Policy, id: &str, user: &str) -> Task {
+    gateway_task(policy, id, "private-team@1", Some(user))
+}
+
+fn open_task(policy: &Policy, id: &str) -> Task {
+    gateway_task(policy, id, "private-open@1", None)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_past_its_deadline_is_expired_without_running() {
+    let journal = Journal::default();
+    let policy = policy(POLICY);
+    let store = recorded_store(&journal);
+    store
+        .inner
+        .add_member("private-team@1", "alice")
+        .await
+        .unwrap();
+    let source = ScriptedSource::new(
+        [
+            Delivery::of(team_task(&policy, "late", "alice")).past_deadline(),
+            Delivery::of(team_task(&policy, "on-time", "alice")).future_deadline(),
+        ],
+        &journal,
+    );
+
+    within_an_hour(worker(&policy, store, Registry::builtin(), 1).run(source)).await;
+
+    let late = journal.reply("late");
+    assert_eq!(late["ok"], false);
+    assert_eq!(late["reason"], "expired");
+    // The same membership allows the task that is on time, so only the deadline refused the
+    // late one, and it did so before the authorizer asked the store anything.
+    assert_eq!(journal.reply("on-time")["ok"], true);
+    assert_eq!(journal.store_calls(), 1, "{:?}", journal.steps());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_authorizer_past_its_time_limit_is_cancelled() {
+    let journal = Journal::default();
+    let policy = policy(POLICY);
+    let gate = Gate::new();
+    let limit = Duration::from_millis(100);
+    let source = ScriptedSource::new(
+        [Delivery::of(open_task(&policy, "stuck")).time_limit(limit)],
+        &journal,
+    );
+    let started = tokio::time::Instant::now();
+
+    within_an_hour(worker(&policy, recorded_store(&journal), gate.registry(), 4).run(source)).await;
+
+    let reply = journal.reply("stuck");
+    assert_eq!(reply["ok"], false);
+    assert_eq!(reply["reason"], "time limit exceeded");
+    assert_eq!(gate.entered(), 1);
+    assert_eq!(gate.inside(), 0, "the held authorizer was not cancelled");
+    // The task's own limit applied, not the 2 s default (paused time: exact, not a race).
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= limit && elapsed < Duration::from_secs(1),
+        "{elapsed:?}"
+    );
+    assert!(journal.steps().contains(&Step::Acked("stuck".into())));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_webhook_that_never_answers_is_cut_off_by_the_time_limit() {
+    // Bound but never accepted: the kernel completes the handshake and no answer ever comes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let journal = Journal::default();
+    let policy = policy(&format!(
+        "[[rule]]\nname = \"hook\"\npattern = \"private-hook@{{object_id}}\"\nallow = {{ webhook = \"http://{address}/decide\" }}\n"
+    ));
+    let task = gateway_task(&policy, "hooked", "private-hook@1", Some("alice"));
+    let source = ScriptedSource::new(
+        [Delivery::of(task).time_limit(Duration::from_millis(250))],
+        &journal,
+    );
+
+    within_an_hour(worker(&policy, recorded_store(&journal), Registry::builtin(), 1).run(source))
+        .await;
+
+    assert_eq!(journal.reply("hooked")["reason"], "time limit exceeded");
+    drop(listener);
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_task_is_acked_only_after_its_reply_allowed_or_refused() {
+    let journal = Journal::default();
+    let policy = policy(POLICY);
+    let store = recorded_store(&journal);
+    store
+        .inner
+        .add_member("private-team@1", "alice")
+        .await
+        .unwrap();
+    let source = ScriptedSource::new(
+        [
+            Delivery::of(team_task(&policy, "allowed", "alice")),
+            Delivery::of(team_task(&policy, "refused", "mallory")),
+        ],
+        &journal,
+    );
+
+    within_an_hour(worker(&policy, store, Registry::builtin(), 1).run(source)).await;
+
+    assert_eq!(journal.reply("allowed")["ok"], true);
+    assert_eq!(journal.reply("refused")["reason"], "forbidden");
+    for tag in ["allowed", "refused"] {
+        let steps = journal.of(tag);
+        assert!(
+            matches!(
+                steps.as_slice(),
+                [Step::Pulled(_), Step::Replied(_, _), Step::Acked(_)]
+            ),
+            "{tag}: {steps:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_returns_only_after_the_tasks_in_hand_are_answered_then_shuts_the_source() {
+    let journal = Journal::default();
+    let policy = policy(POLICY);
+    let gate = Gate::new();
+    let source = ScriptedSource::new(
+        [
+            Delivery::of(open_task(&policy, "first")),
+            Delivery::of(open_task(&policy, "second")),
+        ],
+        &journal,
+    );
+    let worker = worker(&policy, recorded_store(&journal), gate.registry(), 4);
+    let run = tokio::spawn(async move { worker.run(source).await });
+
+    settle().await;
+    // The source has stopped and both tasks are held in the authorizer.
+    assert!(journal.steps().contains(&Step::SourceEnded));
+    assert_eq!(gate.inside(), 2);
+    assert!(!run.is_finished());
+    assert!(!journal.steps().contains(&Step::Shutdown));
+
+    gate.open(1);
+    settle().await;
+    assert_eq!(journal.count(|s| matches!(s, Step::Acked(_))), 1);
+    assert!(!run.is_finished(), "returned with a task still in hand");
+    assert!(!journal.steps().contains(&Step::Shutdown));
+
+    gate.open(1);
+    within_an_hour(run).await.unwrap();
+    let steps = journal.steps();
+    assert_eq!(steps.last(), Some(&Step::Shutdown), "{steps:?}");
+    assert_eq!(journal.count(|s| *s == Step::Shutdown), 1);
+    for tag in ["first", "second"] {
+        assert_eq!(journal.reply(tag)["ok"], true);
+        assert!(steps.contains(&Step::Acked(tag.into())), "{tag} not acked");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_malformed_task_is_answered_internal_error_under_its_correlation_id() {
+    let journal = Journal::default();
+    let policy = policy(POLICY);
+    let source = ScriptedSource::new(
+        [Delivery::malformed(
+            "corr-7",
+            "expected value at line 1 column 1",
+        )],
+        &journal,
+    );
+
+    within_an_hour(worker(&policy, recorded_store(&journal), Registry::builtin(), 1).run(source))
+        .await;
+
+    let reply = journal.reply("corr-7");
+    assert_eq!(reply["id"], "corr-7");
+    assert_eq!(reply["ok"], false);
+    assert_eq!(reply["reason"], "internal_error");
+    assert!(journal.steps().contains(&Step::Acked("corr-7".into())));
+    assert_eq!(journal.store_calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_in_an_unknown_format_version_is_refused_without_running() {
+    let journal = Journal::default();
+    let policy = policy(POLICY);
+    let store = recorded_store(&journal);
+    store
+        .inner
+        .add_member("private-team@1", "alice")
+        .await
+        .unwrap();
+    let future_task = Task {
+        v: 99,
+        ..team_task(&policy, "from-the-future", "alice")
+    };
+    let source = ScriptedSource::new([Delivery::of(future_task)], &journal);
+
+    within_an_hour(worker(&policy, store, Registry::builtin(), 1).run(source)).await;
+
+    let reply = journal.reply("from-the-future");
+    assert_eq!(reply["id"], "from-the-future");
+    assert_eq!(reply["reason"], "internal_error");
+    assert_eq!(journal.store_calls(), 0, "{:?}", journal.steps());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_reply_leaves_the_task_unacked_and_the_worker_goes_on() {
+    let journal = Journal::default();
+    let policy = policy(POLICY);
+    let source = ScriptedSource::new(
+        [
+            Delivery::of(open_task(&policy, "lost")).failing_reply(),
+            Delivery::of(open_task(&policy, "after")),
+        ],
+        &journal,
+    );
+
+    within_an_hour(worker(&policy, recorded_store(&journal), Registry::builtin(), 1).run(source))
+        .await;
+
+    assert_eq!(
+        journal.of("lost"),
+        vec![
+            Step::Pulled("lost".into()),
+            Step::ReplyFailed("lost".into())
+        ]
+    );
+    assert_eq!(journal.reply("after")["ok"], true);
+    assert!(journal.steps().contains(&Step::Acked("after".into())));
+    assert_eq!(journal.steps().last(), Some(&Step::Shutdown));
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_more_than_the_concurrency_bound_run_at_once() {
+    const BOUND: usize = 2;
+    const TASKS: usize = 5;
+    let journal = Journal::default();
+    let policy = policy(POLICY);
+    let gate = Gate::new();
+    let tags: Vec<String> = (0..TASKS).map(|i| format!("task-{i}")).collect();
+    let source = ScriptedSource::new(
+        tags.iter().map(|tag| Delivery::of(open_task(&policy, tag))),
+        &journal,
+    );
+    let worker = worker(&policy, recorded_store(&journal), gate.registry(), BOUND);
+    let run = tokio::spawn(async move { worker.run(source).await });
+
+    settle().await;
+    assert_eq!(gate.inside(), BOUND, "the bound was not used or not kept");
+    // It may hold one delivery waiting for a slot, but does not take the whole queue.
+    assert!(journal.pulled() <= BOUND + 1, "pulled {}", journal.pulled());
+
+    for released in 1..=TASKS {
+        gate.open(1);
+        settle().await;
+        assert!(gate.inside() <= BOUND);
+        assert_eq!(journal.count(|s| matches!(s, Step::Acked(_))), released);
+    }
+
+    within_an_hour(run).await.unwrap();
+    assert_eq!(gate.entered(), TASKS);
+    assert_eq!(gate.most_inside(), BOUND);
+    for tag in &tags {
+        assert_eq!(journal.reply(tag)["ok"], true);
+    }
+}
