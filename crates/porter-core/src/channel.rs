@@ -8,7 +8,7 @@ use std::fmt;
 
 use thiserror::Error;
 
-use crate::reason;
+use crate::reason::Reason;
 
 /// The longest channel name the official SDKs accept.
 pub const MAX_CHANNEL_LEN: usize = 200;
@@ -30,10 +30,10 @@ pub enum ChannelError {
 
 impl ChannelError {
     /// The stable reason code a client sees for this refusal.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            ChannelError::Public => reason::PUBLIC_CHANNEL,
-            _ => reason::INVALID_CHANNEL,
+            ChannelError::Public => Reason::PublicChannel,
+            _ => Reason::InvalidChannel,
         }
     }
 }
@@ -233,8 +233,8 @@ mod tests {
         assert_eq!(Channel::parse(&long), Err(ChannelError::TooLong));
         let max = format!("private-{}", "a".repeat(192));
         assert!(Channel::parse(&max).is_ok());
-        assert_eq!(ChannelError::Public.reason(), "public_channel");
-        assert_eq!(ChannelError::TooLong.reason(), "invalid_channel");
+        assert_eq!(ChannelError::Public.reason().as_str(), "public_channel");
+        assert_eq!(ChannelError::TooLong.reason().as_str(), "invalid_channel");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::channel::ChannelKind;
+use crate::reason::Reason;
 
 /// The wire format version this build speaks.
 pub const FORMAT_VERSION: u32 = 1;
@@ -79,7 +80,7 @@ pub struct Reply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<AuthData>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
 }
 
 impl Reply {
@@ -93,24 +94,22 @@ impl Reply {
         }
     }
 
-    pub fn refused(id: impl Into<String>, reason: impl Into<String>) -> Reply {
+    pub fn refused(id: impl Into<String>, reason: Reason) -> Reply {
         Reply {
             v: FORMAT_VERSION,
             id: id.into(),
             ok: false,
             data: None,
-            reason: Some(reason.into()),
+            reason: Some(reason),
         }
     }
 
     /// Turns the reply into the authorizer's verdict.
-    pub fn into_result(self) -> Result<AuthData, String> {
+    pub fn into_result(self) -> Result<AuthData, Reason> {
         if self.ok {
             Ok(self.data.unwrap_or_default())
         } else {
-            Err(self
-                .reason
-                .unwrap_or_else(|| crate::reason::FORBIDDEN.to_owned()))
+            Err(self.reason.unwrap_or(Reason::Forbidden))
         }
     }
 }
@@ -156,11 +155,11 @@ mod tests {
             serde_json::to_value(&ok).unwrap(),
             serde_json::json!({"v": 1, "id": "a", "ok": true, "data": {"events": [{"event": "e", "data": {"x": 1}}]}})
         );
-        let no = Reply::refused("b", "expired");
+        let no = Reply::refused("b", Reason::Expired);
         assert_eq!(
             serde_json::to_value(&no).unwrap(),
             serde_json::json!({"v": 1, "id": "b", "ok": false, "reason": "expired"})
         );
-        assert_eq!(no.into_result(), Err("expired".to_owned()));
+        assert_eq!(no.into_result(), Err(Reason::Expired));
     }
 }

@@ -1,6 +1,11 @@
 //! The audit log: one line, under the tracing target [`TARGET`], for every refusal and every
 //! failed authentication: who (user id, client id, IP), which channel, which rule, why.
 //!
+//! Request-level lines are written by one middleware (`crate::middleware::audit`) from the
+//! [`crate::error::ApiError`] a response carries and the [`KnownCaller`] that identification
+//! left in the request; channel-level refusals by the authorization of the batch, one per
+//! channel.
+//!
 //! Architecture Invariant: an audit line never carries a token, a secret, a signature or a
 //! session id: only the identifiers above, the rule's name and a stable reason code. The
 //! callers pass codes (`ApiError::code`, `reason::*`), never free text from a request.
@@ -11,7 +16,7 @@ use std::net::IpAddr;
 
 use tracing::info;
 
-use crate::identity::Identity;
+use porter_identity::Identity;
 
 /// The tracing target of audit lines; route it with e.g. `RUST_LOG=info,porter::audit=info`.
 pub const TARGET: &str = "porter::audit";
@@ -37,6 +42,31 @@ impl<'a> Who<'a> {
         Who {
             ip,
             ..Who::default()
+        }
+    }
+}
+
+/// Who a request turned out to be, left in the request's extensions once identification
+/// has run, for the audit middleware to name.
+#[derive(Debug, Clone, Default)]
+pub struct KnownCaller {
+    pub user: Option<String>,
+    pub client: Option<String>,
+}
+
+impl KnownCaller {
+    pub fn of(identity: &Identity) -> KnownCaller {
+        KnownCaller {
+            user: identity.user_id.clone(),
+            client: identity.client_id.clone(),
+        }
+    }
+
+    pub fn who(&self, ip: Option<IpAddr>) -> Who<'_> {
+        Who {
+            user: self.user.as_deref(),
+            client: self.client.as_deref(),
+            ip,
         }
     }
 }

@@ -12,9 +12,9 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpResponse, test, web};
 use porter_core::policy::Policy;
 use porter_core::signing::{Secret, Signer};
-use porter_gateway::identity::Verifier;
 use porter_gateway::protection::{Protection, ProtectionConfig};
 use porter_gateway::{AppState, GatewayConfig};
+use porter_identity::{Resolver, Verifier};
 use porter_store::memory::MemoryStore;
 use porter_store::observed::{Observed, Observer};
 use porter_store::{Store, StoreError};
@@ -57,25 +57,23 @@ fn state(store: Arc<dyn Store>, protection: ProtectionConfig) -> web::Data<AppSt
         policy: Arc::new(Policy::default()),
         tasks: Arc::new(client),
         store,
-        identity: Verifier::hs256(Some(JWT_SECRET)),
+        identity: Resolver::new(Verifier::hs256(Some(JWT_SECRET))),
         config: GatewayConfig::default(),
         metrics: Default::default(),
-        admin: porter_gateway::admin::AdminGuard::new(Some("admin-token")),
+        admin: porter_gateway::admin_guard::AdminGuard::new(Some("admin-token")),
         protection: Protection::new(protection),
         scoped: Default::default(),
     })
 }
 
-/// The gateway's app as `porter gateway` wires it. (A macro: the service's type cannot be
-/// named without depending on actix-http.)
+/// The gateway's app as `porter gateway` wires it: the same `configure`. (A macro: the
+/// service's type cannot be named without depending on actix-http.)
 macro_rules! app {
     ($state:expr) => {
         test::init_service(
             App::new()
                 .app_data($state)
-                .wrap(from_fn(porter_gateway::protection::limit_request_size))
-                .wrap(from_fn(porter_gateway::cors::cors))
-                .configure(porter_gateway::configure),
+                .configure(|cfg| porter_gateway::configure(cfg, &Policy::default())),
         )
         .await
     };
@@ -302,7 +300,7 @@ async fn cors_always_varies_on_origin_and_keeps_other_vary_values() {
     let app = test::init_service(
         App::new()
             .app_data(state)
-            .wrap(from_fn(porter_gateway::cors::cors))
+            .wrap(from_fn(porter_gateway::middleware::cors::cors))
             .route(
                 "/x",
                 web::get().to(|| async {

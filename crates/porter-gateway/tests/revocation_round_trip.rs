@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use porter_core::policy::Policy;
 use porter_core::signing::{Secret, Signer};
-use porter_gateway::identity::{Credential, Identity, Verifier};
+use porter_gateway::authorize::Outcome;
 use porter_gateway::protection::{Protection, ProtectionConfig};
-use porter_gateway::{AppState, GatewayConfig, batch};
+use porter_gateway::{AppState, GatewayConfig};
+use porter_identity::{Caller, Credential, Identity, Resolver, Verifier};
 use porter_store::memory::MemoryStore;
 use porter_store::observed::{Observed, Observer};
 use porter_store::{Revocation, Store, StoreError};
@@ -46,7 +47,7 @@ fn state(store: Arc<Counting>) -> AppState {
         policy: Arc::new(Policy::default()),
         tasks: Arc::new(client),
         store,
-        identity: Verifier::hs256(Some(b"s")),
+        identity: Resolver::new(Verifier::hs256(Some(b"s"))),
         config: GatewayConfig::default(),
         metrics: Default::default(),
         admin: Default::default(),
@@ -55,15 +56,15 @@ fn state(store: Arc<Counting>) -> AppState {
     }
 }
 
-fn caller() -> Identity {
-    Identity {
+fn caller() -> Caller {
+    Caller::from_token(Identity {
         user_id: Some("7".into()),
         credential: Some(Credential {
             token_sha256: "cd".repeat(32),
             jti: Some("jti-7".into()),
         }),
         ..Identity::default()
-    }
+    })
 }
 
 #[tokio::test]
@@ -79,10 +80,15 @@ async fn a_cache_hit_and_the_revocation_check_take_one_store_call() {
         "private-stream@42".to_owned(),
         "private-stream@42".to_owned(),
     ];
-    let results = batch::authorize(&state, &caller(), "1.2", &channels)
+    let results = state
+        .authorizer()
+        .batch(&caller(), "1.2", &channels)
         .await
         .unwrap();
-    assert!(results[0].1.is_ok(), "served from the cache: {results:?}");
+    assert!(
+        matches!(results[0].1, Outcome::Signed(_)),
+        "served from the cache: {results:?}"
+    );
     assert_eq!(store.observer.calls.load(Ordering::SeqCst), 1);
     assert_eq!(store.observer.lookups.load(Ordering::SeqCst), 1);
 }
@@ -96,13 +102,17 @@ async fn a_revoked_caller_is_refused_in_that_same_call() {
         .await
         .unwrap();
     let state = state(store.clone());
-    let error = batch::authorize(&state, &caller(), "1.2", &["private-stream@42".to_owned()])
+    let error = state
+        .authorizer()
+        .batch(&caller(), "1.2", &["private-stream@42".to_owned()])
         .await
         .unwrap_err();
     assert_eq!((error.status.as_u16(), error.code), (401, "token_revoked"));
     assert_eq!(store.observer.calls.load(Ordering::SeqCst), 1);
     // The same holds when nothing in the batch is cacheable: one call, for the revocation.
-    let error = batch::authorize(&state, &caller(), "1.2", &["presence-chat@1".to_owned()])
+    let error = state
+        .authorizer()
+        .batch(&caller(), "1.2", &["presence-chat@1".to_owned()])
         .await
         .unwrap_err();
     assert_eq!(error.code, "token_revoked");
@@ -113,14 +123,11 @@ async fn a_revoked_caller_is_refused_in_that_same_call() {
 async fn anonymous_callers_without_cacheable_channels_cost_no_store_call() {
     let store = counting();
     let state = state(store.clone());
-    let results = batch::authorize(
-        &state,
-        &Identity::default(),
-        "1.2",
-        &["public-x".to_owned()],
-    )
-    .await
-    .unwrap();
-    assert!(results[0].1.is_err());
+    let results = state
+        .authorizer()
+        .batch(&Caller::anonymous(None), "1.2", &["public-x".to_owned()])
+        .await
+        .unwrap();
+    assert!(!matches!(results[0].1, Outcome::Signed(_)));
     assert_eq!(store.observer.calls.load(Ordering::SeqCst), 0);
 }

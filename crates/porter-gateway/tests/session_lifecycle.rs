@@ -13,11 +13,11 @@ use async_trait::async_trait;
 use porter_broker::{BrokerError, Outgoing, Pending, TaskClient};
 use porter_core::policy::Policy;
 use porter_core::signing::{Secret, Signer};
-use porter_gateway::admin::AdminGuard;
-use porter_gateway::identity::{Credential, Verifier};
+use porter_gateway::admin_guard::AdminGuard;
+use porter_gateway::authorize::Outcome;
 use porter_gateway::protection::{Protection, ProtectionConfig};
-use porter_gateway::sessions::Sessions;
-use porter_gateway::{AppState, GatewayConfig, batch};
+use porter_gateway::{AppState, GatewayConfig};
+use porter_identity::{Credential, Resolver, Sessions, Verifier};
 use porter_store::memory::MemoryStore;
 use porter_store::{Revocation, Store};
 use serde_json::{Map, Value, json};
@@ -67,7 +67,7 @@ fn setup() -> (AppState, Arc<MemoryStore>, Arc<Recording>) {
         policy: Arc::new(Policy::default()),
         tasks: recording.clone(),
         store: store.clone(),
-        identity: Verifier::hs256(Some(JWT_SECRET)).with_sessions(sessions),
+        identity: Resolver::new(Verifier::hs256(Some(JWT_SECRET))).with_sessions(sessions),
         config: GatewayConfig::default(),
         metrics: Default::default(),
         admin: AdminGuard::new(Some("admin-secret")),
@@ -116,7 +116,9 @@ async fn a_revoked_session_is_deleted_and_its_lease_not_renewed() {
 
     // The first use of the session is due a lease renewal; it finds the revocation.
     let identity = sessions.resume(&id).await.unwrap();
-    let error = batch::authorize(&state, &identity, "1.2", &[NO_WORK.to_owned()])
+    let error = state
+        .authorizer()
+        .batch(&identity, "1.2", &[NO_WORK.to_owned()])
         .await
         .unwrap_err();
     assert_eq!(error.code, "token_revoked");
@@ -135,7 +137,7 @@ async fn a_revoked_session_is_deleted_and_its_lease_not_renewed() {
             .is_none()
     );
     assert_eq!(
-        sessions.resume(&id).await.unwrap_err().code,
+        sessions.resume(&id).await.unwrap_err().code(),
         "invalid_session"
     );
 }
@@ -146,10 +148,12 @@ async fn a_session_that_passes_its_check_renews_its_lease() {
     let sessions = state.identity.sessions().unwrap();
     let id = open(&state, "jti-good").await;
     let identity = sessions.resume(&id).await.unwrap();
-    let results = batch::authorize(&state, &identity, "1.2", &[NO_WORK.to_owned()])
+    let results = state
+        .authorizer()
+        .batch(&identity, "1.2", &[NO_WORK.to_owned()])
         .await
         .unwrap();
-    assert!(results[0].1.is_err());
+    assert!(!matches!(results[0].1, Outcome::Signed(_)));
     for _ in 0..10 {
         if recording.renewals.load(Ordering::SeqCst) > 0 {
             break;
@@ -177,7 +181,7 @@ async fn failed_session_openings_and_admin_checks_are_counted() {
     let app = test::init_service(
         App::new()
             .app_data(state.clone())
-            .configure(porter_gateway::configure),
+            .configure(|cfg| porter_gateway::configure(cfg, &Policy::default())),
     )
     .await;
     let post = |path: &str, body: Value, auth: Option<&str>| {

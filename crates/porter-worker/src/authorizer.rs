@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use porter_core::channel::Channel;
 use porter_core::policy::Policy;
-use porter_core::reason;
+use porter_core::reason::Reason;
 use porter_core::wire::{AuthData, Task};
 use porter_store::Store;
 
@@ -32,17 +32,17 @@ impl Authorizer {
     }
 
     /// Decides a task: the data to sign, or the refusal reason.
-    pub async fn authorize(&self, task: &Task) -> Result<AuthData, String> {
-        let channel = Channel::parse(&task.channel).map_err(|e| e.reason().to_owned())?;
+    pub async fn authorize(&self, task: &Task) -> Result<AuthData, Reason> {
+        let channel = Channel::parse(&task.channel).map_err(|e| e.reason())?;
         // The gateway names the rule it matched; the worker's policy must agree on it, so a
         // rolling deploy with differing policies refuses instead of guessing.
         let matched = self
             .policy
             .match_channel(&channel)
-            .map_err(|e| e.reason().to_owned())?;
+            .map_err(|e| e.reason())?;
         if matched.rule.name != task.rule {
             tracing::warn!(channel = %task.channel, gateway_rule = %task.rule, worker_rule = %matched.rule.name, "gateway and worker policies disagree");
-            return Err(reason::NO_RULE.to_owned());
+            return Err(Reason::NoRule);
         }
         let rule = matched.rule;
         let mut verdict = Verdict::default();
@@ -62,10 +62,10 @@ impl Authorizer {
         };
         let data = self.registry.run(&cx).await.map_err(|error| {
             tracing::warn!(channel = %task.channel, %error, "store failed while gathering data");
-            reason::INTERNAL.to_owned()
+            Reason::Internal
         })?;
         if channel.kind.is_presence() && data.user_id.is_none() {
-            return Err(reason::UNAUTHENTICATED.to_owned());
+            return Err(Reason::Unauthenticated);
         }
 
         if let Some(spec) = rule.cache

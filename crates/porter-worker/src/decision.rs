@@ -6,7 +6,7 @@ use std::pin::Pin;
 use porter_core::channel::Channel;
 use porter_core::pattern::render_template;
 use porter_core::policy::Allow;
-use porter_core::reason;
+use porter_core::reason::Reason;
 use porter_core::wire::Task;
 use porter_store::Store;
 use serde_json::Value;
@@ -16,7 +16,7 @@ use crate::webhook::{WebhookAnswer, WebhookClient};
 /// The outcome of the decision, with the webhook's answer when one was asked.
 #[derive(Debug, Default)]
 pub struct Verdict {
-    pub refusal: Option<String>,
+    pub refusal: Option<Reason>,
     pub webhook: Option<WebhookAnswer>,
 }
 
@@ -43,7 +43,7 @@ pub fn decide<'a>(
     allow: &'a Allow,
     facts: &'a Facts<'a>,
     verdict: &'a mut Verdict,
-) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+) -> Pin<Box<dyn Future<Output = Result<(), Reason>> + Send + 'a>> {
     Box::pin(async move {
         let task = facts.task;
         match allow {
@@ -52,9 +52,9 @@ pub fn decide<'a>(
                 .user_id
                 .as_ref()
                 .map(drop)
-                .ok_or_else(|| reason::UNAUTHENTICATED.to_owned()),
+                .ok_or(Reason::Unauthenticated),
             Allow::Owner => {
-                let user = task.user_id.as_deref().ok_or(reason::UNAUTHENTICATED)?;
+                let user = task.user_id.as_deref().ok_or(Reason::Unauthenticated)?;
                 let object = task
                     .captures
                     .get("object_id")
@@ -63,18 +63,18 @@ pub fn decide<'a>(
                 if object == Some(user) {
                     Ok(())
                 } else {
-                    Err(reason::FORBIDDEN.to_owned())
+                    Err(Reason::Forbidden)
                 }
             }
             Allow::Member => {
-                let user = task.user_id.as_deref().ok_or(reason::UNAUTHENTICATED)?;
-                let channel = Channel::parse(&task.channel).map_err(|e| e.reason().to_owned())?;
+                let user = task.user_id.as_deref().ok_or(Reason::Unauthenticated)?;
+                let channel = Channel::parse(&task.channel).map_err(|e| e.reason())?;
                 match facts.store.is_member(&channel.cache_name(), user).await {
                     Ok(true) => Ok(()),
-                    Ok(false) => Err(reason::FORBIDDEN.to_owned()),
+                    Ok(false) => Err(Reason::Forbidden),
                     Err(error) => {
                         tracing::warn!(channel = %task.channel, %error, "member check failed");
-                        Err(reason::INTERNAL.to_owned())
+                        Err(Reason::Internal)
                     }
                 }
             }
@@ -84,9 +84,9 @@ pub fn decide<'a>(
                     let actual = task.claims.get(claim).and_then(claim_text);
                     if expected.is_none() || actual.as_ref() != expected {
                         return Err(if task.claims.is_empty() {
-                            reason::UNAUTHENTICATED.to_owned()
+                            Reason::Unauthenticated
                         } else {
-                            format!("{}{claim}", reason::CLAIM_MISMATCH_PREFIX)
+                            Reason::ClaimMismatch(claim.clone())
                         });
                     }
                 }
@@ -98,7 +98,7 @@ pub fn decide<'a>(
                 .ask(&render_template(url, &task.captures), task, *timeout)
                 .await
             {
-                None => Err(reason::AUTHORIZER_UNAVAILABLE.to_owned()),
+                None => Err(Reason::AuthorizerUnavailable),
                 Some(answer) => {
                     let allowed = answer.allow;
                     let refusal = answer.reason.clone();
@@ -106,14 +106,12 @@ pub fn decide<'a>(
                     if allowed {
                         Ok(())
                     } else {
-                        Err(refusal
-                            .filter(|r| !r.is_empty() && r.len() <= 200)
-                            .unwrap_or_else(|| reason::FORBIDDEN.to_owned()))
+                        Err(refusal.map_or(Reason::Forbidden, |r| Reason::parse(&r)))
                     }
                 }
             },
             Allow::AnyOf(options) => {
-                let mut last = reason::FORBIDDEN.to_owned();
+                let mut last = Reason::Forbidden;
                 for option in options {
                     match decide(option, facts, verdict).await {
                         Ok(()) => return Ok(()),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use porter_broker::{Incoming, TaskSource, now_ms};
-use porter_core::reason;
+use porter_core::reason::Reason;
 use porter_core::wire::Reply;
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info_span, warn};
@@ -72,30 +72,29 @@ pub async fn handle(authorizer: &Authorizer, incoming: Incoming) {
         let reply = match task {
             Err(error) => {
                 warn!(%error, "malformed task");
-                Reply::refused(id.clone(), reason::INTERNAL)
+                Reply::refused(id.clone(), Reason::Internal)
             }
             Ok(task) if task.v != porter_core::wire::FORMAT_VERSION => {
                 warn!(version = task.v, "task in an unknown format version");
-                Reply::refused(id.clone(), reason::INTERNAL)
+                Reply::refused(id.clone(), Reason::Internal)
             }
             Ok(_) if deadline_ms.is_some_and(|deadline| now_ms() > deadline) => {
-                Reply::refused(id.clone(), reason::EXPIRED)
+                Reply::refused(id.clone(), Reason::Expired)
             }
             Ok(task) => {
                 let limit = time_limit.unwrap_or(DEFAULT_TIME_LIMIT);
                 match tokio::time::timeout(limit, authorizer.authorize(&task)).await {
                     Ok(Ok(data)) => Reply::allowed(id.clone(), data),
                     Ok(Err(reason)) => Reply::refused(id.clone(), reason),
-                    Err(_) => Reply::refused(id.clone(), reason::TIME_LIMIT_EXCEEDED),
+                    Err(_) => Reply::refused(id.clone(), Reason::TimeLimitExceeded),
                 }
             }
         };
-        let outcome = if reply.ok {
-            "authorized"
-        } else {
-            reply.reason.as_deref().unwrap_or("refused")
+        let outcome = match &reply.reason {
+            None => std::borrow::Cow::Borrowed("authorized"),
+            Some(reason) => reason.as_str(),
         };
-        tracing::Span::current().record("outcome", outcome);
+        tracing::Span::current().record("outcome", &*outcome);
         debug!("task done");
         if let Err(error) = responder.reply_and_ack(&reply).await {
             // Not acked: the broker hands the task to another worker.

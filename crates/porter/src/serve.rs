@@ -6,15 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use porter_broker::amqp::{AmqpClient, AmqpConfig, AmqpSource, ReplyMode};
 use porter_broker::{TaskClient, local};
 use porter_core::policy::{Policy, PrivateData};
 use porter_core::routing::Queue;
-use porter_gateway::admin::AdminGuard;
-use porter_gateway::scoped::ScopedKeys;
+use porter_gateway::admin_guard::AdminGuard;
+use porter_gateway::scoped_keys::ScopedKeys;
 use porter_gateway::{AppState, GatewayConfig};
 use porter_store::memory::MemoryStore;
 use porter_store::redis::RedisStore;
@@ -74,10 +73,7 @@ async fn serve_http(
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .wrap(from_fn(porter_gateway::protection::limit_request_size))
-            .wrap(from_fn(porter_gateway::cors::cors))
-            .configure(porter_gateway::configure)
-            .configure(|cfg| porter_gateway::scoped::configure(cfg, &state.policy))
+            .configure(|cfg| porter_gateway::configure(cfg, &state.policy))
     })
     .bind(listen)
     .with_context(|| format!("cannot listen on {listen}"))?;

@@ -41,10 +41,10 @@ pub enum MatchError {
 }
 
 impl MatchError {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> crate::reason::Reason {
         match self {
             MatchError::Channel(e) => e.reason(),
-            MatchError::NoRule => crate::reason::NO_RULE,
+            MatchError::NoRule => crate::reason::Reason::NoRule,
         }
     }
 }

@@ -65,11 +65,15 @@ fn default_policy_refuses_unknown_features_and_public_channels() {
         MatchError::NoRule
     );
     assert_eq!(
-        policy.match_name("stream@1").unwrap_err().reason(),
+        policy.match_name("stream@1").unwrap_err().reason().as_str(),
         "public_channel"
     );
     assert_eq!(
-        policy.match_name("private-a b").unwrap_err().reason(),
+        policy
+            .match_name("private-a b")
+            .unwrap_err()
+            .reason()
+            .as_str(),
         "invalid_channel"
     );
 }

@@ -1,4 +1,4 @@
-//! Global presence (seed 002): one online status per user, whatever app sends it.
+//! Global presence: one online status per user, whatever app sends it.
 //!
 //! A user is online while heartbeating (`POST /presence/heartbeat`, authenticated; the flag
 //! lives `PORTER_PRESENCE_TTL` seconds) or while a member of any presence channel, which the
@@ -14,59 +14,39 @@
 //! store knows of their user and channel are ignored (`porter_store::presence`), so neither
 //! a failure half-way nor webhooks arriving out of order lose or resurrect a membership.
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use porter_broker::now_ms;
 use porter_core::channel::{Channel, ChannelKind};
-use porter_store::PresenceEvent;
+use porter_store::{PresenceEvent, Store};
 use serde::Deserialize;
 use serde_json::json;
 use tracing::{debug, warn};
 
-use crate::AppState;
 use crate::audit::{self, Who};
 use crate::error::ApiError;
-use crate::protection;
-
-fn store_unavailable() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        "presence could not be stored; retry shortly",
-    )
-}
+use crate::state::AppState;
 
 /// `POST /presence/heartbeat`: marks the caller online for the presence TTL.
 pub async fn heartbeat(
     request: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let result = heartbeat_inner(&request, &state).await;
-    crate::routes::record(&state, "presence-heartbeat", &result);
-    result
-}
-
-async fn heartbeat_inner(
-    request: &HttpRequest,
-    state: &AppState,
-) -> Result<HttpResponse, ApiError> {
-    let identity = protection::identify_rate_limited(state, request).await?;
-    let Some(user) = identity.user_id.as_deref() else {
-        let error =
-            ApiError::unauthorized("unauthenticated", "a heartbeat needs an authenticated user");
-        protection::audit_unauthorized(state, request, Some(&identity), &error);
-        return Err(error);
+    let caller = state
+        .rate_limiter()
+        .identify(&state.identity, &request)
+        .await?;
+    let Some(user) = caller.identity().user_id.as_deref() else {
+        return Err(ApiError::unauthorized(
+            "unauthenticated",
+            "a heartbeat needs an authenticated user",
+        ));
     };
     // A heartbeat makes no cache round trip to carry the revocation check: ask on its own.
-    crate::revocation::ensure_not_revoked(state.store.as_ref(), &identity)
-        .await
-        .inspect_err(|error| {
-            protection::audit_unauthorized(state, request, Some(&identity), error)
-        })?;
+    caller.ensure_not_revoked(state.store.as_ref()).await?;
     let ttl = state.protection.config.presence_ttl;
     state.store.set_online(user, ttl).await.map_err(|error| {
         warn!(%error, "could not store a heartbeat");
-        store_unavailable()
+        ApiError::store_unavailable()
     })?;
     Ok(HttpResponse::Ok().json(json!({ "online": true, "ttl": ttl.as_secs() })))
 }
@@ -113,33 +93,17 @@ pub async fn webhook(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let result = webhook_inner(&request, &body, &state).await;
-    crate::routes::record(&state, "webhook", &result);
-    result
-}
-
-async fn webhook_inner(
-    request: &HttpRequest,
-    body: &[u8],
-    state: &AppState,
-) -> Result<HttpResponse, ApiError> {
-    let who = Who::ip(state.protection.client_ip(request));
-    let refuse = |code: &'static str, message: &str| {
-        audit::auth_failed(&who, code);
-        state.metrics.auth_failure(code);
-        ApiError::unauthorized(code, message)
-    };
-    let signature = header(request, "x-pusher-signature");
+    let signature = header(&request, "x-pusher-signature");
     if !state
         .signer
-        .verify_webhook(header(request, "x-pusher-key"), signature, body)
+        .verify_webhook(header(&request, "x-pusher-key"), signature, &body)
     {
-        return Err(refuse(
+        return Err(ApiError::unauthorized(
             "invalid_webhook_signature",
             "X-Pusher-Key or X-Pusher-Signature is missing or wrong",
         ));
     }
-    let hook: WebhookBody = serde_json::from_slice(body).map_err(|_| {
+    let hook: WebhookBody = serde_json::from_slice(&body).map_err(|_| {
         ApiError::bad_request(
             "invalid_body",
             "the body is not a Pusher webhook (`time_ms`, `events`)",
@@ -148,7 +112,7 @@ async fn webhook_inner(
     let max_age = state.protection.config.webhook_max_age;
     let age_ms = now_ms().abs_diff(hook.time_ms);
     if u128::from(age_ms) > max_age.as_millis() {
-        return Err(refuse(
+        return Err(ApiError::unauthorized(
             "webhook_stale",
             "the webhook's time_ms is outside the accepted window",
         ));
@@ -161,16 +125,18 @@ async fn webhook_inner(
     let seen_id = format!("webhook:{}", signature.to_ascii_lowercase());
     let seen = state.store.sighted(&seen_id).await.map_err(|error| {
         warn!(%error, "could not check a webhook for replay");
-        store_unavailable()
+        ApiError::store_unavailable()
     })?;
     if seen {
+        // Answered 200 (Pusher must not retry), so audited here rather than by the middleware.
+        let who = Who::ip(state.protection.proxies.client_ip(&request));
         audit::refused(&who, None, "webhook_replay", "webhook_replayed");
         state.metrics.protection_refusal("webhook_replay");
         return Ok(HttpResponse::Ok().json(json!({ "ok": true, "applied": 0, "replay": true })));
     }
     let mut applied = 0;
     for event in &hook.events {
-        if apply(state, event, hook.time_ms).await? {
+        if apply(state.store.as_ref(), event, hook.time_ms).await? {
             applied += 1;
         }
     }
@@ -184,7 +150,7 @@ async fn webhook_inner(
 
 /// Applies one webhook event of a webhook sent at `time_ms`; `false` when it is not one Porter
 /// acts on, or is older than what the store already knows of that user and channel.
-async fn apply(state: &AppState, event: &WebhookEvent, time_ms: u64) -> Result<bool, ApiError> {
+async fn apply(store: &dyn Store, event: &WebhookEvent, time_ms: u64) -> Result<bool, ApiError> {
     let Some(name) = event.channel.as_deref() else {
         return Ok(false);
     };
@@ -200,13 +166,9 @@ async fn apply(state: &AppState, event: &WebhookEvent, time_ms: u64) -> Result<b
     };
     let result = match (event.name.as_str(), membership, user.as_deref()) {
         (_, Some(membership), Some(user)) if channel.kind == ChannelKind::Presence => {
-            state
-                .store
-                .update_presence(user, name, membership, time_ms)
-                .await
+            store.update_presence(user, name, membership, time_ms).await
         }
-        ("channel_vacated", _, _) => state
-            .store
+        ("channel_vacated", _, _) => store
             .drop_cached(&channel.cache_name())
             .await
             .map(|()| true),
@@ -214,6 +176,6 @@ async fn apply(state: &AppState, event: &WebhookEvent, time_ms: u64) -> Result<b
     };
     result.map_err(|error| {
         warn!(%error, event = %event.name, "could not apply a webhook event");
-        store_unavailable()
+        ApiError::store_unavailable()
     })
 }

@@ -12,16 +12,14 @@
 //! Credentials mode is not enabled: callers authenticate with headers (`Authorization`,
 //! `X-Session-ID`), not cookies.
 
+use actix_web::HttpResponse;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, VARY};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{HttpResponse, ResponseError, web};
 
-use crate::AppState;
-use crate::audit::{self, Who};
-use crate::error::ApiError;
+use crate::error::{ApiError, Audit};
 
 /// Request headers a browser may send cross-origin.
 pub const ALLOWED_HEADERS: &str =
@@ -65,7 +63,7 @@ pub async fn cors(
         .get("origin")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let state = request.app_data::<web::Data<AppState>>().cloned();
+    let state = super::state_of(&request);
     let Some(state) = state.filter(|s| !s.protection.config.cors_origins.is_empty()) else {
         return next
             .call(request)
@@ -86,30 +84,29 @@ pub async fn cors(
             .headers()
             .contains_key("access-control-request-method");
     if preflight {
-        let response = if allowed {
-            let mut response = HttpResponse::NoContent().finish();
-            let headers = response.headers_mut();
-            insert(headers, "access-control-allow-origin", &origin);
-            insert(
-                headers,
-                "access-control-allow-methods",
-                "GET, POST, OPTIONS",
-            );
-            insert(headers, "access-control-allow-headers", ALLOWED_HEADERS);
-            insert(headers, "access-control-max-age", MAX_AGE);
-            response
-        } else {
-            state.metrics.protection_refusal("cors_origin");
-            let ip = state.protection.client_ip(request.request());
-            audit::refused(&Who::ip(ip), None, "cors_origin", "cors_origin_not_allowed");
-            ApiError::new(
+        if !allowed {
+            let error = ApiError::new(
                 StatusCode::FORBIDDEN,
                 "cors_origin_not_allowed",
                 "this origin may not call the gateway",
             )
-            .error_response()
-        };
-        let mut response = response;
+            .audited(Audit::Refused {
+                rule: "cors_origin",
+            });
+            let mut response = request.error_response(error);
+            vary_origin(response.headers_mut());
+            return Ok(response.map_into_right_body());
+        }
+        let mut response = HttpResponse::NoContent().finish();
+        let headers = response.headers_mut();
+        insert(headers, "access-control-allow-origin", &origin);
+        insert(
+            headers,
+            "access-control-allow-methods",
+            "GET, POST, OPTIONS",
+        );
+        insert(headers, "access-control-allow-headers", ALLOWED_HEADERS);
+        insert(headers, "access-control-max-age", MAX_AGE);
         vary_origin(response.headers_mut());
         return Ok(request.into_response(response).map_into_right_body());
     }

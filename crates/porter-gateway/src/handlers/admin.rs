@@ -1,5 +1,6 @@
 //! The administration API of the policy's data: channel members, retained events, and the
-//! decision for a (channel, user) pair. Every endpoint is behind [`crate::admin::AdminGuard`].
+//! decision for a (channel, user) pair. Every endpoint is behind the admin guard of the `/admin` scope
+//! (`crate::middleware::admin`) and its rate limit.
 //!
 //! - `PUT|DELETE /admin/channels/{channel}/members/{user_id}`: add or remove a member.
 //! - `PUT /admin/channels/{channel}/events/{event}` (body: the event's JSON data): retain an
@@ -12,49 +13,24 @@
 //! (the cache hash of its cache name, which drops `-encrypted`), before answering, so the
 //! next request decides afresh: a removed member is refused on their next subscription.
 
-use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 use porter_core::channel::Channel;
-use porter_core::reason;
+use porter_core::reason::Reason;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tracing::info;
 
-use crate::AppState;
-use crate::batch::{Prepared, decide_one};
+use porter_identity::Identity;
+
+use crate::authorize::{Prepared, Verdict};
 use crate::error::ApiError;
-use crate::identity::Identity;
+use crate::state::AppState;
 
 /// Longest user id or event name accepted.
 const MAX_NAME: usize = 200;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(
-        "/admin/channels/{channel}/members/{user_id}",
-        web::put().to(add_member),
-    )
-    .route(
-        "/admin/channels/{channel}/members/{user_id}",
-        web::delete().to(remove_member),
-    )
-    .route(
-        "/admin/channels/{channel}/events/{event}",
-        web::put().to(set_event),
-    )
-    .route(
-        "/admin/channels/{channel}/events/{event}",
-        web::delete().to(clear_event),
-    )
-    .route(
-        "/admin/channels/{channel}/events",
-        web::delete().to(clear_events),
-    )
-    .route("/admin/decision", web::get().to(decision))
-    .route("/admin/decision", web::post().to(decision_with_claims));
-}
-
 fn channel_of(name: &str) -> Result<Channel<'_>, ApiError> {
-    Channel::parse(name).map_err(|e| ApiError::bad_request(reason::INVALID_CHANNEL, e.to_string()))
+    Channel::parse(name).map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))
 }
 
 fn checked_name<'a>(what: &'static str, value: &'a str) -> Result<&'a str, ApiError> {
@@ -69,11 +45,7 @@ fn checked_name<'a>(what: &'static str, value: &'a str) -> Result<&'a str, ApiEr
 
 fn store_failed(error: porter_store::StoreError) -> ApiError {
     tracing::warn!(%error, "admin change failed in the store");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        "the store did not accept the change; retry",
-    )
+    ApiError::store_unavailable()
 }
 
 /// Drops the channel's cached results: the change must show on the next request.
@@ -85,30 +57,26 @@ async fn invalidate(state: &AppState, channel: &Channel<'_>) -> Result<(), ApiEr
         .map_err(store_failed)
 }
 
-async fn add_member(
-    request: HttpRequest,
+pub async fn add_member(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    set_member(&request, path, &state, true).await
+    set_member(path, &state, true).await
 }
 
-async fn remove_member(
-    request: HttpRequest,
+pub async fn remove_member(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    set_member(&request, path, &state, false).await
+    set_member(path, &state, false).await
 }
 
 /// Adds (`member`) or removes a user of a channel's member set, then drops the channel's cache.
 async fn set_member(
-    request: &HttpRequest,
     path: web::Path<(String, String)>,
     state: &AppState,
     member: bool,
 ) -> Result<HttpResponse, ApiError> {
-    state.admin.check(request)?;
     let (channel, user_id) = path.into_inner();
     let channel = channel_of(&channel)?;
     let user_id = checked_name("user_id", &user_id)?;
@@ -125,13 +93,11 @@ async fn set_member(
         .json(json!({ "channel": channel.name, "user_id": user_id, "member": member })))
 }
 
-async fn set_event(
-    request: HttpRequest,
+pub async fn set_event(
     path: web::Path<(String, String)>,
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.admin.check(&request)?;
     let (channel, event) = path.into_inner();
     let channel = channel_of(&channel)?;
     let event = checked_name("event", &event)?;
@@ -148,12 +114,10 @@ async fn set_event(
     Ok(HttpResponse::Ok().json(json!({ "channel": channel.name, "event": event, "data": data })))
 }
 
-async fn clear_event(
-    request: HttpRequest,
+pub async fn clear_event(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.admin.check(&request)?;
     let (channel, event) = path.into_inner();
     let channel = channel_of(&channel)?;
     let event = checked_name("event", &event)?;
@@ -170,12 +134,10 @@ async fn clear_event(
     Ok(HttpResponse::Ok().json(json!({ "channel": channel.name, "cleared": [event] })))
 }
 
-async fn clear_events(
-    request: HttpRequest,
+pub async fn clear_events(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.admin.check(&request)?;
     let channel = path.into_inner();
     let channel = channel_of(&channel)?;
     state
@@ -189,7 +151,7 @@ async fn clear_events(
 }
 
 #[derive(Deserialize)]
-struct DecisionQuery {
+pub struct DecisionQuery {
     channel: String,
     user_id: Option<String>,
 }
@@ -207,12 +169,10 @@ struct DecisionBody {
     params: std::collections::BTreeMap<String, String>,
 }
 
-async fn decision(
-    request: HttpRequest,
+pub async fn decision(
     query: web::Query<DecisionQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.admin.check(&request)?;
     let query = query.into_inner();
     decide_for(
         &state,
@@ -226,12 +186,10 @@ async fn decision(
     .await
 }
 
-async fn decision_with_claims(
-    request: HttpRequest,
+pub async fn decision_with_claims(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.admin.check(&request)?;
     let body: DecisionBody = serde_json::from_slice(&body).map_err(|_| {
         ApiError::bad_request(
             "invalid_body",
@@ -277,20 +235,14 @@ async fn decide_for(state: &AppState, asked: DecisionBody) -> Result<HttpRespons
     if let Some(user) = &user_id {
         claims.insert("sub".to_owned(), Value::String(user.clone()));
     }
-    // `..default()` keeps this compiling when identity features add fields to `Identity`.
-    #[allow(clippy::needless_update)]
     let identity = Identity {
         user_id,
         client_id: None,
         claims,
         ..Identity::default()
     };
-    let prepared = Prepared {
-        index: 0,
-        channel,
-        matched,
-    };
-    let reply = decide_one(state, &prepared, &identity).await?;
+    let prepared = Prepared { channel, matched };
+    let verdict = state.authorizer().decide(&prepared, &identity).await?;
     let mut body = json!({
         "channel": prepared.channel.name,
         "user_id": identity.user_id,
@@ -298,18 +250,18 @@ async fn decide_for(state: &AppState, asked: DecisionBody) -> Result<HttpRespons
         "captures": captures,
         "scoped": state.policy.is_scoped(&rule),
     });
-    match reply {
-        Some(Ok(data)) => {
+    match verdict {
+        Verdict::Allowed(data) => {
             body["allowed"] = Value::Bool(true);
             body["data"] = serde_json::to_value(&data).unwrap_or(Value::Null);
         }
-        Some(Err(why)) => {
+        Verdict::Refused(reason) => {
             body["allowed"] = Value::Bool(false);
-            body["reason"] = Value::String(why);
+            body["reason"] = json!(reason);
         }
-        None => {
+        Verdict::TimedOut => {
             body["allowed"] = Value::Bool(false);
-            body["reason"] = Value::String(reason::TIMEOUT.to_owned());
+            body["reason"] = json!(Reason::Timeout);
         }
     }
     Ok(HttpResponse::Ok().json(body))

@@ -1,4 +1,5 @@
-//! The guard of the administration endpoints: `Authorization: Bearer <PORTER_ADMIN_TOKEN>`.
+//! The guard of the administration endpoints: `Authorization: Bearer <PORTER_ADMIN_TOKEN>`,
+//! applied to the whole `/admin` scope by `crate::middleware::admin`.
 //!
 //! Without a configured token every admin endpoint answers 404, so an unconfigured gateway
 //! exposes no admin surface at all. The token is compared in constant time and never logged.

@@ -1,0 +1,100 @@
+//! Publishing a batch's tasks and awaiting their replies until the batch deadline.
+//!
+//! Architecture Invariant: the gateway never waits past a batch's deadline (its largest
+//! `expires` plus the grace), and each task's deadline is computed once, here, from the same
+//! clock reading as the AMQP expiration (`porter_broker::Outgoing`). Every waiter is
+//! registered before the publish, so a fast worker cannot reply to nobody.
+
+use std::time::Instant;
+
+use porter_broker::{Outgoing, TaskClient, now_ms};
+use porter_core::wire::{FORMAT_VERSION, Task};
+use porter_identity::Identity;
+use tracing::warn;
+
+use crate::authorize::Prepared;
+use crate::authorize::outcome::Verdict;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::protection::in_flight::InFlight;
+
+/// The task of one prepared channel, for this caller.
+pub fn task_for(p: &Prepared<'_>, identity: &Identity) -> Task {
+    Task {
+        v: FORMAT_VERSION,
+        id: uuid::Uuid::new_v4().to_string(),
+        channel: p.channel.name.to_owned(),
+        channel_type: p.channel.kind,
+        feature: p.channel.feature.to_owned(),
+        object_id: p.channel.object_id.map(str::to_owned),
+        rule: p.matched.rule.name.clone(),
+        captures: p.matched.captures.clone(),
+        client_id: identity.client_id.clone(),
+        user_id: identity.user_id.clone(),
+        claims: identity.claims.clone(),
+    }
+}
+
+/// What publishing needs: the transport, the in-flight cap, the grace past the longest
+/// `expires`, and the metrics it reports round trips to.
+pub struct FanOut<'a> {
+    pub tasks: &'a dyn TaskClient,
+    pub in_flight: &'a InFlight,
+    pub grace: std::time::Duration,
+    pub metrics: &'a Metrics,
+}
+
+impl FanOut<'_> {
+    /// Publishes one task per channel of `jobs` and waits for their verdicts, in order.
+    pub async fn run(&self, jobs: &[(&Prepared<'_>, Task)]) -> Result<Vec<Verdict>, ApiError> {
+        if !self.tasks.is_ready() {
+            return Err(ApiError::broker_unavailable());
+        }
+        // Past the cap nothing is published; the permit is held until the replies are in or
+        // the deadline has passed.
+        let _permit = self.in_flight.admit(jobs.len())?;
+        let longest = jobs
+            .iter()
+            .map(|(p, _)| p.matched.rule.route.expires)
+            .max()
+            .unwrap_or_default();
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + longest + self.grace;
+        let now = now_ms();
+        let outgoing: Vec<Outgoing<'_>> = jobs
+            .iter()
+            .map(|(p, task)| {
+                let route = p.matched.rule.route;
+                Outgoing {
+                    task,
+                    route,
+                    deadline_ms: now + route.expires.as_millis() as u64,
+                }
+            })
+            .collect();
+        let waiters: Vec<_> = jobs
+            .iter()
+            .map(|(_, task)| self.tasks.pending().register(&task.id))
+            .collect();
+        if let Err(error) = self.tasks.publish(&outgoing).await {
+            warn!(%error, "could not publish tasks");
+            return Err(ApiError::broker_unavailable());
+        }
+        let replies =
+            futures_util::future::join_all(waiters.into_iter().map(|w| w.wait_until(deadline)))
+                .await;
+        Ok(replies
+            .into_iter()
+            .map(|reply| match reply {
+                None => Verdict::TimedOut,
+                Some(reply) => {
+                    self.metrics.round_trip(started.elapsed());
+                    match reply.into_result() {
+                        Ok(data) => Verdict::Allowed(data),
+                        Err(reason) => Verdict::Refused(reason),
+                    }
+                }
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,92 @@
+//! `POST /admin/tokens/revoke` with `{"token": "…"}` or `{"jti": "…"}` (optionally `"exp"`,
+//! the token's expiry in Unix seconds), behind the admin guard of the `/admin` scope.
+//!
+//! A token is stored only as the SHA-256 of its signed part (`porter_identity::token_sha256`),
+//! a `jti` as itself, each until the token would be refused as expired anyway
+//! (`porter_identity::revocation_ttl`); see docs/identity.md.
+
+use actix_web::{HttpResponse, web};
+use porter_identity::{now_secs, revocation_ttl, token_sha256, unverified_claims};
+use porter_store::Revocation;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// What a revocation request names: the token's hash (computed here), or a `jti`.
+enum RevokedKey<'a> {
+    Token(String),
+    Jti(&'a str),
+}
+
+#[derive(Deserialize)]
+struct RevokeBody {
+    token: Option<String>,
+    jti: Option<String>,
+    /// The token's expiry (Unix seconds), for a `jti`.
+    exp: Option<i64>,
+}
+
+/// `POST /admin/tokens/revoke`.
+pub async fn revoke(
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body: RevokeBody = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_body",
+            "send JSON {\"token\": …} or {\"jti\": …, \"exp\"?: …}",
+        )
+    })?;
+    let token = body
+        .token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let jti = body.jti.as_deref().map(str::trim).filter(|j| !j.is_empty());
+    let now = now_secs();
+    // What to store, and until when (the token's `exp`, when known).
+    let (key, expires_at) = match (token, jti) {
+        (Some(token), None) => {
+            let claims = unverified_claims(token)
+                .ok_or_else(|| ApiError::bad_request("invalid_token", "the token is not a JWT"))?;
+            let exp = claims.get("exp").and_then(Value::as_i64);
+            (RevokedKey::Token(token_sha256(token)), exp)
+        }
+        (None, Some(jti)) if jti.len() <= 512 => (RevokedKey::Jti(jti), body.exp),
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request("invalid_jti", "the jti is too long"));
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "missing_parameters",
+                "give exactly one of `token` or `jti`",
+            ));
+        }
+    };
+    let leeway = state.identity.leeway();
+    let ttl = match revocation_ttl(expires_at, now, leeway, state.identity.revocation_ttl()) {
+        None => {
+            return Ok(HttpResponse::Ok().json(json!({
+                "revoked": false,
+                "reason": "token_expired",
+            })));
+        }
+        Some(ttl) => ttl,
+    };
+    let (revocation, kind) = match &key {
+        RevokedKey::Token(hash) => (Revocation::TokenSha256(hash), "token"),
+        RevokedKey::Jti(jti) => (Revocation::Jti(jti), "jti"),
+    };
+    if let Err(error) = state.store.revoke(revocation, ttl).await {
+        warn!(%error, "could not store a revocation");
+        return Err(ApiError::store_unavailable());
+    }
+    info!(kind, ttl_secs = ttl.as_secs(), "token revoked");
+    Ok(HttpResponse::Ok().json(json!({
+        "revoked": true,
+        "expires_in": ttl.as_secs(),
+    })))
+}

@@ -1,0 +1,7 @@
+//! HTTP plumbing shared by every endpoint, with no state of its own: request size limits,
+//! who the peer is (client IP behind trusted proxies, client id, presented credentials), and
+//! the one parser of JSON, form and query fields.
+
+pub mod client;
+pub mod fields;
+pub mod limits;
