@@ -19,9 +19,11 @@ test: services
 	$(MAKE) lint
 	cargo test --workspace
 
+# Criterion micro-benchmarks, then the load suites of docs/benchmarks.md; scripts/bench.sh builds
+# the release `porter` and `porter-bench` binaries itself.
 bench:
 	cargo bench -p porter-core --bench core
 	./scripts/bench.sh 3 8
 
 dev:
-	cargo run --release -- dev
+	cargo run --release -p porter -- dev

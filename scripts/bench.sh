@@ -15,8 +15,9 @@ suites=("$@")
 [ ${#suites[@]} -eq 0 ] && suites=(floor distributed direct dev)
 
 ./scripts/services.sh >/dev/null
-cargo build --release -q -p porter
+cargo build --release -q -p porter -p porter-bench
 bin=target/release/porter
+bench=target/release/porter-bench
 prefix="porter-bench.$$."
 port=18181
 export AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f REDIS_URL=redis://127.0.0.1:6379/
@@ -53,10 +54,10 @@ load() {
         for run in $(seq "$runs"); do
             echo "== $label $scenario run $run"
             if [ "$scenario" = storm ]; then
-                "$bin" bench --url "http://127.0.0.1:$port" --scenario storm --clients 1000 \
+                "$bench" --url "http://127.0.0.1:$port" --scenario storm --clients 1000 \
                     "${watch[@]}" --json
             else
-                "$bin" bench --url "http://127.0.0.1:$port" --scenario "$scenario" \
+                "$bench" --url "http://127.0.0.1:$port" --scenario "$scenario" \
                     --connections 16 --duration "$duration" --warmup 2 "${watch[@]}" --json
             fi
         done
@@ -82,7 +83,7 @@ for suite in "${suites[@]}"; do
         for mode in exclusive direct; do
             for run in $(seq "$runs"); do
                 echo "== floor $mode run $run"
-                "$bin" bench --scenario floor --reply-mode $mode --connections 16 \
+                "$bench" --scenario floor --reply-mode $mode --connections 16 \
                     --duration "$duration" --warmup 2 "${services[@]}" --json
             done
         done

@@ -1,4 +1,4 @@
-//! `porter bench`: the load generator behind `docs/benchmarks.md`.
+//! `porter-bench`: the load generator behind `docs/benchmarks.md`.
 //!
 //! A hand-written HTTP/1.1 keep-alive client (one TCP connection per worker) drives a running
 //! gateway with one of four scenarios and prints throughput, latency percentiles, errors by kind
@@ -13,27 +13,28 @@
 //!   [`crate::floor`], `--connections` tasks in flight, the ceiling `miss10` is measured against.
 //!
 //! ```text
-//! porter bench --scenario miss10 --connections 16 --duration 10 \
+//! porter-bench --scenario miss10 --connections 16 --duration 10 \
 //!     --jwt-secret "$PORTER_JWT_SECRET" --pid gateway=$(pgrep -n porter) --json
 //! ```
 //!
 //! Latencies are those of successful requests; a request is an error when its status is not 200
 //! or, on the batch endpoint, when any channel comes back with a `reason`.
+//!
+//! Over 500 lines: the arguments, the scenarios and the report share `Tally` and read as one
+//! piece; the HTTP client (`http`) and the CPU sampling (`cpu`) live apart.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 use porter_broker::amqp::ReplyMode;
 
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const CLOCK_TICKS_PER_S: f64 = 100.0;
+use crate::cpu::{cpu_report, cpu_snapshot};
+use crate::http::{Conn, Ctx, Response, http_request};
 
 /// What to send (`miss10`, `hit10`, `single`, `storm`).
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +52,7 @@ impl Scenario {
     }
 }
 
-/// Arguments of `porter bench`.
+/// Arguments of `porter-bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Base URL of the gateway (plain http only).
@@ -112,15 +113,6 @@ fn parse_pid_arg(s: &str) -> Result<(String, u32), String> {
     Ok((name.to_string(), pid))
 }
 
-/// Everything a connection needs to build and send requests.
-struct Ctx {
-    addr: String,
-    host: String,
-    base: String,
-    auth: String,
-    app_id: String,
-}
-
 /// Runs the benchmark described by `args` and prints the report.
 pub async fn run(args: BenchArgs) -> Result<()> {
     ensure!(args.connections > 0, "--connections must be at least 1");
@@ -143,7 +135,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         (None, None) => None,
     };
     if token.is_none() && args.scenario != Scenario::Single && args.scenario != Scenario::Hit10 {
-        eprintln!("porter bench: no --token or --jwt-secret; presence channels will be refused");
+        eprintln!("porter-bench: no --token or --jwt-secret; presence channels will be refused");
     }
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n"));
     let ctx = Arc::new(Ctx {
@@ -165,7 +157,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             let req = build_request(&ctx, Scenario::Hit10, &mut Rng::new());
             let resp = Conn::new(ctx.clone()).send(&req).await;
             if !Tally::default().record(&resp, true, Instant::now()) {
-                eprintln!("porter bench: the cache warm-up request failed");
+                eprintln!("porter-bench: the cache warm-up request failed");
             }
         }
         let measure_from = Instant::now() + warmup;
@@ -443,18 +435,6 @@ fn batch_request(ctx: &Ctx, socket: &str, channels: &[String]) -> Vec<u8> {
     http_request(ctx, "GET", &path, "")
 }
 
-fn http_request(ctx: &Ctx, method: &str, path: &str, form: &str) -> Vec<u8> {
-    let (base, host, auth, len) = (&ctx.base, &ctx.host, &ctx.auth, form.len());
-    let head =
-        format!("{method} {base}{path} HTTP/1.1\r\nHost: {host}\r\n{auth}X-Client-ID: bench\r\n");
-    let body = if form.is_empty() {
-        String::new()
-    } else {
-        format!("Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len}\r\n")
-    };
-    format!("{head}{body}\r\n{form}").into_bytes()
-}
-
 /// `None` for a success, else the error kind.
 fn classify(resp: &Response, batch: bool) -> Option<String> {
     if resp.status != 200 {
@@ -470,123 +450,6 @@ fn classify(resp: &Response, batch: bool) -> Option<String> {
         }),
         _ => Some("bad_json".to_string()),
     }
-}
-
-/// One keep-alive connection; reconnects lazily after an error.
-struct Conn {
-    ctx: Arc<Ctx>,
-    stream: Option<BufReader<TcpStream>>,
-}
-
-impl Conn {
-    fn new(ctx: Arc<Ctx>) -> Self {
-        Conn { ctx, stream: None }
-    }
-
-    async fn connect(&mut self) -> Result<&mut BufReader<TcpStream>> {
-        if self.stream.is_none() {
-            let stream = TcpStream::connect(&self.ctx.addr)
-                .await
-                .with_context(|| format!("connecting to {}", self.ctx.addr))?;
-            stream.set_nodelay(true).context("setting TCP_NODELAY")?;
-            self.stream = Some(BufReader::new(stream));
-        }
-        self.stream.as_mut().context("no connection")
-    }
-
-    async fn send(&mut self, req: &[u8]) -> Result<Response> {
-        let exchange = async {
-            let stream = self.connect().await?;
-            stream
-                .get_mut()
-                .write_all(req)
-                .await
-                .context("writing the request")?;
-            read_response(stream).await
-        };
-        let result = tokio::time::timeout(REQUEST_TIMEOUT, exchange).await;
-        let result = result.unwrap_or_else(|_| Err(anyhow::anyhow!("request timed out")));
-        if result.as_ref().map_or(true, |r| r.close) {
-            self.stream = None;
-        }
-        result
-    }
-}
-
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    body: Vec<u8>,
-    close: bool,
-}
-
-/// Reads one CRLF-terminated line into `buf` and returns it trimmed; EOF is an error.
-async fn next_line<'a, R: AsyncBufRead + Unpin>(r: &mut R, buf: &'a mut String) -> Result<&'a str> {
-    buf.clear();
-    if r.read_line(buf).await.context("reading from the server")? == 0 {
-        bail!("connection closed by the server");
-    }
-    Ok(buf.trim_end())
-}
-
-async fn read_response<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Response> {
-    let mut buf = String::new();
-    let line = next_line(r, &mut buf).await?;
-    let mut close = line.starts_with("HTTP/1.0");
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .context("malformed status line")?;
-    let status: u16 = status
-        .parse()
-        .with_context(|| format!("bad status {status:?}"))?;
-    let (mut length, mut chunked) = (None, false);
-    loop {
-        let line = next_line(r, &mut buf).await?;
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line.split_once(':').context("malformed header")?;
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = Some(value.parse::<usize>().context("bad content-length")?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().contains("chunked");
-        } else if name.eq_ignore_ascii_case("connection") {
-            close = value.eq_ignore_ascii_case("close");
-        }
-    }
-    let mut body = Vec::new();
-    if chunked {
-        loop {
-            let line = next_line(r, &mut buf).await?;
-            let size = line.split(';').next().unwrap_or_default().trim();
-            let size = usize::from_str_radix(size, 16)
-                .with_context(|| format!("bad chunk size {size:?}"))?;
-            if size == 0 {
-                while !next_line(r, &mut buf).await?.is_empty() {} // trailers
-                break;
-            }
-            let start = body.len();
-            body.resize(start + size + 2, 0);
-            r.read_exact(&mut body[start..])
-                .await
-                .context("reading a chunk")?;
-            ensure!(body.ends_with(b"\r\n"), "chunk not followed by CRLF");
-            body.truncate(start + size);
-        }
-    } else if let Some(n) = length {
-        body.resize(n, 0);
-        r.read_exact(&mut body).await.context("reading the body")?;
-    } else if status >= 200 && status != 204 && status != 304 {
-        r.read_to_end(&mut body).await.context("reading the body")?;
-        close = true;
-    }
-    Ok(Response {
-        status,
-        body,
-        close,
-    })
 }
 
 /// xorshift64*: fast, per worker, seeded from a random uuid.
@@ -618,50 +481,6 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// utime + stime (clock ticks) from the text of `/proc/PID/stat`.
-fn parse_proc_stat(stat: &str) -> Result<u64> {
-    let rest = &stat[stat.rfind(')').context("no ')' in /proc stat")? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state): fields 14 and 15 are at indices 11 and 12.
-    let tick = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .context("short /proc stat")?
-            .parse::<u64>()
-            .context("bad /proc stat field")
-    };
-    Ok(tick(11)? + tick(12)?)
-}
-
-fn cpu_snapshot(pids: &[(String, u32)]) -> Vec<Option<u64>> {
-    let ticks = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-    pids.iter()
-        .map(|(_, pid)| parse_proc_stat(&ticks(*pid)?).ok())
-        .collect()
-}
-
-/// CPU use of each process over `window`, as a percentage of one core.
-fn cpu_report(
-    pids: &[(String, u32)],
-    before: Vec<Option<u64>>,
-    window: Duration,
-) -> Vec<(String, f64)> {
-    let after = cpu_snapshot(pids);
-    let mut report = Vec::new();
-    for (((name, pid), b), a) in pids.iter().zip(before).zip(after) {
-        let (Some(b), Some(a)) = (b, a) else {
-            eprintln!("porter bench: cannot read the CPU use of {name} (pid {pid})");
-            continue;
-        };
-        let secs = window.as_secs_f64().max(1e-9);
-        report.push((
-            name.clone(),
-            a.saturating_sub(b) as f64 / CLOCK_TICKS_PER_S / secs * 100.0,
-        ));
-    }
-    report
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,35 +496,29 @@ mod tests {
     }
 
     #[test]
-    fn proc_stat_with_spaces_in_comm() {
-        let stat = "1234 (porter (gw) x) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 9 0";
-        assert_eq!(parse_proc_stat(stat).ok(), Some(325));
-        assert!(parse_proc_stat("garbage").is_err());
-    }
-
-    #[tokio::test]
-    async fn reads_chunked_then_sized_responses() {
-        let wire: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
-            4\r\n{\"a\"\r\n7;x=1\r\n:{\"b\":1\r\n1\r\n}\r\n0\r\n\r\n\
-            HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\nConnection: close\r\n\r\n{}";
-        let mut r = wire;
-        let first = read_response(&mut r).await.expect("first response");
-        assert_eq!((first.status, first.close), (200, false));
-        assert_eq!(first.body, b"{\"a\":{\"b\":1}");
-        let second = read_response(&mut r).await.expect("second response");
-        assert_eq!(
-            (second.status, second.body.as_slice(), second.close),
-            (403, &b"{}"[..], true)
-        );
-        assert_eq!(classify(&second, true).as_deref(), Some("http_403"));
-        let reason = Response {
-            status: 200,
-            body: br#"{"c":{"reason":"time limit"}}"#.to_vec(),
+    fn classifies_statuses_and_refused_channels() {
+        let response = |status, body: &[u8]| Response {
+            status,
+            body: body.to_vec(),
             close: false,
         };
+        let forbidden = response(403, b"{}");
+        assert_eq!(classify(&forbidden, true).as_deref(), Some("http_403"));
+        assert_eq!(classify(&forbidden, false).as_deref(), Some("http_403"));
+        let reason = response(200, br#"{"c":{"reason":"time limit"}}"#);
         assert_eq!(
             classify(&reason, true).as_deref(),
             Some("reason_time_limit")
+        );
+        // Only the batch endpoint's body says per channel whether it was refused.
+        assert_eq!(classify(&reason, false), None);
+        assert_eq!(
+            classify(&response(200, br#"{"c":{"auth":"k:s"}}"#), true),
+            None
+        );
+        assert_eq!(
+            classify(&response(200, b"not json"), true).as_deref(),
+            Some("bad_json")
         );
     }
 }

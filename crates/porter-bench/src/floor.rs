@@ -1,4 +1,4 @@
-//! `porter bench --scenario floor`: the transport floor.
+//! `porter-bench --scenario floor`: the transport floor.
 //!
 //! A bare publish → consume → reply loop over RabbitMQ through Porter's own transport
 //! (`porter-broker`), with workers that answer every task at once without looking at it. No

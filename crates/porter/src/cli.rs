@@ -35,8 +35,6 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Gateway and workers in one process, in memory, with demo data.
     Dev(DevArgs),
-    /// Load-test a running gateway.
-    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]

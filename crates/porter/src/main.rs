@@ -2,12 +2,10 @@
 //!
 //! `porter gateway` and `porter worker` are the distributed mode (RabbitMQ + Redis);
 //! `porter dev` runs both in one process over the in-process transport and memory store;
-//! `porter sign`, `porter token` and `porter policy` are tools for trying things by hand;
-//! `porter bench` is the load generator behind `docs/benchmarks.md`.
+//! `porter sign`, `porter token` and `porter policy` are tools for trying things by hand.
+//! The load generator behind `docs/benchmarks.md` is a binary of its own, `porter-bench`.
 
-mod bench;
 mod cli;
-mod floor;
 mod serve;
 mod tools;
 mod verifier;
@@ -36,9 +34,6 @@ fn main() -> ExitCode {
         Command::Gateway(args) => serve::gateway(args),
         Command::Worker(args) => serve::worker(args),
         Command::Dev(args) => serve::dev(args),
-        Command::Bench(args) => tokio::runtime::Runtime::new()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(bench::run(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
