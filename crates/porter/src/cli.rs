@@ -311,7 +311,7 @@ pub struct ProtectionArgs {
     pub rate_limit_ip: Option<OrOff<porter_store::Quota>>,
     /// Proxies whose `X-Forwarded-For` is believed, comma-separated addresses or CIDRs.
     #[arg(long, env = "PORTER_TRUSTED_PROXIES", value_delimiter = ',')]
-    pub trusted_proxies: Vec<OrOff<porter_gateway::protection::IpNet>>,
+    pub trusted_proxies: Vec<OrOff<porter_gateway::http::client::ProxyNet>>,
     /// Channel tasks this gateway may have in flight; past it requests get 503 (0: no cap).
     #[arg(long, env = "PORTER_MAX_TASKS_IN_FLIGHT", default_value_t = 20_000)]
     pub max_tasks_in_flight: usize,
@@ -355,6 +355,7 @@ impl ProtectionArgs {
                 .trusted_proxies
                 .iter()
                 .filter_map(|p| p.value())
+                .map(|p| p.0)
                 .collect(),
             max_tasks_in_flight: Some(self.max_tasks_in_flight).filter(|c| *c > 0),
             max_header_bytes: self.max_header_bytes.max(1024),
