@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use porter_broker::{Incoming, TaskSource, now_ms};
 use porter_core::reason::Reason;
+use porter_core::routing::Route;
 use porter_core::wire::Reply;
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::Authorizer;
 
-/// The time limit when a task carries none.
-const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(2);
+/// The time limit when a task carries none: the policy's default route's.
+const DEFAULT_TIME_LIMIT: Duration = Route::DEFAULT.time_limit;
 
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerConfig {
