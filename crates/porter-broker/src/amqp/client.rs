@@ -1,0 +1,312 @@
+//! The gateway half of the RabbitMQ transport: [`AmqpClient`] publishes tasks and reads the
+//! replies from its reply queue into the [`Pending`] table.
+//!
+//! A supervisor task keeps one connection up, reconnecting with the shared backoff; a lost
+//! connection loses the reply queue, so the tasks in flight on it answer `timeout`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
+use porter_core::routing::Queue;
+use porter_core::wire::{HEADER_DEADLINE_MS, HEADER_TIME_LIMIT_MS, Reply};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{
+    AmqpConfig, BACKOFF_START, ReplyMode, back_off, connection_properties, declare_task_queue,
+};
+use crate::{BrokerError, Outgoing, Pending, TaskClient, queue_name};
+
+/// The pseudo-queue of RabbitMQ's direct reply-to.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// The gateway's connection: publishes tasks, consumes its reply queue.
+#[derive(Clone)]
+pub struct AmqpClient {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    config: AmqpConfig,
+    /// The channel of session declarations (see [`crate::session`]), apart from the publishing
+    /// channel: a refused declaration closes its channel, and must not close that one.
+    sessions: tokio::sync::Mutex<Option<Channel>>,
+    pending: Pending,
+    live: RwLock<Option<Live>>,
+    ready: AtomicBool,
+    broken: Notify,
+    stop: CancellationToken,
+    /// The supervisor, awaited by [`AmqpClient::close`].
+    supervisor: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(Clone)]
+struct Live {
+    connection: Arc<Connection>,
+    channel: Channel,
+    reply_queue: ShortString,
+}
+
+impl AmqpClient {
+    /// Starts connecting in the background; [`TaskClient::is_ready`] tells when it is up.
+    pub fn start(config: AmqpConfig, stop: CancellationToken) -> AmqpClient {
+        let inner = Arc::new(ClientInner {
+            config,
+            sessions: tokio::sync::Mutex::new(None),
+            pending: Pending::new(),
+            live: RwLock::new(None),
+            ready: AtomicBool::new(false),
+            broken: Notify::new(),
+            stop,
+            supervisor: std::sync::Mutex::new(None),
+        });
+        let supervisor = tokio::spawn(supervise(inner.clone()));
+        *inner
+            .supervisor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(supervisor);
+        AmqpClient { inner }
+    }
+
+    /// Stops and waits until the connection is closed, so that nothing of it outlives the
+    /// runtime (lapin's I/O thread would report the runtime's shutdown as an error).
+    pub async fn close(&self) {
+        self.inner.stop.cancel();
+        let supervisor = self
+            .inner
+            .supervisor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(supervisor) = supervisor {
+            let _ = supervisor.await;
+        }
+    }
+
+    /// Waits until connected, up to `timeout`. Returns whether it is connected.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.is_ready() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    fn live(&self) -> Option<Live> {
+        self.inner
+            .live
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn mark_broken(&self) {
+        mark_broken(&self.inner);
+    }
+
+    /// The open channel for session declarations, reopened after a refusal or a reconnect.
+    async fn session_channel(&self) -> Result<Channel, BrokerError> {
+        let live = self.live().ok_or(BrokerError::Unavailable)?;
+        let mut current = self.inner.sessions.lock().await;
+        if let Some(channel) = current.as_ref()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        let channel = live.connection.create_channel().await?;
+        *current = Some(channel.clone());
+        Ok(channel)
+    }
+}
+
+fn mark_broken(inner: &ClientInner) {
+    if inner.ready.swap(false, Ordering::AcqRel) {
+        warn!("broker connection lost; reconnecting");
+    }
+    *inner
+        .live
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    // `notify_waiters` stores no permit: a stale one would end the next connection at once.
+    inner.broken.notify_waiters();
+}
+
+async fn supervise(inner: Arc<ClientInner>) {
+    let mut delay = BACKOFF_START;
+    loop {
+        if inner.stop.is_cancelled() {
+            return;
+        }
+        match connect_client(&inner).await {
+            Ok((connection, live, consumer)) => {
+                delay = BACKOFF_START;
+                info!(reply_queue = %live.reply_queue, "connected to the broker");
+                *inner
+                    .live
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(live);
+                inner.ready.store(true, Ordering::Release);
+                tokio::select! {
+                    () = read_replies(consumer, &inner.pending) => {}
+                    () = inner.broken.notified() => {}
+                    () = inner.stop.cancelled() => {
+                        let _ = connection.close(200, "gateway shutting down").await;
+                        // Give lapin's I/O thread its turn to see the close (see `close`).
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        return;
+                    }
+                }
+                mark_broken(&inner);
+                let _ = connection.close(200, "reconnecting").await;
+            }
+            Err(error) => {
+                warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot connect to the broker");
+                tokio::select! {
+                    () = back_off(&mut delay) => {}
+                    () = inner.stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+async fn connect_client(
+    inner: &ClientInner,
+) -> Result<(Arc<Connection>, Live, Consumer), BrokerError> {
+    let connection = Arc::new(
+        Connection::connect(
+            &inner.config.url,
+            connection_properties("gateway", &inner.config),
+        )
+        .await?,
+    );
+    let channel = connection.create_channel().await?;
+    for queue in Queue::ALL {
+        declare_task_queue(&channel, &queue_name(&inner.config.queue_prefix, queue)).await?;
+    }
+    let reply_queue: ShortString = match inner.config.reply_mode {
+        ReplyMode::Exclusive => channel
+            .queue_declare(
+                "",
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?
+            .name()
+            .clone(),
+        // Direct reply-to needs the consumer on the channel that publishes: `live.channel`.
+        ReplyMode::DirectReplyTo => DIRECT_REPLY_TO.into(),
+    };
+    let consumer = channel
+        .basic_consume(
+            reply_queue.as_str(),
+            "porter-gateway",
+            BasicConsumeOptions {
+                no_ack: true,
+                exclusive: inner.config.reply_mode == ReplyMode::Exclusive,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let live = Live {
+        connection: connection.clone(),
+        channel,
+        reply_queue,
+    };
+    Ok((connection, live, consumer))
+}
+
+/// The AMQP properties of a task message (see the design's wire format).
+fn task_properties(outgoing: &Outgoing<'_>, reply_to: &ShortString) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        HEADER_DEADLINE_MS.into(),
+        AMQPValue::LongLongInt(outgoing.deadline_ms as i64),
+    );
+    headers.insert(
+        HEADER_TIME_LIMIT_MS.into(),
+        AMQPValue::LongLongInt(outgoing.route.time_limit.as_millis() as i64),
+    );
+    let id = ShortString::from(outgoing.task.id.clone());
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_correlation_id(id.clone())
+        .with_message_id(id)
+        .with_reply_to(reply_to.clone())
+        .with_expiration(outgoing.route.expires.as_millis().to_string().into())
+        .with_delivery_mode(1)
+        .with_headers(headers)
+}
+
+async fn read_replies(mut consumer: Consumer, pending: &Pending) {
+    while let Some(delivery) = consumer.next().await {
+        let Ok(delivery) = delivery else { return };
+        match serde_json::from_slice::<Reply>(&delivery.data) {
+            Ok(reply) => {
+                if !pending.complete(reply) {
+                    debug!("dropped a reply nobody waits for (late or unknown)");
+                }
+            }
+            Err(error) => warn!(%error, "dropped a malformed reply"),
+        }
+    }
+}
+
+#[async_trait]
+impl TaskClient for AmqpClient {
+    async fn publish(&self, tasks: &[Outgoing<'_>]) -> Result<(), BrokerError> {
+        let live = self.live().ok_or(BrokerError::Unavailable)?;
+        let mut messages = Vec::with_capacity(tasks.len());
+        for outgoing in tasks {
+            let body = serde_json::to_vec(outgoing.task)?;
+            let queue = queue_name(&self.inner.config.queue_prefix, outgoing.route.queue);
+            messages.push((queue, body, outgoing));
+        }
+        // All publishes are queued before the first is awaited: lapin writes the whole batch
+        // in one go instead of one socket write (and one I/O-thread wake-up) per task.
+        let publishes = messages.iter().map(|(queue, body, outgoing)| {
+            live.channel.basic_publish(
+                "",
+                queue,
+                BasicPublishOptions::default(),
+                body,
+                task_properties(outgoing, &live.reply_queue),
+            )
+        });
+        for result in futures_util::future::join_all(publishes).await {
+            if let Err(error) = result {
+                self.mark_broken();
+                return Err(error.into());
+            }
+        }
+        Ok(())
+    }
+
+    fn pending(&self) -> &Pending {
+        &self.inner.pending
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    async fn open_session(&self, session_id: &str, ttl: Duration) -> Result<(), BrokerError> {
+        let channel = self.session_channel().await?;
+        crate::session::declare_session(&channel, session_id, ttl).await
+    }
+}
