@@ -16,7 +16,8 @@ suites=("$@")
 
 ./scripts/services.sh >/dev/null
 cargo build --release -q -p porter -p porter-bench
-bin=target/release/porter
+# PORTER_BIN: another build of porter to measure with the same load generator (A/B).
+bin=${PORTER_BIN:-target/release/porter}
 bench=target/release/porter-bench
 prefix="porter-bench.$$."
 port=18181

@@ -124,6 +124,7 @@ impl Drop for PendingReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use porter_core::reason::Reason;
     use std::time::Duration;
 
     #[tokio::test]
@@ -131,11 +132,11 @@ mod tests {
         let pending = Pending::new();
         let waiter = pending.register("a");
         assert_eq!(pending.len(), 1);
-        assert!(pending.complete(Reply::refused("a", "no")));
+        assert!(pending.complete(Reply::refused("a", Reason::parse("no"))));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         assert_eq!(
-            waiter.wait_until(deadline).await.unwrap().reason.as_deref(),
-            Some("no")
+            waiter.wait_until(deadline).await.unwrap().reason,
+            Some(Reason::parse("no"))
         );
         assert_eq!(pending.len(), 0);
     }
@@ -147,7 +148,7 @@ mod tests {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(10);
         assert!(waiter.wait_until(deadline).await.is_none());
         assert_eq!(pending.len(), 0);
-        assert!(!pending.complete(Reply::refused("b", "late")));
+        assert!(!pending.complete(Reply::refused("b", Reason::Timeout)));
         assert_eq!(pending.dropped(), 1);
         assert_eq!(pending.len(), 0);
     }

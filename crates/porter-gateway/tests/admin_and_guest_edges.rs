@@ -5,7 +5,7 @@
 //! transport, and the memory store.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::body::MessageBody;
@@ -102,6 +102,7 @@ fn admin_requests() -> Vec<test::TestRequest> {
 
 #[actix_web::test]
 async fn every_admin_route_charges_the_ip_before_the_admin_token() {
+    captured_logs();
     for (number, _) in admin_requests().iter().enumerate() {
         let stop = CancellationToken::new();
         let app = app!(gateway(
@@ -128,6 +129,7 @@ async fn every_admin_route_charges_the_ip_before_the_admin_token() {
 
 #[actix_web::test]
 async fn a_wrong_admin_token_is_audited_on_every_admin_route() {
+    captured_logs();
     let stop = CancellationToken::new();
     let app = app!(gateway(ProtectionConfig::default(), &stop));
     let routes = admin_requests().len();
@@ -165,6 +167,23 @@ impl Write for Lines {
     }
 }
 
+/// The log lines of this test binary. One global subscriber, installed before any test logs:
+/// tracing caches per call site whether anyone listens, so a subscriber set for one thread
+/// misses lines whose call site another thread reached first.
+fn captured_logs() -> &'static Lines {
+    static LINES: OnceLock<Lines> = OnceLock::new();
+    LINES.get_or_init(|| {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .init();
+        lines
+    })
+}
+
 impl Lines {
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
@@ -196,13 +215,7 @@ fn guest_auth(token: &str, channel: &str) -> test::TestRequest {
 
 #[actix_web::test]
 async fn the_guest_endpoint_audits_bad_tokens_and_refusals_and_signs_through_a_worker() {
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _logging = tracing::subscriber::set_default(subscriber);
+    let lines = captured_logs();
     let stop = CancellationToken::new();
     let app = app!(gateway(ProtectionConfig::default(), &stop));
     let channel = "private-hotel-grand-guest-chat-booking-B1";

@@ -14,9 +14,11 @@ use tracing::warn;
 
 use crate::authorize::Prepared;
 use crate::authorize::outcome::Verdict;
+use porter_core::reason::Reason;
+
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::protection::in_flight::InFlight;
+use crate::protection::in_flight::{self, InFlight};
 
 /// The task of one prepared channel, for this caller.
 pub fn task_for(p: &Prepared<'_>, identity: &Identity) -> Task {
@@ -35,6 +37,34 @@ pub fn task_for(p: &Prepared<'_>, identity: &Identity) -> Task {
     }
 }
 
+/// Why a batch's tasks were not published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotPublished {
+    /// The broker is not connected, or refused the publish.
+    Broker,
+    /// The in-flight cap is reached.
+    Overloaded,
+}
+
+impl NotPublished {
+    /// The reason each channel of the batch gets when others could still be answered.
+    pub fn reason(self) -> Reason {
+        match self {
+            NotPublished::Broker => Reason::BrokerUnavailable,
+            NotPublished::Overloaded => Reason::Overloaded,
+        }
+    }
+}
+
+impl From<NotPublished> for ApiError {
+    fn from(error: NotPublished) -> ApiError {
+        match error {
+            NotPublished::Broker => ApiError::broker_unavailable(),
+            NotPublished::Overloaded => in_flight::overloaded(),
+        }
+    }
+}
+
 /// What publishing needs: the transport, the in-flight cap, the grace past the longest
 /// `expires`, and the metrics it reports round trips to.
 pub struct FanOut<'a> {
@@ -46,13 +76,16 @@ pub struct FanOut<'a> {
 
 impl FanOut<'_> {
     /// Publishes one task per channel of `jobs` and waits for their verdicts, in order.
-    pub async fn run(&self, jobs: &[(&Prepared<'_>, Task)]) -> Result<Vec<Verdict>, ApiError> {
+    pub async fn run(&self, jobs: &[(&Prepared<'_>, Task)]) -> Result<Vec<Verdict>, NotPublished> {
         if !self.tasks.is_ready() {
-            return Err(ApiError::broker_unavailable());
+            return Err(NotPublished::Broker);
         }
         // Past the cap nothing is published; the permit is held until the replies are in or
         // the deadline has passed.
-        let _permit = self.in_flight.admit(jobs.len())?;
+        let _permit = self
+            .in_flight
+            .try_acquire(jobs.len())
+            .ok_or(NotPublished::Overloaded)?;
         let longest = jobs
             .iter()
             .map(|(p, _)| p.matched.rule.route.expires)
@@ -78,7 +111,7 @@ impl FanOut<'_> {
             .collect();
         if let Err(error) = self.tasks.publish(&outgoing).await {
             warn!(%error, "could not publish tasks");
-            return Err(ApiError::broker_unavailable());
+            return Err(NotPublished::Broker);
         }
         let replies =
             futures_util::future::join_all(waiters.into_iter().map(|w| w.wait_until(deadline)))

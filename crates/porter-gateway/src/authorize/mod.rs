@@ -139,9 +139,9 @@ impl Authorizer<'_> {
         if !jobs.is_empty() {
             match self.fan_out().run(&jobs).await {
                 // Nothing could be served without the broker: the whole request fails fast.
-                Err(error) if results.iter().all(Option::is_none) => return Err(error),
+                Err(error) if results.iter().all(Option::is_none) => return Err(error.into()),
                 Err(error) => {
-                    let reason = Reason::parse(error.code);
+                    let reason = error.reason();
                     for &index in &misses {
                         results[index] = Some(Outcome::Refused(reason.clone()));
                     }

@@ -35,26 +35,10 @@ impl InFlight {
         self.cap
     }
 
-    /// Admits `n` channel tasks of a batch, or refuses the request with 503 `overloaded` and
-    /// `Retry-After` at once.
-    pub fn admit(&self, n: usize) -> Result<TaskPermit<'_>, ApiError> {
-        self.try_acquire(n).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "too many authorizations in flight; retry shortly",
-            )
-            .with_retry_after(1)
-            .audited(Audit::Refused {
-                rule: "tasks_in_flight_cap",
-            })
-        })
-    }
-
     /// Takes `n` slots, or none when that would pass the cap. A batch larger than the cap
     /// is admitted when nothing else is in flight, so a cap below the channel limit never
     /// makes a request impossible.
-    fn try_acquire(&self, n: usize) -> Option<TaskPermit<'_>> {
+    pub fn try_acquire(&self, n: usize) -> Option<TaskPermit<'_>> {
         let mut current = self.count.load(Ordering::Relaxed);
         loop {
             if let Some(cap) = self.cap
@@ -74,6 +58,19 @@ impl InFlight {
             }
         }
     }
+}
+
+/// The refusal of a request past the cap: 503 `overloaded` with `Retry-After`.
+pub fn overloaded() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "too many authorizations in flight; retry shortly",
+    )
+    .with_retry_after(1)
+    .audited(Audit::Refused {
+        rule: "tasks_in_flight_cap",
+    })
 }
 
 /// `n` slots of the in-flight count, given back on drop.
@@ -107,7 +104,6 @@ mod tests {
         // Alone, a batch larger than the cap is admitted.
         let big = in_flight.try_acquire(9).expect("alone");
         assert!(in_flight.try_acquire(1).is_none());
-        assert_eq!(in_flight.admit(1).unwrap_err().code, "overloaded");
         drop(big);
         let unlimited = InFlight::new(None);
         let _many = unlimited.try_acquire(1_000_000).expect("no cap");
