@@ -36,7 +36,8 @@ pub enum BrokerError {
 
 /// The full name of a task queue: the deployment's prefix followed by `auth` or `auth/high`.
 ///
-/// With the prefix `swag.features.notifications/` the names are exactly seed 000's.
+/// With the prefix `swag.features.notifications/` the names are exactly those of the system Porter
+/// replaces.
 pub fn queue_name(prefix: &str, queue: Queue) -> String {
     format!("{prefix}{}", queue.name())
 }

@@ -1,4 +1,4 @@
-//! Session exchanges (seed 001): every session owns a fanout exchange
+//! Session exchanges of the sessions `POST /auth` opens: every session owns a fanout exchange
 //! `data.<session-id>.published` that the application publishes the session's data to and the
 //! client binds its own queue to.
 //!
@@ -14,12 +14,12 @@
 //!   the auto-delete exchange is deleted (unless a client's own queue is still bound to it;
 //!   then it goes when that queue does).
 //!
-//! Names: the exchange's name is seed 001's and carries the session id, so anyone who can
-//! list the vhost's exchanges (management UI, `rabbitmqctl`) sees live session ids: keep
-//! those rights to operators. The lease queue is named by a hash of the id instead, and the
+//! Names: the exchange's name is the one sessions are specified with and carries the session id, so
+//! anyone who can list the vhost's exchanges (management UI, `rabbitmqctl`) sees live session ids:
+//! keep those rights to operators. The lease queue is named by a hash of the id instead, and the
 //! exchange is declared with fixed arguments only: the declaration the broker may refuse
-//! (`x-expires` differs after `PORTER_SESSION_TTL` changed → PRECONDITION_FAILED, which lapin
-//! logs with the server's text) names only the hash.
+//! (`x-expires` differs after `PORTER_SESSION_TTL` changed → PRECONDITION_FAILED, which lapin logs
+//! with the server's text) names only the hash.
 //!
 //! Declaring is idempotent: every renewal declares exchange, lease and binding again, so a
 //! lease that expired early (a broker restart) is restored by the next use of the session.
@@ -90,7 +90,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_follow_seed_001() {
+    fn exchange_name_is_the_specified_one() {
         assert_eq!(exchange_name("abc"), "data.abc.published");
     }
 

@@ -64,7 +64,7 @@ impl ChannelKind {
         }
     }
 
-    /// The kind as seed 000 names it on the wire (`private`, `presence`, ...).
+    /// The kind as the system Porter replaces names it on the wire (`private`, `presence`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             ChannelKind::Public => "public",
@@ -137,8 +137,8 @@ impl<'a> Channel<'a> {
         })
     }
 
-    /// The name used for cache keys: seed 000 drops the `-encrypted` part, so an encrypted
-    /// channel shares its cached data with its plain twin.
+    /// The name used for cache keys: like the system Porter replaces, it drops the `-encrypted`
+    /// part, so an encrypted channel shares its cached data with its plain twin.
     pub fn cache_name(&self) -> std::borrow::Cow<'a, str> {
         match self.kind {
             ChannelKind::PrivateEncrypted => std::borrow::Cow::Owned(format!(

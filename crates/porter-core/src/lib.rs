@@ -4,7 +4,7 @@
 //! lapin or Redis, so it can be unit-tested, property-tested and fuzzed in isolation.
 //!
 //! - [`channel`]: Pusher channel and socket id validation, and the parts of a channel name.
-//! - [`endpoint`]: scoped-token endpoints a policy declares (seed 003's guest chat).
+//! - [`endpoint`]: scoped-token endpoints a policy declares (the hotel guest chat).
 //! - [`pattern`]: channel name patterns with named captures, and templates.
 //! - [`policy`]: the rules that decide, per channel, who may subscribe, what rides along,
 //!   where the task goes and whether the result may be cached.

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The two task queues of seed 000: presence and stream channels go to the high-priority one.
+/// The two task queues of the system Porter replaces: presence and stream channels go to the
+/// high-priority one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Queue {
     #[serde(rename = "auth")]
@@ -51,13 +52,13 @@ pub struct Route {
 }
 
 impl Route {
-    /// Seed 000's routing for everything that is not presence or `private-stream`.
+    /// The replaced system's routing for everything that is not presence or `private-stream`.
     pub const DEFAULT: Route = Route {
         queue: Queue::Auth,
         time_limit: Duration::from_secs(2),
         expires: Duration::from_secs(2),
     };
-    /// Seed 000's routing for presence channels and `private-stream`.
+    /// The replaced system's routing for presence channels and `private-stream`.
     pub const HIGH: Route = Route {
         queue: Queue::AuthHigh,
         time_limit: Duration::from_secs(4),

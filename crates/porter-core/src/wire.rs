@@ -20,7 +20,8 @@ pub const HEADER_DEADLINE_MS: &str = "x-deadline-ms";
 /// AMQP header: how long the authorizer may run, in milliseconds.
 pub const HEADER_TIME_LIMIT_MS: &str = "x-time-limit-ms";
 
-/// The anonymous client id under which seed 000 caches results shared by every caller.
+/// The anonymous client id under which the system Porter replaces caches results shared by
+/// every caller.
 pub const ANONYMOUS_SCOPE: &str = "ANNON";
 
 fn format_version() -> u32 {

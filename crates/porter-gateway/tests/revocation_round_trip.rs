@@ -1,6 +1,6 @@
-//! The revocation check shares the batch's one store round trip with the cache look-up
-//! (seed 004 with seed 000's "one round trip per batch"). A counting store records every
-//! call the batch makes; the transport is the in-process one, with no worker behind it, so a
+//! The revocation check shares the batch's one store round trip with the cache look-up (token
+//! revocation keeps the batch endpoint's "one round trip per batch"). A counting store records
+//! every call the batch makes; the transport is the in-process one, with no worker behind it, so a
 //! request that reached the fan-out would time out instead of answering.
 
 use std::sync::Arc;

@@ -1,8 +1,7 @@
-//! A session's life against revocation (seed 001 with seed 004), in process: the memory
-//! store and a transport that records lease renewals. A session whose token is revoked is
-//! deleted by the first use that finds out, and its exchange lease is renewed only by uses
-//! that passed the revocation check. Failed `POST /auth` and admin-token checks are counted
-//! as failed authentications.
+//! A session's life against token revocation, in process: the memory store and a transport that
+//! records lease renewals. A session whose token is revoked is deleted by the first use that finds
+//! out, and its exchange lease is renewed only by uses that passed the revocation check. Failed
+//! `POST /auth` and admin-token checks are counted as failed authentications.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

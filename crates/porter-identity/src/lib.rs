@@ -1,8 +1,8 @@
-//! Porter's identity: who is asking. It owns the verification of JWT bearer tokens (HMAC
-//! secret and JWKS key sets), sessions opened with a token and resumed by `X-Session-ID`
-//! (seed 001), the revocation check of a caller (seed 004), and the [`Caller`] of a request
-//! with the session action still pending on it. It knows no HTTP framework: the gateway hands
-//! it raw header values ([`Presented`]) and maps its [`IdentityError`]s to statuses.
+//! Porter's identity: who is asking. It owns the verification of JWT bearer tokens (HMAC secret and
+//! JWKS key sets), sessions opened with a token and resumed by `X-Session-ID`, the token-revocation
+//! check of a caller, and the [`Caller`] of a request with the session action still pending on it.
+//! It knows no HTTP framework: the gateway hands it raw header values ([`Presented`]) and maps its
+//! [`IdentityError`]s to statuses.
 //!
 //! Dependencies: `porter-store` holds the sessions and revocations (the [`porter_store::Store`]
 //! trait), and `porter-broker`'s [`porter_broker::TaskClient`] declares and renews each

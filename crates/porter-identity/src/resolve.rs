@@ -22,7 +22,7 @@ pub struct Presented<'a> {
     pub authorization: Option<&'a [u8]>,
     /// The `X-Session-ID` header's raw value; `None` when absent.
     pub session_id: Option<&'a [u8]>,
-    /// The caller's client id (seed 000), as the gateway accepts it.
+    /// The caller's client id (as in the system Porter replaces), as the gateway accepts it.
     pub client_id: Option<&'a str>,
 }
 

@@ -1,4 +1,4 @@
-//! Token revocation (seed 004): how long a revocation is kept, and the check of a caller
+//! Token revocation: how long a revocation is kept, and the check of a caller
 //! against the revocations. The `POST /admin/tokens/revoke` handler itself is the gateway's.
 //!
 //! A token is stored only as the SHA-256 of its signed part `header.payload`

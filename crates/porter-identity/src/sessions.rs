@@ -1,6 +1,6 @@
-//! Sessions (seed 001): the gateway's `POST /auth` `{"email", "token"}` verifies the token as a
-//! bearer token would be, checks that its `email` claim is the given email, and opens a session
-//! here ([`Sessions::open`]), answering `{"sessionId"}`. The session id is then accepted in
+//! Sessions: the gateway's `POST /auth` `{"email", "token"}` verifies the token as a bearer token
+//! would be, checks that its `email` claim is the given email, and opens a session here
+//! ([`Sessions::open`]), answering `{"sessionId"}`. The session id is then accepted in
 //! `X-Session-ID` by every authorization endpoint ([`Sessions::resume`]), with the user id and
 //! claims of the token that opened it.
 //!

@@ -2,8 +2,9 @@
 //! member sets, user info and online status.
 //!
 //! [`redis::RedisStore`] is the real one; [`memory::MemoryStore`] serves `porter dev` and unit
-//! tests. Key names follow seed 000 (see [`Keys`]); channel-keyed data uses the channel's
-//! cache name, which drops `-encrypted`, so an encrypted channel and its plain twin share it.
+//! tests. Key names follow the system Porter replaces (see [`Keys`]); channel-keyed data uses the
+//! channel's cache name, which drops `-encrypted`, so an encrypted channel and its plain twin share
+//! it.
 
 pub mod memory;
 pub mod observed;
@@ -37,7 +38,7 @@ pub enum StoreError {
     Timeout,
 }
 
-/// Redis key names. The default prefix keeps seed 000's names.
+/// Redis key names. The default prefix keeps the names of the system Porter replaces.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
@@ -82,13 +83,13 @@ impl Keys {
         format!("{}user:{user_id}", self.prefix)
     }
 
-    /// The global presence flag of a user (seed 002), with a TTL.
+    /// The global presence flag of a user, with a TTL.
     pub fn online(&self, user_id: &str) -> String {
         format!("{}online:{user_id}", self.prefix)
     }
 
     /// Hash of the presence channels a user is a member of → the `time_ms` of the webhook
-    /// that said so, kept by Pusher webhooks (seed 002: a user is online while in any
+    /// that said so, kept by Pusher webhooks (global presence: a user is online while in any
     /// presence channel or heartbeating; see [`presence`]).
     pub fn presence_channels(&self, user_id: &str) -> String {
         format!("{}presence-joined:{user_id}", self.prefix)
@@ -109,7 +110,7 @@ impl Keys {
     pub fn seen(&self, id: &str) -> String {
         format!("{}seen:{id}", self.prefix)
     }
-    /// A revoked token, by the SHA-256 hex of the whole token (seed 004; never the token).
+    /// A revoked token, by the SHA-256 hex of the whole token (never the token itself).
     pub fn revoked_token(&self, token_sha256: &str) -> String {
         format!("{}blacklist:token:{token_sha256}", self.prefix)
     }
@@ -119,7 +120,7 @@ impl Keys {
         format!("{}blacklist:jti:{jti}", self.prefix)
     }
 
-    /// A session (seed 001), by the SHA-256 hex of its id, so that the keys of a Redis dump
+    /// A session (`POST /auth`), by the SHA-256 hex of its id, so that the keys of a Redis dump
     /// are not usable session ids.
     pub fn session(&self, session_id: &str) -> String {
         use sha2::Digest;

@@ -1,5 +1,5 @@
-//! A user's presence-channel memberships as Pusher webhooks report them (seed 002), kept so that
-//! webhooks applied out of order cannot leave a stale member behind.
+//! A user's presence-channel memberships as Pusher webhooks report them (global presence), kept so
+//! that webhooks applied out of order cannot leave a stale member behind.
 //!
 //! Two hashes per user, channel → the webhook's `time_ms` of the last event applied to it:
 //! `presence-joined:{user}` holds the channels the user is in, `presence-left:{user}` the

@@ -1,5 +1,5 @@
 //! Receivers: the pieces that gather what rides along with a subscription, registered per
-//! channel type and feature, as seed 000's signal receivers were.
+//! channel type and feature, as the signal receivers of the system Porter replaces were.
 //!
 //! Every receiver registered for the task's type and feature runs, in registration order.
 //! Private results merge their events; for presence the last receiver that sets user info
@@ -95,7 +95,8 @@ fn event_data(raw: String) -> Value {
     serde_json::from_str(&raw).unwrap_or(Value::String(raw))
 }
 
-/// `data.events`: the channel's retained events (seed 000's `attatch_retained_events`).
+/// `data.events`: the channel's retained events (`attatch_retained_events` in the system Porter
+/// replaces).
 struct RetainedEvents;
 
 #[async_trait]
@@ -117,8 +118,8 @@ impl Receiver for RetainedEvents {
     }
 }
 
-/// `data.online`: a `user.online` event for the object id's user (seed 000's
-/// `get_online_status`, fed by the global presence of seed 002).
+/// `data.online`: a `user.online` event for the object id's user (`get_online_status` in the system
+/// Porter replaces), fed by global presence.
 struct OnlineStatus;
 
 #[async_trait]

@@ -50,7 +50,7 @@ pub enum PolicyCommand {
     },
 }
 
-/// The Pusher app credentials (seed names).
+/// The Pusher app credentials, named as in the system Porter replaces.
 #[derive(Args, Debug, Clone)]
 pub struct Credentials {
     #[arg(long, env = "PUSHER_APP_ID", default_value = "100000")]
@@ -116,7 +116,8 @@ pub struct TokenArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum TokenKind {
-    /// Mint a scoped guest token (seed 003): HS256 with claims `hotel`, `booking_id`, `exp`.
+    /// Mint a scoped token for the hotel guest chat: HS256 with claims `hotel`, `booking_id`,
+    /// `exp`.
     Guest(GuestTokenArgs),
 }
 
@@ -156,10 +157,10 @@ pub struct Backends {
     /// Prepended to the queue names `auth` and `auth/high`.
     #[arg(long, env = "PORTER_QUEUE_PREFIX", default_value = "")]
     pub queue_prefix: String,
-    /// Prepended to Redis keys (seed 000's names by default).
+    /// Prepended to Redis keys (by default the names of the system Porter replaces).
     #[arg(long, env = "PORTER_KEY_PREFIX", default_value = "ext.pusher:")]
     pub key_prefix: String,
-    /// A policy file; the built-in policy (seed 000) otherwise.
+    /// A policy file; the built-in policy (the replaced system's catalogue) otherwise.
     #[arg(long, env = "PORTER_POLICY")]
     pub policy: Option<PathBuf>,
 }
@@ -177,7 +178,8 @@ pub struct HttpArgs {
     /// Milliseconds added to a batch's largest `expires` before unanswered channels time out.
     #[arg(long, env = "PORTER_GRACE_MS", default_value_t = 250)]
     pub grace_ms: u64,
-    /// Sign private channels' data into `channel_data` (seed 000) instead of `events`.
+    /// Sign private channels' data into `channel_data` (as the replaced system did) instead of
+    /// `events`.
     #[arg(long, env = "PORTER_SIGN_PRIVATE_DATA")]
     pub sign_private_data: bool,
     /// Bearer token of the admin API; without it the admin API is disabled.

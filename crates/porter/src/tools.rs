@@ -97,7 +97,7 @@ pub fn token(args: &TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `porter token guest`: the scoped token of seed 003's guest chat.
+/// `porter token guest`: the scoped token of the hotel guest chat.
 pub fn guest_token(args: &GuestTokenArgs) -> anyhow::Result<()> {
     if args.secret.is_empty() {
         bail!("PORTER_GUEST_TOKEN_SECRET (or --secret) must not be empty");

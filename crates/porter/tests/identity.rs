@@ -1,6 +1,6 @@
-//! Identity end to end over the real Redis and RabbitMQ: JWT verification (HS256, RS256,
-//! ES256, JWKS rotation, the classic attacks), token revocation (seed 004) and sessions
-//! (seed 001) with their exchanges. Every test uses its own queue and key prefixes.
+//! Identity end to end over the real Redis and RabbitMQ: JWT verification (HS256, RS256, ES256,
+//! JWKS rotation, the classic attacks), token revocation and sessions with their exchanges. Every
+//! test uses its own queue and key prefixes.
 
 mod common;
 
@@ -511,7 +511,7 @@ async fn sessions_identify_slide_and_expire() {
         RSA_A_KEY,
         &claims("42", json!({"email": "Ann@Example.com", "name": "Ann"})),
     );
-    // Refusals, in seed 001's words.
+    // Refusals, in the words the sessions feature specifies.
     for (email, token) in [
         ("bob@example.com", token.as_str()),
         ("ann@example.com", "not-a-token"),

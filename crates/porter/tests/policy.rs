@@ -1,5 +1,5 @@
 //! The authorization policy end to end over the real RabbitMQ and Redis: every `allow` mode,
-//! webhook authorizers, per-user caching, the admin API, seed 003's guest chat through the
+//! webhook authorizers, per-user caching, the admin API, the hotel guest chat through the
 //! shipped example policy, and the `porter policy` tools. One deployment per test, many
 //! assertions each, to keep the number of processes modest.
 
@@ -592,7 +592,7 @@ async fn guest_auth(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guest_chat_answers_every_seed_003_case() {
+async fn guest_chat_answers_every_specified_case() {
     let mut deployment = Deployment::new("guest").with_policy(&example_policy());
     deployment
         .extra_env
@@ -617,7 +617,7 @@ async fn guest_chat_answers_every_seed_003_case() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    // Byte for byte the seed's `channel_data`: the fields in the seed's order.
+    // Byte for byte the guest chat's specified `channel_data`: the fields in its order.
     let data = body["channel_data"].as_str().expect("channel_data");
     assert_eq!(
         data,
@@ -736,7 +736,7 @@ async fn guest_chat_answers_every_seed_003_case() {
         assert_eq!((status, &answer), (400, &missing), "{body}");
     }
 
-    // Input it cannot use: 400 with seed 003's catch-all error, never a 500.
+    // Input it cannot use: 400 with the guest chat's catch-all error, never a 500.
     let (status, body) = guest_auth(
         &deployment,
         "grand-hotel",
@@ -807,7 +807,8 @@ async fn guest_chat_answers_every_seed_003_case() {
     let a = channel_answer(&deployment, "1.2", "private-stream@42", None).await;
     assert_allowed(&a, "1.2", "private-stream@42");
 
-    // A revoked guest token gets the same answer as any other bad token (seed 004 over 003).
+    // A revoked guest token gets the same answer as any other bad token (token revocation covers
+    // the guest chat).
     let (status, _) = admin(
         reqwest::Method::POST,
         &deployment,
@@ -862,7 +863,7 @@ fn policy_tools_check_and_explain() {
         assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
     }
 
-    // The built-in policy, with seed 000's routing.
+    // The built-in policy, with the routing of the system Porter replaces.
     let (ok, stdout, _) = porter(&["policy", "explain", "private-encrypted-stream@42"], &[]);
     assert!(ok);
     for line in [

@@ -351,7 +351,7 @@ async fn member_added_and_removed_flip_the_online_status() {
     deployment.wait_ready().await;
 
     assert!(!online_via_channel(&deployment, "77").await);
-    // Member of two presence channels of different apps (seed 002: one global presence).
+    // Member of two presence channels of different apps (global presence: one status for both).
     let both = webhook_body(
         now_ms(),
         json!([
@@ -653,7 +653,7 @@ async fn no_token_or_secret_appears_in_the_logs_of_a_whole_flow() {
         let (head, _) = token.rsplit_once('.').unwrap();
         format!("{head}.AAAAbogusSignatureAAAAAAAAAAAAAAAAAAAAAAAAAA")
     };
-    // A session opened with the token (seed 001): its id must not be logged either.
+    // A session opened with the token (`POST /auth`): its id must not be logged either.
     let session = client
         .post(deployment.url("/auth"))
         .json(&json!({"email": "nine@example.com", "token": token}))

@@ -1,12 +1,12 @@
 //! Scoped-token endpoints: extra authorization routes a policy declares with `[[endpoint]]`.
 //!
-//! Some products hand their users a token that is good for one narrow purpose (seed 003's
-//! hotel guest token: a hotel, a booking id, an expiry) and authorize at a URL of their own
-//! (`/api/guest/hotel/{hotel_slug}/chat/pusher/auth?token=…`). An endpoint declares that URL,
-//! where its token comes from, which rules it may authorize, and the message a client gets
-//! for each refusal. The gateway registers one route per endpoint at start-up; the decision
-//! itself still runs in the workers with the rule's `allow`, and the route's parameters are
-//! handed over as captures, so a `claims` rule can compare token claims with them.
+//! Some products hand their users a token that is good for one narrow purpose (the hotel guest
+//! chat's token: a hotel, a booking id, an expiry) and authorize at a URL of their own
+//! (`/api/guest/hotel/{hotel_slug}/chat/pusher/auth?token=…`). An endpoint declares that URL, where
+//! its token comes from, which rules it may authorize, and the message a client gets for each
+//! refusal. The gateway registers one route per endpoint at start-up; the decision itself still
+//! runs in the workers with the rule's `allow`, and the route's parameters are handed over as
+//! captures, so a `claims` rule can compare token claims with them.
 //!
 //! Rules an endpoint lists are served only by that endpoint: a scoped token is never a key
 //! to the general endpoints, and a general bearer token never opens a scoped rule.

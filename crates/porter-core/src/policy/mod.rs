@@ -1,9 +1,10 @@
 //! Authorization policy: an ordered list of rules, first match wins.
 //!
-//! A rule matches channel names by [`Pattern`] and decides the route of the task, who may
-//! subscribe ([`Allow`]), what data rides along ([`DataSpec`]) and whether the result may be
-//! cached ([`CacheSpec`]). Policies are written in TOML (`docs/policy.md`); the built-in
-//! [`Policy::default`] reproduces seed 000. Errors name the rule and the field.
+//! A rule matches channel names by [`Pattern`] and decides the route of the task, who may subscribe
+//! ([`Allow`]), what data rides along ([`DataSpec`]) and whether the result may be cached
+//! ([`CacheSpec`]). Policies are written in TOML (`docs/policy.md`); the built-in
+//! [`Policy::default`] reproduces the catalogue of the system Porter replaces. Errors name the rule
+//! and the field.
 //!
 //! This file holds the [`Policy`] and its matching; the rule types are in `rule.rs`, the
 //! errors in `error.rs`, the scoped-token endpoints in `endpoint.rs` (public through the
@@ -27,7 +28,7 @@ pub use rule::{
     Allow, CacheScope, CacheSpec, DataSpec, MAX_DURATION, PrivateData, Rule, UserInfoSource,
 };
 
-/// The TOML of the built-in policy (seed 000's catalogue).
+/// The TOML of the built-in policy (the feature catalogue of the system Porter replaces).
 pub const DEFAULT_POLICY_TOML: &str = include_str!("../default_policy.toml");
 
 /// A rule that matched a channel, with its captures.

@@ -145,14 +145,14 @@ impl DataSpec {
 /// For whom a cached result holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheScope {
-    /// The same for every caller: seed 000's `ANNON` client.
+    /// The same for every caller: the `ANNON` client of the system Porter replaces.
     Anonymous,
     /// Per user id.
     User,
 }
 
 impl CacheScope {
-    /// The cache hash field for a caller: seed 000's `ANNON`, or `user:{id}`.
+    /// The cache hash field for a caller: the replaced system's `ANNON`, or `user:{id}`.
     /// `None` when the result is per user and the caller has no user id.
     pub fn field(self, user_id: Option<&str>) -> Option<String> {
         match self {
@@ -173,7 +173,7 @@ pub struct CacheSpec {
 pub enum PrivateData {
     /// In an unsigned `events` field: what sockudo and soketi accept.
     Events,
-    /// Signed into `channel_data`, as seed 000 did with the Python SDK.
+    /// Signed into `channel_data`, as the system Porter replaces did with the Python SDK.
     Signed,
 }
 

@@ -9,7 +9,7 @@ fn explain(policy: &Policy, channel: &str) -> (String, Route, bool) {
 }
 
 #[test]
-fn default_policy_reproduces_seed_000_routing() {
+fn default_policy_reproduces_the_replaced_systems_routing() {
     let policy = Policy::default();
     assert_eq!(
         explain(&policy, "presence-stream@42"),
@@ -284,7 +284,7 @@ fn explain_output_lists_everything() {
     );
 }
 
-/// The shipped example policy: seed 000's catalogue plus seed 003's guest chat endpoint.
+/// The shipped example policy: the built-in catalogue plus the hotel guest chat endpoint.
 const EXAMPLE_POLICY: &str = include_str!("../../../../deploy/policy.example.toml");
 
 #[test]
