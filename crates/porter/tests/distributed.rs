@@ -1,5 +1,9 @@
 //! The distributed path end to end: `porter gateway` and `porter worker` processes over the
 //! real RabbitMQ and Redis. Every test uses its own queue and key prefixes.
+//!
+//! Over 500 lines on purpose: each `tests/*.rs` file is its own test binary, linked against the
+//! whole workspace, and on the 2-core CI machine every extra binary costs a link of tens of
+//! seconds, so the end-to-end tests are grouped in a few files.
 
 mod common;
 
@@ -226,7 +230,10 @@ async fn expired_tasks_are_not_run_and_slow_authorizers_are_cut_off() {
         .wait_until(tokio::time::Instant::now() + Duration::from_secs(5))
         .await
         .expect("a reply");
-    assert_eq!(reply.reason.map(|r| r.to_string()).as_deref(), Some("expired"));
+    assert_eq!(
+        reply.reason.map(|r| r.to_string()).as_deref(),
+        Some("expired")
+    );
     // Had it run, it would have cached its result.
     let mut redis = deployment.redis().await;
     let cached: Option<String> = redis

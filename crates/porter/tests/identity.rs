@@ -1,6 +1,10 @@
 //! Identity end to end over the real Redis and RabbitMQ: JWT verification (HS256, RS256, ES256,
 //! JWKS rotation, the classic attacks), token revocation and sessions with their exchanges. Every
 //! test uses its own queue and key prefixes.
+//!
+//! Over 500 lines on purpose: each `tests/*.rs` file is its own test binary, linked against the
+//! whole workspace, and on the 2-core CI machine every extra binary costs a link of tens of
+//! seconds, so the end-to-end tests are grouped in a few files.
 
 mod common;
 

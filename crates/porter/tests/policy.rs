@@ -2,6 +2,10 @@
 //! webhook authorizers, per-user caching, the admin API, the hotel guest chat through the
 //! shipped example policy, and the `porter policy` tools. One deployment per test, many
 //! assertions each, to keep the number of processes modest.
+//!
+//! Over 500 lines on purpose: each `tests/*.rs` file is its own test binary, linked against the
+//! whole workspace, and on the 2-core CI machine every extra binary costs a link of tens of
+//! seconds, so the end-to-end tests are grouped in a few files.
 
 mod common;
 

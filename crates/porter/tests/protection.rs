@@ -2,6 +2,10 @@
 //! rate limits shared by gateway replicas, Pusher webhooks (forgery, replay, presence,
 //! cache upkeep), heartbeats, the in-flight cap, CORS and header limits, and a whole flow
 //! whose captured logs must not contain the bearer token. Every test has its own prefixes.
+//!
+//! Over 500 lines on purpose: each `tests/*.rs` file is its own test binary, linked against the
+//! whole workspace, and on the 2-core CI machine every extra binary costs a link of tens of
+//! seconds, so the end-to-end tests are grouped in a few files.
 
 mod common;
 
