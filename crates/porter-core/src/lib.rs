@@ -3,6 +3,7 @@
 //! Everything here is deterministic and free of I/O: it knows nothing of tokio, actix,
 //! lapin or Redis, so it can be unit-tested, property-tested and fuzzed in isolation.
 //!
+//! - [`cache`]: what a cached decision records, and when a hit may be served.
 //! - [`channel`]: Pusher channel and socket id validation, and the parts of a channel name.
 //! - [`endpoint`]: scoped-token endpoints a policy declares (the hotel guest chat).
 //! - [`pattern`]: channel name patterns with named captures, and templates.
@@ -13,6 +14,7 @@
 //! - [`wire`]: the task and reply messages exchanged between gateway and workers.
 //! - [`reason`]: the stable refusal reasons a client can read.
 
+pub mod cache;
 pub mod channel;
 pub mod endpoint;
 pub mod pattern;

@@ -49,6 +49,10 @@ pub struct Task {
     /// Verified token claims of the caller.
     #[serde(default)]
     pub claims: serde_json::Map<String, Value>,
+    /// A what-if decision (the admin API's): decided as usual, but nothing is cached, so
+    /// claims the real caller does not have grant nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// A retained event handed to a subscriber of a private channel.
@@ -133,6 +137,7 @@ mod tests {
             client_id: Some("c".into()),
             user_id: Some("7".into()),
             claims: serde_json::Map::new(),
+            dry_run: false,
         };
         let json = serde_json::to_string(&task).unwrap();
         assert!(json.contains(r#""channel_type":"presence""#));

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use porter_broker::TaskClient;
+use porter_core::cache::RuleStamps;
 use porter_core::policy::Policy;
 use porter_core::signing::Signer;
 use porter_identity::Resolver;
@@ -21,6 +22,9 @@ use crate::scoped_keys::ScopedKeys;
 pub struct AppState {
     pub signer: Signer,
     pub policy: Arc<Policy>,
+    /// `RuleStamps::of(&policy)`: cache entries of other rules (or other versions of a rule)
+    /// are never served.
+    pub stamps: RuleStamps,
     pub tasks: Arc<dyn TaskClient>,
     pub store: Arc<dyn Store>,
     pub identity: Resolver,
@@ -40,6 +44,7 @@ impl AppState {
         Authorizer {
             signer: &self.signer,
             policy: &self.policy,
+            stamps: &self.stamps,
             tasks: self.tasks.as_ref(),
             store: self.store.as_ref(),
             config: &self.config,

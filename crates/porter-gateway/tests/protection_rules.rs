@@ -10,6 +10,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::ServiceResponse;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpResponse, test, web};
+use porter_core::cache::RuleStamps;
 use porter_core::policy::Policy;
 use porter_core::signing::{Secret, Signer};
 use porter_gateway::protection::{Protection, ProtectionConfig};
@@ -55,6 +56,7 @@ fn state(store: Arc<dyn Store>, protection: ProtectionConfig) -> web::Data<AppSt
     web::Data::new(AppState {
         signer: signer(),
         policy: Arc::new(Policy::default()),
+        stamps: RuleStamps::of(&Policy::default()),
         tasks: Arc::new(client),
         store,
         identity: Resolver::new(Verifier::hs256(Some(JWT_SECRET))),

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use porter_core::cache::{CachedDecision, RuleStamps};
 use porter_core::policy::Policy;
 use porter_core::signing::{Secret, Signer};
+use porter_core::wire::AuthData;
 use porter_gateway::authorize::Outcome;
 use porter_gateway::protection::{Protection, ProtectionConfig};
 use porter_gateway::{AppState, GatewayConfig};
@@ -45,6 +47,7 @@ fn state(store: Arc<Counting>) -> AppState {
     AppState {
         signer: Signer::new("100000", "key", &Secret::new("secret"), None).unwrap(),
         policy: Arc::new(Policy::default()),
+        stamps: RuleStamps::of(&Policy::default()),
         tasks: Arc::new(client),
         store,
         identity: Resolver::new(Verifier::hs256(Some(b"s"))),
@@ -54,6 +57,19 @@ fn state(store: Arc<Counting>) -> AppState {
         protection: Protection::new(ProtectionConfig::default()),
         scoped: Default::default(),
     }
+}
+
+/// The cache entry a worker writes for an allow of `channel` under the default policy.
+fn entry_of(channel: &str) -> String {
+    let policy = Policy::default();
+    let rule = policy.match_name(channel).unwrap().rule;
+    let stamps = RuleStamps::of(&policy);
+    CachedDecision::encode(
+        &rule.name,
+        stamps.get(&rule.name).unwrap(),
+        &AuthData::default(),
+    )
+    .unwrap()
 }
 
 fn caller() -> Caller {
@@ -72,7 +88,12 @@ async fn a_cache_hit_and_the_revocation_check_take_one_store_call() {
     let store = counting();
     store
         .inner
-        .put_cached("private-stream@42", "ANNON", "{}", Duration::from_secs(60))
+        .put_cached(
+            "private-stream@42",
+            "ANNON",
+            &entry_of("private-stream@42"),
+            Duration::from_secs(60),
+        )
         .await
         .unwrap();
     let state = state(store.clone());

@@ -10,6 +10,7 @@ use std::time::Duration;
 use actix_web::{App, test, web};
 use async_trait::async_trait;
 use porter_broker::{BrokerError, Outgoing, Pending, TaskClient};
+use porter_core::cache::RuleStamps;
 use porter_core::policy::Policy;
 use porter_core::signing::{Secret, Signer};
 use porter_gateway::admin_guard::AdminGuard;
@@ -64,6 +65,7 @@ fn setup() -> (AppState, Arc<MemoryStore>, Arc<Recording>) {
     let state = AppState {
         signer: Signer::new("100000", "key", &Secret::new("secret"), None).unwrap(),
         policy: Arc::new(Policy::default()),
+        stamps: RuleStamps::of(&Policy::default()),
         tasks: recording.clone(),
         store: store.clone(),
         identity: Resolver::new(Verifier::hs256(Some(JWT_SECRET))).with_sessions(sessions),

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use porter_core::cache::{CachedDecision, RuleStamps};
 use porter_core::channel::Channel;
 use porter_core::policy::Policy;
 use porter_core::reason::Reason;
@@ -17,6 +18,8 @@ use crate::webhook::WebhookClient;
 pub struct Authorizer {
     policy: Arc<Policy>,
     store: Arc<dyn Store>,
+    /// The stamp each cache entry records of the rule that wrote it.
+    stamps: Arc<RuleStamps>,
     registry: Registry,
     webhooks: WebhookClient,
 }
@@ -24,6 +27,7 @@ pub struct Authorizer {
 impl Authorizer {
     pub fn new(policy: Arc<Policy>, store: Arc<dyn Store>, registry: Registry) -> Authorizer {
         Authorizer {
+            stamps: Arc::new(RuleStamps::of(&policy)),
             policy,
             store,
             registry,
@@ -68,10 +72,13 @@ impl Authorizer {
             return Err(Reason::Unauthenticated);
         }
 
+        // A what-if decision grants nothing: it is not cached.
         if let Some(spec) = rule.cache
+            && !task.dry_run
             && let Some(scope) = spec.scope.field(task.user_id.as_deref())
+            && let Some(stamp) = self.stamps.get(&rule.name)
         {
-            match serde_json::to_string(&data) {
+            match CachedDecision::encode(&rule.name, stamp, &data) {
                 Ok(json) => {
                     if let Err(error) = self
                         .store

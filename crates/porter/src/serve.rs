@@ -10,6 +10,7 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use porter_broker::amqp::{AmqpClient, AmqpConfig, AmqpSource, ReplyMode};
 use porter_broker::{TaskClient, local};
+use porter_core::cache::RuleStamps;
 use porter_core::policy::{Policy, PrivateData};
 use porter_core::routing::Queue;
 use porter_gateway::admin_guard::AdminGuard;
@@ -45,6 +46,7 @@ fn app_state(
     let scoped = ScopedKeys::new(&policy, |name| std::env::var(name).ok());
     Ok(web::Data::new(AppState {
         signer: signer(&http.credentials)?,
+        stamps: RuleStamps::of(&policy),
         policy,
         tasks,
         store,

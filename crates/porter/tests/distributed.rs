@@ -212,6 +212,7 @@ async fn expired_tasks_are_not_run_and_slow_authorizers_are_cut_off() {
         client_id: None,
         user_id: None,
         claims: Default::default(),
+        dry_run: false,
     };
     let waiter = client.pending().register(&task.id);
     let route = Route {

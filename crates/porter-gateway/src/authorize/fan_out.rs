@@ -20,8 +20,8 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::protection::in_flight::{self, InFlight};
 
-/// The task of one prepared channel, for this caller.
-pub fn task_for(p: &Prepared<'_>, identity: &Identity) -> Task {
+/// The task of one prepared channel, for this caller; a `dry_run` is decided but not cached.
+pub fn task_for(p: &Prepared<'_>, identity: &Identity, dry_run: bool) -> Task {
     Task {
         v: FORMAT_VERSION,
         id: uuid::Uuid::new_v4().to_string(),
@@ -34,6 +34,7 @@ pub fn task_for(p: &Prepared<'_>, identity: &Identity) -> Task {
         client_id: identity.client_id.clone(),
         user_id: identity.user_id.clone(),
         claims: identity.claims.clone(),
+        dry_run,
     }
 }
 

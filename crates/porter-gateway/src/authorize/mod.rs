@@ -20,6 +20,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use porter_broker::TaskClient;
+use porter_core::cache::{CachedDecision, RuleStamps};
 use porter_core::channel::Channel;
 use porter_core::policy::{Match, Policy, PrivateData};
 use porter_core::reason::Reason;
@@ -79,6 +80,8 @@ pub struct Authorizer<'a> {
     pub policy: &'a Policy,
     pub tasks: &'a dyn TaskClient,
     pub store: &'a dyn Store,
+    /// The stamps of `policy`'s rules, which cache entries must carry to be served.
+    pub stamps: &'a RuleStamps,
     pub config: &'a GatewayConfig,
     pub metrics: &'a Metrics,
     pub in_flight: &'a InFlight,
@@ -132,7 +135,7 @@ impl Authorizer<'_> {
                 self.metrics.channel(Counted::CacheHit);
                 results[*index] = Some(self.signed(socket_id, p, data));
             } else {
-                jobs.push((p, task_for(p, identity)));
+                jobs.push((p, task_for(p, identity, false)));
                 misses.push(*index);
             }
         }
@@ -229,7 +232,11 @@ impl Authorizer<'_> {
             Ok(found) => {
                 caller.settle(self.store, found.revoked).await?;
                 for ((i, _), value) in lookups.iter().zip(found.cached) {
-                    hits[*i] = value.and_then(|v| serde_json::from_str(&v).ok());
+                    let rule = prepared[*i].1.matched.rule;
+                    // Only an entry of the rule that matches now is a hit (`porter_core::cache`).
+                    hits[*i] = value
+                        .zip(self.stamps.get(&rule.name))
+                        .and_then(|(entry, stamp)| CachedDecision::data_for(&entry, stamp));
                 }
             }
             Err(error) => {
@@ -277,14 +284,15 @@ impl Authorizer<'_> {
         }
     }
 
-    /// Decides one already matched channel through a worker, unsigned (the admin API's
-    /// dry run shows this).
+    /// Decides one already matched channel through a worker, unsigned. A `dry_run` (the
+    /// admin API's what-if decision) writes nothing to the cache.
     pub async fn decide(
         &self,
         prepared: &Prepared<'_>,
         identity: &Identity,
+        dry_run: bool,
     ) -> Result<Verdict, ApiError> {
-        let task = task_for(prepared, identity);
+        let task = task_for(prepared, identity, dry_run);
         let mut verdicts = self.fan_out().run(&[(prepared, task)]).await?;
         Ok(verdicts.pop().unwrap_or(Verdict::TimedOut))
     }
@@ -297,7 +305,7 @@ impl Authorizer<'_> {
         identity: &Identity,
         socket_id: &str,
     ) -> Result<Outcome, ApiError> {
-        let verdict = self.decide(prepared, identity).await?;
+        let verdict = self.decide(prepared, identity, false).await?;
         let outcome = self.finish(socket_id, prepared, verdict);
         audit_refusal(
             &Who::of(identity, None),

@@ -242,7 +242,11 @@ async fn decide_for(state: &AppState, asked: DecisionBody) -> Result<HttpRespons
         ..Identity::default()
     };
     let prepared = Prepared { channel, matched };
-    let verdict = state.authorizer().decide(&prepared, &identity).await?;
+    // A what-if: decided by a worker, never cached, so it grants the real user nothing.
+    let verdict = state
+        .authorizer()
+        .decide(&prepared, &identity, true)
+        .await?;
     let mut body = json!({
         "channel": prepared.channel.name,
         "user_id": identity.user_id,

@@ -273,6 +273,7 @@ pub fn gateway_task(policy: &Policy, id: &str, channel: &str, user: Option<&str>
         client_id: None,
         user_id: user.map(str::to_owned),
         claims: serde_json::Map::new(),
+        dry_run: false,
     }
 }
 

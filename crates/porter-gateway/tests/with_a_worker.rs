@@ -1,8 +1,12 @@
-//! The edges every route shares, on the routes that once lacked them: the `/admin` routes are
-//! rate limited by IP before the admin token is looked at and audit a wrong token, and the
-//! guest endpoint (a scoped-token endpoint of `deploy/policy.example.toml`) audits a bad token
-//! and a refused channel. In process: a real worker behind the gateway over the local
-//! transport, and the memory store.
+//! The gateway with a real worker behind it, in process (the local transport, the memory
+//! store):
+//!
+//! - the edges every route shares, on the routes that once lacked them: the `/admin` routes are
+//!   rate limited by IP before the admin token is looked at and audit a wrong token, and the
+//!   guest endpoint (a scoped-token endpoint of `deploy/policy.example.toml`) audits a bad token
+//!   and a refused channel;
+//! - the cache: a cached allow stands only for the rule that wrote it, and the admin API's
+//!   what-if decisions write nothing.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -11,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use actix_web::body::MessageBody;
 use actix_web::dev::ServiceResponse;
 use actix_web::{App, test, web};
+use porter_core::cache::RuleStamps;
 use porter_core::policy::Policy;
 use porter_core::signing::{Secret, Signer};
 use porter_gateway::admin_guard::AdminGuard;
@@ -19,6 +24,7 @@ use porter_gateway::scoped_keys::ScopedKeys;
 use porter_gateway::{AppState, GatewayConfig};
 use porter_identity::{Resolver, Verifier};
 use porter_store::memory::MemoryStore;
+use porter_store::{CacheLookup, Store};
 use porter_worker::registry::Registry;
 use porter_worker::{Authorizer, Worker, WorkerConfig};
 use serde_json::{Value, json};
@@ -28,24 +34,36 @@ const POLICY: &str = include_str!("../../../deploy/policy.example.toml");
 const GUEST_SECRET: &str = "guest-secret";
 const ADMIN_TOKEN: &str = "admin-token";
 const PEER: &str = "203.0.113.9:40000";
+const JWT_SECRET: &[u8] = b"jwt-secret";
+const MASTER_KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
 
 /// The gateway with a worker of its own; both stop with `stop`.
 fn gateway(protection: ProtectionConfig, stop: &CancellationToken) -> web::Data<AppState> {
-    let policy = Arc::new(Policy::from_toml(POLICY).expect("the example policy parses"));
-    let store = Arc::new(MemoryStore::default());
+    gateway_with(POLICY, Arc::new(MemoryStore::default()), protection, stop)
+}
+
+/// The gateway of `policy` over `store`, with a worker of its own.
+fn gateway_with(
+    policy: &str,
+    store: Arc<MemoryStore>,
+    protection: ProtectionConfig,
+    stop: &CancellationToken,
+) -> web::Data<AppState> {
+    let policy = Arc::new(Policy::from_toml(policy).expect("the policy parses"));
     let (client, source) = porter_broker::local::channel(stop.clone());
     let authorizer = Authorizer::new(policy.clone(), store.clone(), Registry::builtin());
     let worker = Worker::new(authorizer, WorkerConfig { concurrency: 8 });
     actix_web::rt::spawn(async move { worker.run(source).await });
     web::Data::new(AppState {
-        signer: Signer::new("100000", "key", &Secret::new("secret"), None).unwrap(),
+        signer: Signer::new("100000", "key", &Secret::new("secret"), Some(MASTER_KEY)).unwrap(),
         scoped: ScopedKeys::new(&policy, |name| {
             (name == "PORTER_GUEST_TOKEN_SECRET").then(|| GUEST_SECRET.to_owned())
         }),
+        stamps: RuleStamps::of(&policy),
         policy,
         tasks: Arc::new(client),
         store,
-        identity: Resolver::new(Verifier::hs256(None)),
+        identity: Resolver::new(Verifier::hs256(Some(JWT_SECRET))),
         config: GatewayConfig::default(),
         metrics: Default::default(),
         admin: AdminGuard::new(Some(ADMIN_TOKEN)),
@@ -273,5 +291,104 @@ async fn the_guest_endpoint_audits_bad_tokens_and_refusals_and_signs_through_a_w
         "{log}"
     );
     assert!(!log.contains(&forged), "a token reached the log");
+    stop.cancel();
+}
+
+/// An encrypted channel decided by a strict rule and its plain twin by a looser one, both
+/// cached per user: the twins share a cache key, since cache names drop `-encrypted`.
+const TWINS: &str = r#"
+[[rule]]
+name = "strict"
+pattern = "private-encrypted-{feature}@{object_id}"
+allow = "owner"
+cache = { scope = "user", ttl = 60 }
+
+[[rule]]
+name = "loose"
+pattern = "private-{feature}@{object_id}"
+allow = "authenticated"
+cache = { scope = "user", ttl = 60 }
+"#;
+
+fn bearer(user: &str) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": user, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET),
+    )
+    .unwrap();
+    format!("Bearer {token}")
+}
+
+#[actix_web::test]
+async fn a_cached_allow_of_one_rule_never_opens_a_channel_of_another() {
+    captured_logs();
+    let stop = CancellationToken::new();
+    let app = app!(gateway_with(
+        TWINS,
+        Arc::new(MemoryStore::default()),
+        ProtectionConfig::default(),
+        &stop
+    ));
+    let auth = |channel: &str| {
+        test::TestRequest::post()
+            .uri("/pusher/auth")
+            .insert_header(("Authorization", bearer("8")))
+            .set_form([("socket_id", "123.456"), ("channel_name", channel)])
+            .to_request()
+    };
+    // User 8 does not own chat 7: the encrypted channel is refused…
+    let response = test::call_service(&app, auth("private-encrypted-chat@7")).await;
+    assert_eq!(status(&response), 403);
+    // …the plain twin is allowed, and cached under the twins' shared key…
+    let response = test::call_service(&app, auth("private-chat@7")).await;
+    assert_eq!(status(&response), 200);
+    // …and the encrypted channel is still refused: the cached allow is the loose rule's.
+    let response = test::call_service(&app, auth("private-encrypted-chat@7")).await;
+    assert_eq!(status(&response), 403);
+    let body: Value = test::read_body_json(response).await;
+    assert!(body.get("shared_secret").is_none(), "{body}");
+    stop.cancel();
+}
+
+#[actix_web::test]
+async fn admin_decisions_are_dry_runs_that_cache_nothing() {
+    captured_logs();
+    let stop = CancellationToken::new();
+    let store = Arc::new(MemoryStore::default());
+    let app = app!(gateway_with(
+        TWINS,
+        store.clone(),
+        ProtectionConfig::default(),
+        &stop
+    ));
+    for request in [
+        test::TestRequest::get().uri("/admin/decision?channel=private-encrypted-chat@7&user_id=7"),
+        test::TestRequest::post()
+            .uri("/admin/decision")
+            .set_json(json!({
+                "channel": "private-chat@7", "user_id": "7", "claims": {"role": "admin"}
+            })),
+    ] {
+        let request = request
+            .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+            .to_request();
+        let response = test::call_service(&app, request).await;
+        assert_eq!(status(&response), 200);
+        let body: Value = test::read_body_json(response).await;
+        assert_eq!(body["allowed"], true, "{body}");
+    }
+    // The worker decided, and wrote nothing a real request of user 7 would be served from.
+    let looked = [CacheLookup {
+        channel: "private-chat@7",
+        scope: "user:7",
+    }];
+    let found = store.lookup(&looked, &[]).await.unwrap();
+    assert_eq!(found.cached, vec![None]);
     stop.cancel();
 }
