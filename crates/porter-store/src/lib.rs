@@ -24,9 +24,25 @@ pub use ratelimit::{Quota, RateCheck, RateDecision};
 /// `member_removed` webhooks that never arrive (see [`presence`]).
 pub const PRESENCE_CHANNELS_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// The longest a revocation is kept: an `exp` decades away (or a bogus one) must not overflow
-/// a clock or keep a key forever.
-pub const MAX_REVOCATION_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+/// The longest TTL a revocation is stored WITH. A revocation must never lapse before its token,
+/// so one asked to last longer (an `exp` centuries away, or past what any clock can count) is
+/// kept without expiry instead of being cut short. A thousand years outlives every real token
+/// and is far inside what both stores can count (Redis adds the TTL to its clock in `i64`
+/// milliseconds, the memory store to a monotonic `Instant`), so no input overflows either.
+/// Redis's own largest TTL is not a constant (it shrinks as its clock advances), which is why
+/// the longer case is "no expiry" rather than "the largest TTL Redis takes".
+pub const MAX_REVOCATION_TTL: Duration = Duration::from_secs(1000 * 366 * 24 * 3600);
+
+/// How long a store keeps a revocation asked to last `ttl`: `Some` of whole seconds (rounded
+/// up, at least one, Redis's unit), or `None` (no expiry) past [`MAX_REVOCATION_TTL`]. Both
+/// stores go through it, so they keep every revocation equally long.
+pub fn revocation_expiry(ttl: Duration) -> Option<Duration> {
+    if ttl > MAX_REVOCATION_TTL {
+        return None;
+    }
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    Some(Duration::from_secs(secs.max(1)))
+}
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -233,8 +249,9 @@ pub trait Store: Send + Sync + 'static {
         cache: &[CacheLookup<'_>],
         revocations: &[Revocation<'_>],
     ) -> Result<Lookup, StoreError>;
-    /// Records a revocation until `ttl` has passed (the token's remaining lifetime).
-    /// Implementations clamp `ttl` to [`MAX_REVOCATION_TTL`].
+    /// Records a revocation until `ttl` has passed (the token's remaining lifetime), or for
+    /// good when `ttl` is past [`MAX_REVOCATION_TTL`]: implementations go through
+    /// [`revocation_expiry`], never cutting a revocation short.
     async fn revoke(&self, revocation: Revocation<'_>, ttl: Duration) -> Result<(), StoreError>;
 
     /// Stores a new session's data (JSON) with its TTL.
@@ -259,4 +276,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revocation_expiries_round_up_and_never_cut_short() {
+        let secs = Duration::from_secs;
+        assert_eq!(revocation_expiry(Duration::ZERO), Some(secs(1)));
+        assert_eq!(
+            revocation_expiry(Duration::from_millis(1001)),
+            Some(secs(2))
+        );
+        assert_eq!(revocation_expiry(secs(90)), Some(secs(90)));
+        assert_eq!(
+            revocation_expiry(MAX_REVOCATION_TTL),
+            Some(MAX_REVOCATION_TTL)
+        );
+        assert_eq!(revocation_expiry(MAX_REVOCATION_TTL + secs(1)), None);
+        assert_eq!(revocation_expiry(Duration::MAX), None);
+    }
 }

@@ -21,8 +21,8 @@ use tokio::sync::OnceCell;
 use crate::presence::PRESENCE_SCRIPT;
 use crate::ratelimit::GCRA_SCRIPT;
 use crate::{
-    CacheLookup, Keys, Lookup, MAX_REVOCATION_TTL, PRESENCE_CHANNELS_TTL, PresenceEvent, RateCheck,
-    RateDecision, Revocation, Store, StoreError,
+    CacheLookup, Keys, Lookup, PRESENCE_CHANNELS_TTL, PresenceEvent, RateCheck, RateDecision,
+    Revocation, Store, StoreError, revocation_expiry,
 };
 
 /// The longest any one store call may take.
@@ -335,9 +335,13 @@ impl Store for RedisStore {
 
     async fn revoke(&self, revocation: Revocation<'_>, ttl: Duration) -> Result<(), StoreError> {
         let key = self.keys.revocation(revocation);
-        let ttl = ttl.min(MAX_REVOCATION_TTL);
-        self.run(async |c| c.set_ex::<_, _, ()>(&key, "1", ttl.as_secs().max(1)).await)
-            .await
+        match revocation_expiry(ttl) {
+            Some(ttl) => {
+                self.run(async |c| c.set_ex::<_, _, ()>(&key, "1", ttl.as_secs()).await)
+                    .await
+            }
+            None => self.run(async |c| c.set::<_, _, ()>(&key, "1").await).await,
+        }
     }
 
     async fn create_session(

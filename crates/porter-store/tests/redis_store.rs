@@ -1,10 +1,12 @@
 //! The Redis store against the real Redis (127.0.0.1:6379): global presence, the GCRA
-//! script and the replay guard. Each test uses its own key prefix.
+//! script, the replay guard and revocation lifetimes. Each test uses its own key prefix.
 
 use std::time::Duration;
 
 use porter_store::redis::RedisStore;
-use porter_store::{Keys, PresenceEvent, Quota, RateCheck, RateDecision, Store};
+use porter_store::{
+    Keys, MAX_REVOCATION_TTL, PresenceEvent, Quota, RateCheck, RateDecision, Revocation, Store,
+};
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379/";
 
@@ -217,4 +219,48 @@ async fn sighted_reads_without_marking() {
             .unwrap()
     );
     assert!(store.sighted("webhook:ef").await.unwrap());
+}
+
+#[tokio::test]
+async fn revocations_keep_their_whole_ttl_or_no_expiry_past_any_ttl() {
+    let store = store("revoke");
+    let year: i64 = 365 * 24 * 3600;
+    let decade = Duration::from_secs(10 * year as u64 + 30);
+    let cases = [
+        ("decade", decade),
+        ("fraction", Duration::from_millis(1500)),
+        ("past-max", MAX_REVOCATION_TTL + Duration::from_secs(1)),
+        ("max", Duration::MAX),
+    ];
+    for (jti, ttl) in cases {
+        store.revoke(Revocation::Jti(jti), ttl).await.unwrap();
+        let found = store.lookup(&[], &[Revocation::Jti(jti)]).await.unwrap();
+        assert!(found.revoked, "{jti}");
+    }
+    let mut redis = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut ttls = Vec::new();
+    for (jti, _) in cases {
+        let key = store.keys().revoked_jti(jti);
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        ttls.push(ttl);
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    // The whole decade (not a year), the fraction rounded up, and -1: no expiry.
+    assert!(
+        (10 * year + 25..=10 * year + 30).contains(&ttls[0]),
+        "{ttls:?}"
+    );
+    assert_eq!(&ttls[1..], &[2, -1, -1], "{ttls:?}");
 }

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use crate::presence;
 use crate::ratelimit::gcra;
 use crate::{
-    CacheLookup, Keys, Lookup, MAX_REVOCATION_TTL, PRESENCE_CHANNELS_TTL, PresenceEvent, RateCheck,
-    RateDecision, Revocation, Store, StoreError,
+    CacheLookup, Keys, Lookup, PRESENCE_CHANNELS_TTL, PresenceEvent, RateCheck, RateDecision,
+    Revocation, Store, StoreError, revocation_expiry,
 };
 
 enum Value {
@@ -375,13 +375,13 @@ impl Store for MemoryStore {
     }
 
     async fn revoke(&self, revocation: Revocation<'_>, ttl: Duration) -> Result<(), StoreError> {
-        // Clamped: `Instant + ttl` panics on overflow, and Redis keeps at most this long too.
-        let ttl = ttl.min(MAX_REVOCATION_TTL);
+        // `revocation_expiry` keeps `Instant + ttl` from overflowing, and Redis the same TTL.
+        let expires = revocation_expiry(ttl).map(|ttl| Instant::now() + ttl);
         self.data().insert(
             self.keys.revocation(revocation),
             Entry {
                 value: Value::Flag,
-                expires: Some(Instant::now() + ttl),
+                expires,
             },
         );
         Ok(())

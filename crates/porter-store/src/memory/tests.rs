@@ -166,20 +166,61 @@ async fn sessions_slide_and_expire() {
     assert!(store.touch_session("other", ttl).await.unwrap().is_none());
 }
 
-#[tokio::test]
-async fn a_revocation_with_a_huge_ttl_is_clamped_not_a_panic() {
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+async fn is_revoked(store: &MemoryStore, jti: &str) -> bool {
+    store
+        .lookup(&[], &[Revocation::Jti(jti)])
+        .await
+        .unwrap()
+        .revoked
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revocation_years_out_lasts_its_whole_ttl() {
+    let store = MemoryStore::default();
+    // A token valid for ten more years, plus a 30 s leeway.
+    let ttl = YEAR * 10 + Duration::from_secs(30);
+    store.revoke(Revocation::Jti("decade"), ttl).await.unwrap();
+    tokio::time::advance(YEAR * 10).await;
+    assert!(
+        is_revoked(&store, "decade").await,
+        "lapsed before its token"
+    );
+    tokio::time::advance(Duration::from_secs(31)).await;
+    assert!(!is_revoked(&store, "decade").await, "kept past its TTL");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revocation_past_any_ttl_is_kept_without_expiry() {
+    let store = MemoryStore::default();
+    for (jti, ttl) in [
+        (
+            "just-past",
+            crate::MAX_REVOCATION_TTL + Duration::from_secs(1),
+        ),
+        ("huge", Duration::from_secs(u64::MAX / 2)),
+        ("max", Duration::MAX),
+    ] {
+        store.revoke(Revocation::Jti(jti), ttl).await.unwrap();
+    }
+    tokio::time::advance(YEAR * 1100).await;
+    for jti in ["just-past", "huge", "max"] {
+        assert!(is_revoked(&store, jti).await, "{jti} lapsed");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fractional_revocation_ttl_rounds_up() {
     let store = MemoryStore::default();
     store
-        .revoke(Revocation::Jti("far"), Duration::from_secs(u64::MAX / 2))
+        .revoke(Revocation::Jti("half"), Duration::from_millis(1500))
         .await
         .unwrap();
-    assert!(
-        store
-            .lookup(&[], &[Revocation::Jti("far")])
-            .await
-            .unwrap()
-            .revoked
-    );
+    tokio::time::advance(Duration::from_millis(1900)).await;
+    assert!(is_revoked(&store, "half").await);
+    tokio::time::advance(Duration::from_millis(200)).await;
+    assert!(!is_revoked(&store, "half").await);
 }
 
 #[tokio::test(start_paused = true)]
