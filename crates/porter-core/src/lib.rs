@@ -11,6 +11,8 @@
 //!   where the task goes and whether the result may be cached.
 //! - [`routing`]: queues, time limits and expiry of a task.
 //! - [`signing`]: Pusher auth signatures, shared secrets, user auth and webhook checks.
+//! - [`task_auth`]: HMAC signatures of tasks and replies under the keys gateways and workers
+//!   share, and the rolling-upgrade modes.
 //! - [`wire`]: the task and reply messages exchanged between gateway and workers.
 //! - [`reason`]: the stable refusal reasons a client can read.
 
@@ -22,4 +24,5 @@ pub mod policy;
 pub mod reason;
 pub mod routing;
 pub mod signing;
+pub mod task_auth;
 pub mod wire;
