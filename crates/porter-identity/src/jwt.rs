@@ -11,6 +11,10 @@
 //!   secret (or `oct` JWKs), never an RSA or EC public key, so an HS256 token "signed" with the
 //!   RSA public key as secret is refused.
 //!
+//! The time claims are checked again after jsonwebtoken, by [`crate::time_claims`]: a token
+//! whose `exp`, `nbf` or `iat` is present but not a number is refused, and `exp` and `nbf` hold
+//! for every JSON number (fractions, values past `u64`), not only those jsonwebtoken reads.
+//!
 //! Revocation is NOT checked here: the gateway checks it in the same store round trip as its
 //! cache look-up and hands the outcome to [`crate::Caller::settle`]; other endpoints call
 //! [`crate::Caller::ensure_not_revoked`].
@@ -20,8 +24,10 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
+use crate::clock::now_secs;
 use crate::error::{AlgorithmError, IdentityError, JwksError};
 use crate::jwks::{Family, Jwks, JwksSource, KeyError};
+use crate::time_claims::{self, TimeClaimError};
 
 /// How tokens are verified.
 #[derive(Debug, Clone)]
@@ -119,7 +125,9 @@ impl Verifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = settings.leeway.as_secs();
         validation.validate_nbf = true;
-        let mut required = vec!["exp"];
+        // `exp` is required by `time_claims::check`, which also says when it is not a number
+        // (jsonwebtoken would call that "no `exp`").
+        let mut required = Vec::new();
         match &settings.issuer {
             Some(issuer) => {
                 validation.set_issuer(&[issuer]);
@@ -181,7 +189,7 @@ impl Verifier {
         let mut validation = self.validation.clone();
         // Exactly the header's algorithm, already checked against the list and the key family.
         validation.algorithms = vec![header.alg];
-        jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
             .map(|data| data.claims)
             .map_err(|error| {
                 use jsonwebtoken::errors::ErrorKind;
@@ -203,7 +211,13 @@ impl Verifier {
                         "the token is malformed or its signature is wrong",
                     ),
                 }
-            })
+            })?;
+        let leeway = self.validation.leeway.min(i64::MAX as u64) as i64;
+        time_claims::check(&claims, now_secs(), leeway).map_err(|error| match error {
+            TimeClaimError::Expired => IdentityError::TokenExpired,
+            other => IdentityError::invalid_token(other.to_string()),
+        })?;
+        Ok(claims)
     }
 
     /// The key for a token's header: the secret for HMAC, a JWK of the right family otherwise.

@@ -17,6 +17,7 @@
 //! - [`model`]: [`Identity`] and the [`Credential`] that names a token for revocation.
 //! - [`error`]: [`IdentityError`] with its stable codes, and configuration errors.
 //! - [`clock`]: Unix seconds, as claims count them.
+//! - [`time_claims`]: `exp`, `nbf` and `iat` as RFC 7519 NumericDates, and their check.
 //!
 //! Architecture Invariant: a key verifies only algorithms of its own family, and a token's
 //! `alg` must be in the allowed list: HMAC uses the configured secret, never a public key;
@@ -39,6 +40,7 @@ pub mod model;
 pub mod resolve;
 pub mod revocation;
 pub mod sessions;
+pub mod time_claims;
 
 pub use caller::{Caller, SessionUse};
 pub use clock::now_secs;
@@ -47,5 +49,6 @@ pub use jwks::{Family, Jwks, JwksSource, KeyError, MAX_JWKS_BYTES};
 pub use jwt::{JwtSettings, Verifier, parse_algorithms, subject};
 pub use model::{Credential, Identity, token_sha256};
 pub use resolve::{Presented, Resolver};
-pub use revocation::{revocation_ttl, unverified_claims};
+pub use revocation::{UnreadableExpiry, revocation_ttl, unverified_claims, unverified_expiry};
 pub use sessions::Sessions;
+pub use time_claims::{NumericDate, TimeClaimError};

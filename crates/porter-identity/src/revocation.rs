@@ -6,7 +6,8 @@
 //! are malleable, see [`crate::model::token_sha256`]), a `jti` as
 //! `{prefix}blacklist:jti:{jti}`, each with a TTL of the token's remaining lifetime plus the
 //! verifier's leeway plus a second: until the token is refused as expired anyway
-//! ([`revocation_ttl`]). For a `jti` without `exp` the TTL is the configured revocation TTL
+//! ([`revocation_ttl`]). `exp` is read as any JSON number ([`unverified_expiry`]): a fraction
+//! rounds up, and one too far out to count is kept without expiry, never cut to a default. For a `jti` without `exp` the TTL is the configured revocation TTL
 //! (plus the leeway), which must cover the longest token lifetime the issuer hands out.
 //! Sessions cannot outlive a revocation: a session ends with its token's `exp`, and the first
 //! use that finds its token revoked deletes it ([`Caller::settle`]).
@@ -22,10 +23,12 @@ use std::time::Duration;
 use base64::Engine;
 use porter_store::Store;
 use serde_json::{Map, Value};
+use thiserror::Error;
 use tracing::warn;
 
 use crate::caller::Caller;
 use crate::error::IdentityError;
+use crate::time_claims::{self, NumericDate, TimeClaimError};
 
 impl Caller {
     /// Acts on the outcome of a revocation check. A revoked token's session is deleted, so
@@ -75,11 +78,30 @@ pub fn unverified_claims(token: &str) -> Option<Map<String, Value>> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// How long to keep a revocation: until the token is refused as expired anyway, i.e. its
-/// `exp` plus the leeway, plus a second for the rounding of both clocks. `None` when the
-/// token has already ended. Without an `exp`, the configured fallback (plus the leeway).
+/// Why a token's expiry cannot be read for its revocation.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum UnreadableExpiry {
+    #[error("the token is not a JWT")]
+    NotAJwt,
+    /// Such a token is refused by every verifier, but its revocation is not guessed at.
+    #[error(transparent)]
+    NotANumber(#[from] TimeClaimError),
+}
+
+/// The `exp` of a JWT, read WITHOUT verifying it (see [`unverified_claims`]), as the
+/// [`revocation_ttl`] of its revocation needs it: any JSON number, `None` when absent.
+pub fn unverified_expiry(token: &str) -> Result<Option<NumericDate>, UnreadableExpiry> {
+    let claims = unverified_claims(token).ok_or(UnreadableExpiry::NotAJwt)?;
+    Ok(time_claims::claim(&claims, "exp")?)
+}
+
+/// How long to keep a revocation: until the token is refused as expired anyway, i.e. the later
+/// second of its `exp` plus the leeway, plus a second for the rounding of both clocks. `None`
+/// when the token has already ended. Without an `exp`, the configured fallback (plus the
+/// leeway). An `exp` past what a TTL can count gives a TTL the store keeps without expiry
+/// (`porter_store::revocation_expiry`), so a revocation never lapses before its token.
 pub fn revocation_ttl(
-    exp: Option<i64>,
+    exp: Option<NumericDate>,
     now: i64,
     leeway: Duration,
     fallback: Duration,
@@ -88,8 +110,8 @@ pub fn revocation_ttl(
         return Some(fallback.saturating_add(leeway));
     };
     let leeway_secs = leeway.as_secs().min(i64::MAX as u64) as i64;
-    let end = exp.saturating_add(leeway_secs);
-    (end > now).then(|| Duration::from_secs(end.saturating_sub(now) as u64 + 1))
+    let end = exp.ceil_secs().saturating_add(leeway_secs);
+    (end > now).then(|| Duration::from_secs(end.abs_diff(now).saturating_add(1)))
 }
 
 #[cfg(test)]
@@ -113,23 +135,90 @@ mod tests {
     fn revocations_last_until_the_token_is_refused_as_expired() {
         let leeway = Duration::from_secs(30);
         let fallback = Duration::from_secs(3600);
+        let at = |secs| Some(NumericDate::from_secs(secs));
         // exp + leeway + 1 s: a token still inside its leeway stays revoked.
         assert_eq!(
-            revocation_ttl(Some(1_100), 1_000, leeway, fallback),
+            revocation_ttl(at(1_100), 1_000, leeway, fallback),
             Some(Duration::from_secs(131))
         );
         // Past exp but within the leeway: the token is still accepted, so still revoked.
         assert_eq!(
-            revocation_ttl(Some(990), 1_000, leeway, fallback),
+            revocation_ttl(at(990), 1_000, leeway, fallback),
             Some(Duration::from_secs(21))
         );
-        assert_eq!(revocation_ttl(Some(960), 1_000, leeway, fallback), None);
+        assert_eq!(revocation_ttl(at(960), 1_000, leeway, fallback), None);
         assert_eq!(
             revocation_ttl(None, 1_000, leeway, fallback),
             Some(Duration::from_secs(3630))
         );
-        // A bogus far-future exp does not overflow (the store clamps the TTL).
-        assert!(revocation_ttl(Some(i64::MAX), 1_000, leeway, fallback).is_some());
+        // Extremes do not overflow.
+        assert!(revocation_ttl(at(i64::MAX), i64::MIN, leeway, fallback).is_some());
+        assert_eq!(revocation_ttl(at(i64::MIN), 1_000, leeway, fallback), None);
+    }
+
+    fn token_with(claims: Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"x"),
+        )
+        .unwrap()
+    }
+
+    const YEAR: u64 = 365 * 24 * 3600;
+
+    /// Revokes `token` at Unix time `now` in the memory store, as `POST /admin/tokens/revoke`
+    /// does, and says whether it is still revoked `after` that.
+    async fn revoked_after(token: &str, now: i64, leeway: Duration, after: Duration) -> bool {
+        let store = MemoryStore::default();
+        let exp = unverified_expiry(token).unwrap();
+        let ttl = revocation_ttl(exp, now, leeway, Duration::from_secs(24 * 3600)).unwrap();
+        let hash = crate::model::token_sha256(token);
+        let revocation = Revocation::TokenSha256(&hash);
+        store.revoke(revocation, ttl).await.unwrap();
+        tokio::time::advance(after).await;
+        store.lookup(&[], &[revocation]).await.unwrap().revoked
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_revocation_covers_exp_plus_leeway_for_every_form_of_exp() {
+        let leeway = Duration::from_secs(30);
+        let now = 1_767_225_600 - 3 * 24 * 3600;
+        // A fractional exp, three days out (past the 24 h default TTL): revoked until
+        // exp + leeway, rounded up, and no longer than a second after.
+        let fractional = token_with(json!({"sub": "7", "exp": 1_767_225_600.5}));
+        let until = Duration::from_millis(3 * 24 * 3600 * 1000 + 500) + leeway;
+        assert!(revoked_after(&fractional, now, leeway, until).await);
+        assert!(!revoked_after(&fractional, now, leeway, until + Duration::from_secs(2)).await);
+        // Ten years out (past the old 366-day clamp).
+        let decade = token_with(json!({"sub": "7", "exp": now + 10 * YEAR as i64}));
+        let until = Duration::from_secs(10 * YEAR) + leeway;
+        assert!(revoked_after(&decade, now, leeway, until).await);
+        assert!(!revoked_after(&decade, now, leeway, until + Duration::from_secs(2)).await);
+        // Past i64::MAX, as an integer and as a float: kept for good (here, 2000 years).
+        for exp in [json!(u64::MAX), json!(1e300)] {
+            let token = token_with(json!({"sub": "7", "exp": exp}));
+            let after = Duration::from_secs(2000 * YEAR);
+            assert!(revoked_after(&token, now, leeway, after).await, "{exp}");
+        }
+    }
+
+    #[test]
+    fn an_exp_that_is_not_a_number_is_not_guessed_at() {
+        assert_eq!(
+            unverified_expiry(&token_with(json!({"sub": "7", "exp": "next year"}))),
+            Err(UnreadableExpiry::NotANumber(TimeClaimError::NotANumber(
+                "exp"
+            )))
+        );
+        assert_eq!(
+            unverified_expiry("not-a-token"),
+            Err(UnreadableExpiry::NotAJwt)
+        );
+        assert_eq!(
+            unverified_expiry(&token_with(json!({"sub": "7"}))),
+            Ok(None)
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ use crate::caller::{Caller, SessionUse, redact};
 use crate::clock::now_secs;
 use crate::error::IdentityError;
 use crate::model::{Credential, Identity};
+use crate::time_claims;
 
 /// The session store and exchange declarations, with the sliding TTL.
 pub struct Sessions {
@@ -46,14 +47,14 @@ pub struct Sessions {
 }
 
 /// How long a token with these claims stays good from `now` (its `exp` plus the leeway), or
-/// `None` when it has ended or has no `exp`.
+/// `None` when it has ended or has no numeric `exp`.
 fn remaining(claims: &Map<String, Value>, leeway: Duration, now: i64) -> Option<Duration> {
-    // NumericDate may have a fraction (RFC 7519); whole seconds are enough here.
-    let exp = claims
-        .get("exp")
-        .and_then(|exp| exp.as_i64().or_else(|| exp.as_f64().map(|f| f as i64)))?;
-    let end = exp.saturating_add(leeway.as_secs().min(i64::MAX as u64) as i64);
-    (end > now).then(|| Duration::from_secs((end - now) as u64))
+    // The earlier second of a fractional `exp`, as the token's own check counts it.
+    let exp = time_claims::claim(claims, "exp").ok().flatten()?;
+    let end = exp
+        .floor_secs()
+        .saturating_add(leeway.as_secs().min(i64::MAX as u64) as i64);
+    (end > now).then(|| Duration::from_secs(end.abs_diff(now)))
 }
 
 /// A lease is renewed at most once per `ttl / RENEWALS_PER_TTL` by one gateway, so a busy

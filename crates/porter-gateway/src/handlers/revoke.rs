@@ -1,13 +1,15 @@
 //! `POST /admin/tokens/revoke` with `{"token": "…"}` or `{"jti": "…"}` (optionally `"exp"`,
-//! the token's expiry in Unix seconds), behind the admin guard of the `/admin` scope.
+//! the token's expiry in Unix seconds, any JSON number), behind the admin guard of the
+//! `/admin` scope.
 //!
 //! A token is stored only as the SHA-256 of its signed part (`porter_identity::token_sha256`),
 //! a `jti` as itself, each until the token would be refused as expired anyway
-//! (`porter_identity::revocation_ttl`); see docs/identity.md.
+//! (`porter_identity::revocation_ttl`), with `exp` read as any JSON number, a fraction
+//! rounded up and one too far out to count kept without expiry; see docs/identity.md.
 
 use actix_web::{HttpResponse, web};
-use porter_identity::{now_secs, revocation_ttl, token_sha256, unverified_claims};
-use porter_store::Revocation;
+use porter_identity::{NumericDate, now_secs, revocation_ttl, token_sha256, unverified_expiry};
+use porter_store::{Revocation, revocation_expiry};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::{info, warn};
@@ -25,8 +27,9 @@ enum RevokedKey<'a> {
 struct RevokeBody {
     token: Option<String>,
     jti: Option<String>,
-    /// The token's expiry (Unix seconds), for a `jti`.
-    exp: Option<i64>,
+    /// The token's expiry (Unix seconds, a NumericDate: fractions and huge values too), for
+    /// a `jti`.
+    exp: Option<Value>,
 }
 
 /// `POST /admin/tokens/revoke`.
@@ -50,12 +53,19 @@ pub async fn revoke(
     // What to store, and until when (the token's `exp`, when known).
     let (key, expires_at) = match (token, jti) {
         (Some(token), None) => {
-            let claims = unverified_claims(token)
-                .ok_or_else(|| ApiError::bad_request("invalid_token", "the token is not a JWT"))?;
-            let exp = claims.get("exp").and_then(Value::as_i64);
+            let exp = unverified_expiry(token)
+                .map_err(|error| ApiError::bad_request("invalid_token", error.to_string()))?;
             (RevokedKey::Token(token_sha256(token)), exp)
         }
-        (None, Some(jti)) if jti.len() <= 512 => (RevokedKey::Jti(jti), body.exp),
+        (None, Some(jti)) if jti.len() <= 512 => {
+            let exp = match &body.exp {
+                None => None,
+                Some(exp) => Some(NumericDate::of(exp).ok_or_else(|| {
+                    ApiError::bad_request("invalid_exp", "`exp` must be a number of Unix seconds")
+                })?),
+            };
+            (RevokedKey::Jti(jti), exp)
+        }
         (None, Some(_)) => {
             return Err(ApiError::bad_request("invalid_jti", "the jti is too long"));
         }
@@ -84,9 +94,11 @@ pub async fn revoke(
         warn!(%error, "could not store a revocation");
         return Err(ApiError::store_unavailable());
     }
-    info!(kind, ttl_secs = ttl.as_secs(), "token revoked");
+    // What the store keeps: whole seconds, or no expiry (`null`) past any TTL.
+    let expires_in = revocation_expiry(ttl).map(|ttl| ttl.as_secs());
+    info!(kind, ttl_secs = ?expires_in, "token revoked");
     Ok(HttpResponse::Ok().json(json!({
         "revoked": true,
-        "expires_in": ttl.as_secs(),
+        "expires_in": expires_in,
     })))
 }

@@ -1,5 +1,5 @@
-//! Verification tests: the allowed algorithms and key families, time, issuer and audience,
-//! and the ES256 signature twin.
+//! Verification tests: the allowed algorithms and key families, time (every form of the time
+//! claims), issuer and audience, and the ES256 signature twin.
 
 use std::time::Duration;
 
@@ -170,6 +170,51 @@ async fn time_issuer_and_audience_are_checked() {
         verifier.verify(&hs(&no_aud, SECRET)).await.unwrap_err(),
         IdentityError::invalid_token("the token has no `aud` claim")
     );
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn a_time_claim_that_is_not_a_number_is_refused_not_skipped() {
+    let (verifier, path) = test_verifier(Vec::new());
+    for (claim, value) in [
+        ("nbf", json!("tomorrow")),
+        ("nbf", json!(true)),
+        ("iat", json!("yesterday")),
+        ("exp", json!("never")),
+        ("exp", json!(null)),
+    ] {
+        let token = hs(&claims(json!({ claim: value })), SECRET);
+        assert_eq!(
+            verifier.verify(&token).await.unwrap_err(),
+            IdentityError::invalid_token(format!("the token's `{claim}` is not a number")),
+            "{claim}: {value}"
+        );
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn exp_and_nbf_hold_for_numbers_jsonwebtoken_cannot_read() {
+    let (verifier, path) = test_verifier(Vec::new());
+    let verify = async |extra: Value| verifier.verify(&hs(&claims(extra), SECRET)).await;
+    // An `nbf` past u64 or negative, and fractions: jsonwebtoken skips or rounds them.
+    let error = verify(json!({"nbf": 1e300})).await.unwrap_err();
+    assert!(error.to_string().contains("not valid yet"), "{error:?}");
+    let error = verify(json!({"nbf": now() as f64 + 600.5}))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("not valid yet"), "{error:?}");
+    assert_eq!(
+        verify(json!({"exp": now() as f64 - 60.5})).await,
+        Err(IdentityError::TokenExpired)
+    );
+    assert!(
+        verify(json!({"nbf": -1, "iat": now() as f64 - 0.5}))
+            .await
+            .is_ok()
+    );
+    assert!(verify(json!({"exp": now() as f64 + 600.5})).await.is_ok());
+    assert!(verify(json!({"exp": u64::MAX})).await.is_ok());
     let _ = std::fs::remove_file(path);
 }
 
