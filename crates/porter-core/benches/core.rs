@@ -1,7 +1,8 @@
-//! Signing and parsing throughput: `cargo bench -p porter-core`.
+//! Signing, parsing and pattern matching throughput: `cargo bench -p porter-core`.
 
-use criterion::{Criterion, Throughput, black_box, criterion_group, criterion_main};
+use criterion::{Criterion, SamplingMode, Throughput, black_box, criterion_group, criterion_main};
 use porter_core::channel::{Channel, validate_socket_id};
+use porter_core::pattern::{Constraints, Pattern};
 use porter_core::policy::Policy;
 use porter_core::signing::{Secret, Signer};
 
@@ -73,5 +74,35 @@ fn parsing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, signing, parsing);
+/// Issue 10's finding 3: four captures separated by a literal that the name repeats at every
+/// position. `no_match` is the case the issue measured (a backtracking matcher tried every
+/// way of cutting the name before it gave up); the other two make the matcher fill its whole
+/// tables: a match, and a constrained last capture that fails only at the end.
+fn pattern_worst_case(c: &mut Criterion) {
+    let four = Pattern::parse("private-{a}-{b}-{c}-{d}-end").expect("the bench pattern is valid");
+    let open_end = Pattern::parse("private-{a}-{b}-{c}-{d}").expect("the bench pattern is valid");
+    let no_match = format!("private-{}", "-".repeat(192));
+    let matching = format!("private-{}-end", "-".repeat(188));
+    assert_eq!((no_match.len(), matching.len()), (200, 200));
+    let none = Constraints::new();
+    let last_is_end = Constraints::from([("d".to_owned(), vec!["end".to_owned()])]);
+    let mut group = c.benchmark_group("pattern");
+    group.throughput(Throughput::Elements(1));
+    // Ten samples of as few iterations as criterion allows: before the fix one call took
+    // most of a second.
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    group.bench_function("four_captures_200_dashes_no_match", |b| {
+        b.iter(|| four.captures(black_box(&no_match), &none))
+    });
+    group.bench_function("four_captures_200_dashes_match", |b| {
+        b.iter(|| four.captures(black_box(&matching), &none))
+    });
+    group.bench_function("four_captures_constrained_last_no_match", |b| {
+        b.iter(|| open_end.captures(black_box(&no_match), &last_is_end))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, signing, parsing, pattern_worst_case);
 criterion_main!(benches);

@@ -2,15 +2,24 @@
 //!
 //! A capture matches one or more channel-name characters, `-` included, so
 //! `private-hotel-{hotel_slug}-guest-chat-booking-{booking_id}` captures `grand-hotel` and
-//! `BK-2025-ABC123`. Matching tries the shortest capture first and backtracks, so a capture
-//! followed by `@` ends at the first `@`, as the default naming scheme splits.
+//! `BK-2025-ABC123`. Of all the ways to cut a name, the match is the one whose first capture
+//! is shortest, then whose second is, and so on (what a shortest-first backtracking matcher
+//! finds first), so a capture followed by `@` ends at the first `@`, as the default naming
+//! scheme splits.
+//!
+//! Matching takes time linear in the name's length whatever the pattern: a table marks, for
+//! every segment and position, whether the pattern can be there on the way to a whole match
+//! (a forward pass from the start, pruned by a backward pass from the end), and a last pass
+//! picks each capture's shortest end that stays on the table. The backtracking matcher this
+//! replaces needed half a second for one 200-character name (issue 10, `docs/benchmarks.md`);
+//! `tests/pattern_equivalence.rs` checks the two agree on which capture takes what.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use thiserror::Error;
 
-/// The most captures one pattern may have: keeps backtracking cheap on any input.
+/// The most captures one pattern may have: keeps rules readable (matching is linear anyway).
 pub const MAX_CAPTURES: usize = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -127,54 +136,143 @@ impl Pattern {
         channel: &str,
         constraints: &Constraints,
     ) -> Option<BTreeMap<String, String>> {
-        let mut found = Vec::with_capacity(MAX_CAPTURES);
-        if self.match_from(0, channel, constraints, &mut found) {
-            Some(
-                found
-                    .into_iter()
-                    .map(|(name, value)| (name.to_owned(), value.to_owned()))
-                    .collect(),
-            )
-        } else {
-            None
+        // Most rules fail on their fixed prefix or suffix: answer those without the tables.
+        if let Some(Segment::Literal(first)) = self.segments.first()
+            && !channel.starts_with(first.as_str())
+        {
+            return None;
         }
-    }
-
-    fn match_from<'p, 'c>(
-        &'p self,
-        index: usize,
-        input: &'c str,
-        constraints: &Constraints,
-        found: &mut Vec<(&'p str, &'c str)>,
-    ) -> bool {
-        let Some(segment) = self.segments.get(index) else {
-            return input.is_empty();
-        };
-        match segment {
-            Segment::Literal(literal) => input
-                .strip_prefix(literal.as_str())
-                .is_some_and(|rest| self.match_from(index + 1, rest, constraints, found)),
-            Segment::Capture(name) => {
-                let allowed = constraints.get(name);
-                // Channel names are ASCII (validated before matching), so every byte offset
-                // is a char boundary; `get` keeps this safe on any input regardless.
-                for end in 1..=input.len() {
-                    let (Some(value), Some(rest)) = (input.get(..end), input.get(end..)) else {
-                        continue;
+        if let Some(Segment::Literal(last)) = self.segments.last()
+            && !channel.ends_with(last.as_str())
+        {
+            return None;
+        }
+        let table = self.completions(channel, constraints)?;
+        let width = channel.len() + 1;
+        let mut found = BTreeMap::new();
+        let mut at = 0;
+        for (index, segment) in self.segments.iter().enumerate() {
+            let rest = &table[(index + 1) * width..(index + 2) * width];
+            match segment {
+                Segment::Literal(literal) => at += literal.len(),
+                Segment::Capture(name) => {
+                    // The shortest value the rest of the pattern can complete; the table says
+                    // one exists.
+                    let end = match constraints.get(name) {
+                        None => (at + 1..width).find(|&end| rest[end])?,
+                        Some(values) => values
+                            .iter()
+                            .filter_map(|v| value_end(channel, at, v))
+                            .filter(|&end| rest[end])
+                            .min()?,
                     };
-                    if allowed.is_some_and(|values| !values.iter().any(|v| v == value)) {
-                        continue;
-                    }
-                    found.push((name.as_str(), value));
-                    if self.match_from(index + 1, rest, constraints, found) {
-                        return true;
-                    }
-                    found.pop();
+                    found.insert(name.clone(), channel.get(at..end)?.to_owned());
+                    at = end;
                 }
-                false
             }
         }
+        Some(found)
     }
+
+    /// Entry `i * (len + 1) + p` of the table says whether segments `..i` can match
+    /// `channel[..p]` and segments `i..` exactly `channel[p..]`; `None` when the pattern does
+    /// not match at all. A forward pass marks what the start reaches, so the backward pass that
+    /// prunes it only looks where a match can be; every cell is a char boundary, so each slice
+    /// taken at one is valid.
+    fn completions(&self, channel: &str, constraints: &Constraints) -> Option<Vec<bool>> {
+        let width = channel.len() + 1;
+        let segments = self.segments.len();
+        let mut table = vec![false; (segments + 1) * width];
+        table[0] = true;
+        // The marked span of the current row: rows are sparse, and an empty one ends the match.
+        let (mut low, mut high) = (0, 0);
+        for (index, segment) in self.segments.iter().enumerate() {
+            let (done, later) = table.split_at_mut((index + 1) * width);
+            let here = &done[index * width..];
+            let next = &mut later[..width];
+            let (mut next_low, mut next_high) = (usize::MAX, 0);
+            let mut mark = |end: usize| {
+                next[end] = true;
+                next_low = next_low.min(end);
+                next_high = next_high.max(end);
+            };
+            let span = (low..=high).filter(|&at| here[at]);
+            match segment {
+                Segment::Literal(literal) => {
+                    span.filter_map(|at| value_end(channel, at, literal))
+                        .for_each(&mut mark);
+                }
+                Segment::Capture(name) => match constraints.get(name) {
+                    // Any value will do: every boundary after the first marked position.
+                    None => (low + 1..width)
+                        .filter(|&end| channel.is_char_boundary(end))
+                        .for_each(&mut mark),
+                    Some(values) => {
+                        for at in span {
+                            values
+                                .iter()
+                                .filter_map(|v| value_end(channel, at, v))
+                                .for_each(&mut mark);
+                        }
+                    }
+                },
+            }
+            if next_low == usize::MAX {
+                return None;
+            }
+            (low, high) = (next_low, next_high);
+        }
+        // Backward: a match ends at the end of the name, and a position stays marked only if
+        // one of its moves lands on a marked position of the next row.
+        let last = &mut table[segments * width..];
+        if !last[channel.len()] {
+            return None;
+        }
+        last[..channel.len()].fill(false);
+        for (index, segment) in self.segments.iter().enumerate().rev() {
+            let (done, later) = table.split_at_mut((index + 1) * width);
+            let here = &mut done[index * width..];
+            let next = &later[..width];
+            match segment {
+                Segment::Literal(literal) => {
+                    for (at, cell) in here.iter_mut().enumerate() {
+                        *cell =
+                            *cell && value_end(channel, at, literal).is_some_and(|end| next[end]);
+                    }
+                }
+                Segment::Capture(name) => match constraints.get(name) {
+                    None => {
+                        // Some end after `at` is marked: a running "any later" flag.
+                        let mut later_marked = false;
+                        for at in (0..width).rev() {
+                            here[at] &= later_marked;
+                            later_marked |= next[at];
+                        }
+                    }
+                    Some(values) => {
+                        for (at, cell) in here.iter_mut().enumerate() {
+                            *cell = *cell
+                                && values
+                                    .iter()
+                                    .filter_map(|v| value_end(channel, at, v))
+                                    .any(|end| next[end]);
+                        }
+                    }
+                },
+            }
+        }
+        table[0].then_some(table)
+    }
+}
+
+/// Where a literal or a constrained capture's `value` ends if it starts at `at`. Captures are
+/// never empty, so an empty value (how an impossible pin is written) never matches.
+///
+/// Compares bytes: one valid UTF-8 string found in another starts and ends at char boundaries,
+/// and a position past a char boundary's reach is never marked, so this never cuts a char.
+fn value_end(channel: &str, at: usize, value: &str) -> Option<usize> {
+    let tail = channel.as_bytes().get(at..)?;
+    (!value.is_empty() && tail.starts_with(value.as_bytes())).then_some(at + value.len())
 }
 
 impl fmt::Display for Pattern {
