@@ -1,7 +1,10 @@
 # Build the single `porter` binary, then ship it on a slim Debian image.
 FROM rust:1-bookworm AS builder
 WORKDIR /app
-COPY . .
+# Only what the build reads: never `COPY . .`, which would put a local `.env` (the compose
+# file's credentials) into a build layer.
+COPY Cargo.toml Cargo.lock ./
+COPY crates ./crates
 RUN cargo build --release --locked -p porter
 
 FROM debian:bookworm-slim
