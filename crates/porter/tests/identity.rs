@@ -481,6 +481,115 @@ async fn revoked_tokens_and_jtis_get_token_revoked() {
     let _ = std::fs::remove_file(file);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_claims_of_any_form_are_honoured_and_revoked_for_as_long_as_they_say() {
+    let prefix = unique_prefix("timeclaims");
+    let file = jwks_file(&prefix, &[RSA_A_JWK]);
+    let deployment = deployment("timeclaims", &file, &[]);
+    let _gateway = deployment.gateway();
+    deployment.wait_ready().await;
+    let revoke_url = deployment.url("/admin/tokens/revoke");
+    let mut redis = deployment.redis().await;
+
+    // A time claim that is not a number refuses the token; it is not skipped.
+    for (claim, value) in [("nbf", "tomorrow"), ("iat", "yesterday")] {
+        let token = hs256(&claims("7", json!({ claim: value })));
+        let (status, body) = bearer(&deployment, &token).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_token"))
+        );
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("not a number"),
+            "{claim}: {body}"
+        );
+    }
+
+    // Revocations last until exp (+ leeway 0 + 1 s), whatever form exp takes: a fraction
+    // three days out (past the 24 h default), ten years out (past any one-year clamp),
+    // and past i64::MAX (kept without expiry: TTL -1).
+    let year = 365 * 24 * 3600;
+    let cases = [
+        (json!(now() as f64 + 3.0 * 86400.0 + 0.5), 3 * 86400),
+        (json!(now() + 10 * year), 10 * year),
+        (json!(u64::MAX), -1),
+    ];
+    let mut keys = Vec::new();
+    for (exp, expected) in cases {
+        let token = hs256(&claims("7", json!({ "exp": exp })));
+        assert_eq!(bearer(&deployment, &token).await.0, 200, "{exp}");
+        let (status, body) = post_json(&revoke_url, json!({"token": token}), true).await;
+        assert_eq!(
+            (status, body["revoked"].as_bool()),
+            (200, Some(true)),
+            "{body}"
+        );
+        let key = format!(
+            "{}blacklist:token:{}",
+            deployment.prefix,
+            revoked_hash(&token)
+        );
+        let ttl: i64 = redis.ttl(&key).await.unwrap();
+        if expected < 0 {
+            assert_eq!(ttl, -1, "{exp}: kept without expiry");
+            assert_eq!(body["expires_in"], Value::Null, "{body}");
+        } else {
+            assert!(
+                (expected - 60..=expected + 2).contains(&ttl),
+                "{exp}: {ttl}"
+            );
+        }
+        let (status, body) = bearer(&deployment, &token).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("token_revoked"))
+        );
+        keys.push(key);
+    }
+    // A jti's `exp` may be fractional too.
+    let jti = format!("jti-{}", uuid::Uuid::new_v4());
+    let exp = now() as f64 + 3.0 * 86400.0 + 0.5;
+    let (status, body) = post_json(&revoke_url, json!({"jti": jti, "exp": exp}), true).await;
+    assert_eq!(
+        (status, body["revoked"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
+    let key = format!("{}blacklist:jti:{jti}", deployment.prefix);
+    let ttl: i64 = redis.ttl(&key).await.unwrap();
+    assert!((3 * 86400 - 60..=3 * 86400 + 2).contains(&ttl), "{ttl}");
+    keys.push(key);
+    let (status, body) = post_json(&revoke_url, json!({"jti": jti, "exp": "soon"}), true).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_exp")));
+    let _: () = redis.del(&keys).await.unwrap();
+    let _ = std::fs::remove_file(file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_taking_tokens_without_iss_or_aud_warns_at_start() {
+    // The test gateways take HS256 tokens (PORTER_JWT_SECRET); this one checks neither
+    // issuer nor audience.
+    let unbound = Deployment::new("unbound").capture_logs();
+    let prefix = unique_prefix("bound");
+    let file = jwks_file(&prefix, &[RSA_A_JWK]);
+    let bound = deployment("bound", &file, &[]).capture_logs();
+    let (_unbound_gateway, _bound_gateway) = (unbound.gateway(), bound.gateway());
+    unbound.wait_ready().await;
+    bound.wait_ready().await;
+    let warned = |logs: &str| {
+        logs.lines()
+            .any(|line| line.contains("WARN") && line.contains("PORTER_JWT_AUDIENCE"))
+    };
+    let logs = unbound.captured_logs();
+    assert!(warned(&logs), "no warning:\n{logs}");
+    let logs = bound.captured_logs();
+    assert!(!warned(&logs), "warned with both set:\n{logs}");
+    let _ = std::fs::remove_file(file);
+}
+
 fn rabbitmqctl_names(what: &str) -> Vec<String> {
     let output = Command::new("rabbitmqctl")
         .args([what, "-q", "--no-table-headers", "name"])
@@ -912,7 +1021,7 @@ async fn the_redis_store_checks_revocations_with_the_cache_and_slides_sessions()
     store.forget_session("s-1").await.unwrap();
     let exists: bool = redis.exists(&key).await.unwrap();
     assert!(!exists);
-    // A revocation whose token expires in 100 years is kept, clamped, not refused.
+    // A revocation whose token expires in 100 years is kept for all of them, not cut short.
     store
         .revoke(
             Revocation::Jti("j-far"),
@@ -924,7 +1033,10 @@ async fn the_redis_store_checks_revocations_with_the_cache_and_slides_sessions()
         .ttl(Keys::new(&prefix).revoked_jti("j-far"))
         .await
         .unwrap();
-    assert!(far_ttl > 0 && far_ttl <= 366 * 86_400, "{far_ttl}");
+    assert!(
+        (100 * 366 * 86_400 - 60..=100 * 366 * 86_400).contains(&far_ttl),
+        "{far_ttl}"
+    );
     assert!(
         store
             .touch_session("s-2", Duration::from_secs(60))
