@@ -57,6 +57,7 @@ impl From<redis::RedisError> for StoreError {
 
 impl RedisStore {
     /// Checks the URL; connections are opened lazily, so this succeeds with Redis down.
+    /// The error never quotes the URL, which holds the password (see `url_tests`).
     /// `connections` multiplexed connections are used round-robin (one is enough for
     /// tens of thousands of calls a second; two spread the parsing over two cores).
     pub fn new(url: &str, keys: Keys, connections: usize) -> Result<RedisStore, StoreError> {
@@ -400,5 +401,43 @@ impl Store for RedisStore {
         self.run(async |c| redis::cmd("PING").query_async::<String>(c).await)
             .await
             .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    //! The Redis URL holds the password: neither a refused URL nor a failing connection may
+    //! put it into a `StoreError`, whose text ends up in logs.
+
+    use super::*;
+
+    const PASSWORD: &str = "REDISPW";
+
+    #[test]
+    fn a_refused_url_is_not_quoted() {
+        for url in [
+            "redis://:REDISPW@127.0.0.1:1/x,redis://:OTHERPW@h:2",
+            "redis://:REDISPW@[::1",
+            "redis://u:REDISPW@h:notaport/",
+            "rediss://u:REDISPW@h/",
+            "u:REDISPW@h",
+        ] {
+            let Err(error) = RedisStore::new(url, Keys::default(), 1) else {
+                panic!("{url} was accepted");
+            };
+            let text = format!("{error} {error:?}");
+            assert!(!text.contains(PASSWORD), "{url}: {text}");
+            assert!(!text.contains("OTHERPW"), "{url}: {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_connection_does_not_name_the_password() {
+        // Port 1 refuses: every call fails the way a Redis that is down does.
+        let store = RedisStore::new("redis://:REDISPW@127.0.0.1:1/", Keys::default(), 1)
+            .expect("a well-formed URL is accepted with Redis down");
+        let error = store.ping().await.expect_err("nothing listens on port 1");
+        let text = format!("{error} {error:?}");
+        assert!(!text.contains(PASSWORD), "{text}");
     }
 }

@@ -2,13 +2,18 @@
 //!
 //! The same gateway and worker code runs in every mode; only the transport (AMQP or local)
 //! and the store (Redis or memory) differ.
+//!
+//! Credentials: the broker and Redis URLs are checked before anything starts (a bad one is
+//! exit code 2 and one line naming the variable, never quoting it), and every log line and
+//! every error these modes return pass through [`redact_url`], because libraries log text we
+//! do not write: lapin logs RabbitMQ's refusals, which echo parts of the URL.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
-use porter_broker::amqp::{AmqpClient, AmqpConfig, AmqpSource, ReplyMode};
+use porter_broker::amqp::{AmqpClient, AmqpConfig, AmqpSource, ReplyMode, check_url, redact_url};
 use porter_broker::{TaskClient, local};
 use porter_core::cache::RuleStamps;
 use porter_core::policy::{Policy, PrivateData};
@@ -24,7 +29,7 @@ use porter_worker::{Authorizer, Worker, WorkerConfig};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Credentials, DevArgs, GatewayArgs, HttpArgs, WorkerArgs};
+use crate::cli::{Backends, Credentials, DevArgs, GatewayArgs, HttpArgs, WorkerArgs};
 use crate::tools::{load_policy, mint, signer};
 
 fn init_tracing() {
@@ -32,9 +37,60 @@ fn init_tracing() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(RedactedStderr)
         .try_init();
 }
+
+/// Standard error, with the userinfo of every URL in a log line masked ([`redact_url`]).
+struct RedactedStderr;
+
+impl tracing_subscriber::fmt::MakeWriter<'_> for RedactedStderr {
+    type Writer = RedactedLine;
+
+    fn make_writer(&self) -> RedactedLine {
+        RedactedLine(Vec::new())
+    }
+}
+
+/// One event's output, held until the event is written whole: a URL split over two writes
+/// would escape the mask.
+struct RedactedLine(Vec<u8>);
+
+impl std::io::Write for RedactedLine {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for RedactedLine {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let line = redact_url(&String::from_utf8_lossy(&self.0));
+        // Nowhere to report a failed log write.
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+}
+
+/// Refuses a malformed broker or Redis URL before anything starts or logs, so that the
+/// operator sees one line; neither message quotes the URL.
+fn check_backends(backends: &Backends) -> anyhow::Result<()> {
+    check_url(&backends.amqp_url)
+        .map_err(|error| anyhow::anyhow!("AMQP_URL (or --amqp-url) {error}"))?;
+    RedisStore::new(&backends.redis_url, Keys::default(), 1).context(INVALID_REDIS_URL)?;
+    Ok(())
+}
+
+/// An error as one line with every URL's userinfo masked, for the CLI to print.
+fn redacted(error: anyhow::Error) -> anyhow::Error {
+    anyhow::anyhow!(redact_url(&format!("{error:#}")))
+}
+
+const INVALID_REDIS_URL: &str = "REDIS_URL (or --redis-url) is not a usable Redis URL";
 
 fn app_state(
     http: &HttpArgs,
@@ -87,7 +143,12 @@ async fn serve_http(
 }
 
 pub fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    run_gateway(args).map_err(redacted)
+}
+
+fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     init_tracing();
+    check_backends(&args.backends)?;
     let policy = Arc::new(load_policy(args.backends.policy.as_deref())?);
     actix_web::rt::System::new().block_on(async move {
         let stop = CancellationToken::new();
@@ -104,7 +165,7 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             Keys::new(&args.backends.key_prefix),
             2,
         )
-        .context("invalid REDIS_URL")?;
+        .context(INVALID_REDIS_URL)?;
         let state = app_state(
             &args.http,
             policy,
@@ -154,7 +215,12 @@ fn cancel_on_signal(stop: CancellationToken) {
 }
 
 pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    run_worker(args).map_err(redacted)
+}
+
+fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     init_tracing();
+    check_backends(&args.backends)?;
     let policy = Arc::new(load_policy(args.backends.policy.as_deref())?);
     let queues = parse_queues(&args.queues)?;
     // One thread: everything but lapin's I/O thread runs on the thread that reads the
@@ -177,7 +243,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             Keys::new(&args.backends.key_prefix),
             2,
         )
-        .context("invalid REDIS_URL")?;
+        .context(INVALID_REDIS_URL)?;
         let authorizer = Authorizer::new(policy, Arc::new(store), Registry::builtin());
         let source = AmqpSource::new(
             AmqpConfig {
