@@ -53,10 +53,17 @@ pub async fn heartbeat(
 
 /// A Pusher webhook body.
 #[derive(Debug, Deserialize)]
-struct WebhookBody {
+pub struct WebhookBody {
     time_ms: u64,
     #[serde(default)]
     events: Vec<WebhookEvent>,
+}
+
+impl WebhookBody {
+    /// Reads a raw webhook body; public so that `fuzz/` can feed it arbitrary bytes.
+    pub fn parse(body: &[u8]) -> Result<WebhookBody, serde_json::Error> {
+        serde_json::from_slice(body)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,7 +110,7 @@ pub async fn webhook(
             "X-Pusher-Key or X-Pusher-Signature is missing or wrong",
         ));
     }
-    let hook: WebhookBody = serde_json::from_slice(&body).map_err(|_| {
+    let hook = WebhookBody::parse(&body).map_err(|_| {
         ApiError::bad_request(
             "invalid_body",
             "the body is not a Pusher webhook (`time_ms`, `events`)",
