@@ -1,11 +1,17 @@
 //! Evaluates a rule's [`Allow`] for a task: who may subscribe.
+//!
+//! Only a part of the decision that allowed may contribute data: each part hands its webhook
+//! answer up only with its allow, so a webhook that refused inside `any_of` (or that allowed
+//! inside an `all_of` that then refused) leaves nothing behind for the receivers to merge.
+//! Webhook URLs are rendered by [`porter_core::policy::WebhookUrl::render`], which
+//! percent-encodes captures into the path and refuses dot segments: such a task is refused,
+//! not sent.
 
 use std::future::Future;
 use std::pin::Pin;
 
 use porter_core::channel::Channel;
-use porter_core::pattern::render_template;
-use porter_core::policy::Allow;
+use porter_core::policy::{Allow, RenderError};
 use porter_core::reason::Reason;
 use porter_core::wire::Task;
 use porter_store::Store;
@@ -13,7 +19,7 @@ use serde_json::Value;
 
 use crate::webhook::{WebhookAnswer, WebhookClient};
 
-/// The outcome of the decision, with the webhook's answer when one was asked.
+/// The outcome of the decision, with the answer of the webhook that allowed, if one did.
 #[derive(Debug, Default)]
 pub struct Verdict {
     pub refusal: Option<Reason>,
@@ -38,20 +44,35 @@ fn claim_text(value: &Value) -> Option<String> {
     }
 }
 
-/// Decides; `Ok(())` is allowed, `Err(reason)` refused.
+/// Decides; `Ok(())` is allowed, `Err(reason)` refused. On allow, `verdict.webhook` is the
+/// answer of the webhook that allowed (the last one, under `all_of`); on refusal it is left
+/// as it was.
 pub fn decide<'a>(
     allow: &'a Allow,
     facts: &'a Facts<'a>,
     verdict: &'a mut Verdict,
 ) -> Pin<Box<dyn Future<Output = Result<(), Reason>> + Send + 'a>> {
     Box::pin(async move {
+        if let Some(answer) = evaluate(allow, facts).await? {
+            verdict.webhook = Some(answer);
+        }
+        Ok(())
+    })
+}
+
+/// A part of the decision: on allow, the webhook answer it rests on.
+type Evaluation<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<WebhookAnswer>, Reason>> + Send + 'a>>;
+
+fn evaluate<'a>(allow: &'a Allow, facts: &'a Facts<'a>) -> Evaluation<'a> {
+    Box::pin(async move {
         let task = facts.task;
         match allow {
-            Allow::Anyone => Ok(()),
+            Allow::Anyone => Ok(None),
             Allow::Authenticated => task
                 .user_id
                 .as_ref()
-                .map(drop)
+                .map(|_| None)
                 .ok_or(Reason::Unauthenticated),
             Allow::Owner => {
                 let user = task.user_id.as_deref().ok_or(Reason::Unauthenticated)?;
@@ -61,7 +82,7 @@ pub fn decide<'a>(
                     .map(String::as_str)
                     .or(task.object_id.as_deref());
                 if object == Some(user) {
-                    Ok(())
+                    Ok(None)
                 } else {
                     Err(Reason::Forbidden)
                 }
@@ -70,7 +91,7 @@ pub fn decide<'a>(
                 let user = task.user_id.as_deref().ok_or(Reason::Unauthenticated)?;
                 let channel = Channel::parse(&task.channel).map_err(|e| e.reason())?;
                 match facts.store.is_member(&channel.cache_name(), user).await {
-                    Ok(true) => Ok(()),
+                    Ok(true) => Ok(None),
                     Ok(false) => Err(Reason::Forbidden),
                     Err(error) => {
                         tracing::warn!(channel = %task.channel, %error, "member check failed");
@@ -90,41 +111,44 @@ pub fn decide<'a>(
                         });
                     }
                 }
-                Ok(())
+                Ok(None)
             }
-            // Captures may appear in the URL (`…/{verdict}`), so one rule can route by channel.
-            Allow::Webhook { url, timeout } => match facts
-                .webhooks
-                .ask(&render_template(url, &task.captures), task, *timeout)
-                .await
-            {
-                None => Err(Reason::AuthorizerUnavailable),
-                Some(answer) => {
-                    let allowed = answer.allow;
-                    let refusal = answer.reason.clone();
-                    verdict.webhook = Some(answer);
-                    if allowed {
-                        Ok(())
-                    } else {
-                        Err(refusal.map_or(Reason::Forbidden, |r| Reason::parse(&r)))
+            // Captures may appear in the URL's path (`…/{verdict}`), so one rule can route by
+            // channel.
+            Allow::Webhook { url, timeout } => {
+                let url = url.render(&task.captures).map_err(|error| {
+                    tracing::warn!(channel = %task.channel, rule = %task.rule, %error, "webhook url not rendered; refused without asking");
+                    match error {
+                        RenderError::DotSegment(_) => Reason::InvalidChannel,
+                        RenderError::Missing(_) => Reason::Internal,
                     }
+                })?;
+                match facts.webhooks.ask(&url, task, *timeout).await {
+                    None => Err(Reason::AuthorizerUnavailable),
+                    Some(answer) if answer.allow => Ok(Some(answer)),
+                    Some(answer) => Err(answer
+                        .reason
+                        .map_or(Reason::Forbidden, |r| Reason::parse(&r))),
                 }
-            },
+            }
             Allow::AnyOf(options) => {
                 let mut last = Reason::Forbidden;
                 for option in options {
-                    match decide(option, facts, verdict).await {
-                        Ok(()) => return Ok(()),
+                    match evaluate(option, facts).await {
+                        allowed @ Ok(_) => return allowed,
                         Err(reason) => last = reason,
                     }
                 }
                 Err(last)
             }
             Allow::AllOf(all) => {
-                for option in all {
-                    decide(option, facts, verdict).await?;
+                let mut answer = None;
+                for part in all {
+                    if let Some(newer) = evaluate(part, facts).await? {
+                        answer = Some(newer);
+                    }
                 }
-                Ok(())
+                Ok(answer)
             }
         }
     })

@@ -179,6 +179,13 @@ fn parse_endpoint(index: usize, raw: &Value, rules: &[Rule]) -> Result<Endpoint,
                 format!("route parameter `{{{param}}}` must be lowercase letters, digits and `_`"),
             ));
         }
+        // Route parameters join the captures, and `{user_id}` in templates is the caller's id.
+        if param == "user_id" {
+            return Err(err(
+                "path",
+                "a route parameter may not be named `user_id`: in `data` templates `{user_id}` is the caller's own user id".to_owned(),
+            ));
+        }
     }
 
     let (token_query, secret_env) = match table.get("token") {

@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use toml::Value;
 
-use super::rule::{Allow, CacheScope, CacheSpec, DataSpec, MAX_DURATION, UserInfoSource};
+use super::rule::{
+    Allow, CacheScope, CacheSpec, DataSpec, MAX_CACHE_TTL, MAX_DURATION, MIN_DURATION,
+    UserInfoSource,
+};
+use super::webhook_url::WebhookUrl;
 use crate::pattern::template_names;
 
 /// Every webhook timeout of a decision.
@@ -29,9 +33,12 @@ pub(super) fn string_list(value: &Value) -> Option<Vec<String>> {
         .collect()
 }
 
-/// Seconds as an integer or float, or a string with `ms` or `s`.
+/// Seconds as an integer or float, or a string with `ms` or `s`, from [`MIN_DURATION`] to
+/// [`MAX_DURATION`]. Checked as a number before it becomes a `Duration`, so no value (huge,
+/// negative, NaN, infinite, a hair above zero) can panic or round to nothing.
 pub(super) fn parse_duration(value: &Value) -> Result<Duration, String> {
     let seconds = match value {
+        // Exact for every whole number of seconds that can pass the bounds below.
         Value::Integer(i) => *i as f64,
         Value::Float(f) => *f,
         Value::String(s) => {
@@ -49,14 +56,16 @@ pub(super) fn parse_duration(value: &Value) -> Result<Duration, String> {
         }
         _ => return Err("must be seconds (a number) or a string such as `500ms`".into()),
     };
-    if !seconds.is_finite() || seconds <= 0.0 {
-        return Err("must be greater than zero".into());
+    let (min, max) = (MIN_DURATION.as_secs_f64(), MAX_DURATION.as_secs_f64());
+    // Written so that NaN fails too.
+    if !(seconds >= min && seconds <= max) {
+        return Err(format!(
+            "must be from {} ms to {} s",
+            MIN_DURATION.as_millis(),
+            MAX_DURATION.as_secs()
+        ));
     }
-    let duration = Duration::from_secs_f64(seconds);
-    if duration > MAX_DURATION {
-        return Err(format!("must be at most {} s", MAX_DURATION.as_secs()));
-    }
-    Ok(duration)
+    Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())
 }
 
 pub(super) fn parse_allow(value: &Value, captures: &[&str]) -> Result<Allow, String> {
@@ -132,11 +141,8 @@ pub(super) fn parse_allow(value: &Value, captures: &[&str]) -> Result<Allow, Str
                             );
                         }
                     };
-                    if !(url.starts_with("http://") || url.starts_with("https://")) {
-                        return Err(format!(
-                            "webhook url `{url}` must start with http:// or https://"
-                        ));
-                    }
+                    let url = WebhookUrl::parse(&url, captures)
+                        .map_err(|e| format!("webhook url `{url}` {e}"))?;
                     Ok(Allow::Webhook { url, timeout })
                 }
                 "any_of" | "all_of" => {
@@ -264,22 +270,18 @@ pub(super) fn parse_cache(value: &Value) -> Result<CacheSpec, String> {
             if let Some(unknown) = t.keys().find(|k| !["scope", "ttl"].contains(&k.as_str())) {
                 return Err(format!("unknown field `{unknown}`; expected scope, ttl"));
             }
-            let scope = match t.get("scope").and_then(Value::as_str) {
-                None | Some("anonymous") => CacheScope::Anonymous,
-                Some("user") => CacheScope::User,
+            // A scope that is not a string is an error, never the shared default.
+            let scope = match t.get("scope") {
+                None => CacheScope::Anonymous,
+                Some(Value::String(s)) if s == "anonymous" => CacheScope::Anonymous,
+                Some(Value::String(s)) if s == "user" => CacheScope::User,
                 Some(other) => {
                     return Err(format!("scope `{other}` is not one of anonymous, user"));
                 }
             };
             let ttl = match t.get("ttl") {
                 None => default_ttl,
-                Some(v) => {
-                    let ttl = parse_duration_any(v)?;
-                    if ttl < Duration::from_secs(1) {
-                        return Err("ttl must be at least 1 s".into());
-                    }
-                    ttl
-                }
+                Some(v) => parse_ttl(v)?,
             };
             Ok(CacheSpec { scope, ttl })
         }
@@ -289,10 +291,17 @@ pub(super) fn parse_cache(value: &Value) -> Result<CacheSpec, String> {
     }
 }
 
-/// Like [`parse_duration`] but without the task-sized upper bound (cache TTLs run to hours).
-fn parse_duration_any(value: &Value) -> Result<Duration, String> {
-    match value {
-        Value::Integer(i) if *i > 0 => Ok(Duration::from_secs(*i as u64)),
-        _ => Err("must be a whole number of seconds greater than zero".into()),
+/// Whole seconds from 1 to [`MAX_CACHE_TTL`] (cache TTLs run to hours, not task sizes).
+fn parse_ttl(value: &Value) -> Result<Duration, String> {
+    let seconds = match value {
+        Value::Integer(i) => u64::try_from(*i).ok(),
+        _ => None,
+    };
+    match seconds {
+        Some(s) if (1..=MAX_CACHE_TTL.as_secs()).contains(&s) => Ok(Duration::from_secs(s)),
+        _ => Err(format!(
+            "ttl must be a whole number of seconds from 1 to {}",
+            MAX_CACHE_TTL.as_secs()
+        )),
     }
 }

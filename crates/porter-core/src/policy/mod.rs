@@ -8,7 +8,8 @@
 //!
 //! This file holds the [`Policy`] and its matching; the rule types are in `rule.rs`, the
 //! errors in `error.rs`, the scoped-token endpoints in `endpoint.rs` (public through the
-//! crate's `endpoint` module), and the TOML reading in `parse.rs` and `fields.rs`.
+//! crate's `endpoint` module), webhook URL templates in `webhook_url.rs`, and the TOML reading
+//! in `parse.rs` and `fields.rs`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,12 +22,15 @@ mod error;
 mod fields;
 mod parse;
 mod rule;
+mod webhook_url;
 
 use endpoint::{Endpoint, pinned_constraints};
 pub use error::{MatchError, PolicyError};
 pub use rule::{
-    Allow, CacheScope, CacheSpec, DataSpec, MAX_DURATION, PrivateData, Rule, UserInfoSource,
+    Allow, CacheScope, CacheSpec, DataSpec, MAX_CACHE_TTL, MAX_DURATION, MIN_DURATION, PrivateData,
+    Rule, UserInfoSource,
 };
+pub use webhook_url::{RenderError, WebhookUrl, WebhookUrlError};
 
 /// The TOML of the built-in policy (the feature catalogue of the system Porter replaces).
 pub const DEFAULT_POLICY_TOML: &str = include_str!("../default_policy.toml");

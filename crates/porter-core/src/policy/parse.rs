@@ -12,7 +12,7 @@ use super::fields::{
     parse_allow, parse_cache, parse_data, parse_duration, string_list, webhook_timeouts,
 };
 use super::rule::{CacheScope, CacheSpec, DataSpec, PrivateData, Rule, UserInfoSource};
-use crate::pattern::{Constraints, Pattern, PatternError};
+use crate::pattern::{Constraints, Pattern, PatternError, template_names};
 use crate::routing::{Queue, Route};
 
 /// Parses a TOML policy document into its rules and endpoints.
@@ -136,6 +136,12 @@ fn parse_rule(
         .collect::<Result<_, _>>()?;
 
     let capture_names: Vec<&str> = patterns.iter().flat_map(|p| p.capture_names()).collect();
+    if capture_names.contains(&"user_id") {
+        return Err(err(
+            "pattern",
+            "a capture may not be named `user_id`: in `data` templates `{user_id}` is the caller's own user id".into(),
+        ));
+    }
     // What `claims` and templates may name: the captures, and the route parameters of every
     // scoped endpoint that serves this rule.
     let mut comparable = capture_names.clone();
@@ -235,18 +241,6 @@ fn parse_rule(
         None | Some(Value::Boolean(false)) => None,
         Some(v) => Some(parse_cache(v).map_err(|m| err("cache", m))?),
     };
-    if let Some(CacheSpec {
-        scope: CacheScope::Anonymous,
-        ..
-    }) = cache
-        && (!allow.is_caller_independent() || !data.is_caller_independent())
-    {
-        return Err(err(
-            "cache",
-            "scope `anonymous` shares one result with every caller, so it needs `allow = \"anyone\"` and data that does not depend on the caller; use scope `user`".into(),
-        ));
-    }
-
     let private_data = match table.get("private_data") {
         None => None,
         Some(Value::String(s)) if s == "events" => Some(PrivateData::Events),
@@ -254,7 +248,7 @@ fn parse_rule(
         Some(_) => return Err(err("private_data", "must be `events` or `signed`".into())),
     };
 
-    Ok(Rule {
+    let rule = Rule {
         name,
         patterns,
         constraints,
@@ -263,5 +257,66 @@ fn parse_rule(
         data,
         cache,
         private_data,
-    })
+    };
+    check_member_templates(&rule).map_err(|(f, m)| err(f, m))?;
+    check_cache(&rule).map_err(|m| err("cache", m))?;
+    Ok(rule)
+}
+
+/// A member id or info field must not be a value the caller picks: every capture in a
+/// `data.user_id` or `data.info` template must be pinned by the decision (`owner`, `claims`)
+/// or by `where`, or any caller could join as any member. `{user_id}` is the caller's own id,
+/// so it needs a decision that allows only callers who have one.
+fn check_member_templates(rule: &Rule) -> Result<(), (&'static str, String)> {
+    let mut pinned = rule.allow.pinned_captures();
+    pinned.extend(rule.constraints.keys().map(String::as_str));
+    for (field, template) in rule.data.templates() {
+        let field = if field == "user_id" {
+            "data.user_id"
+        } else {
+            "data.info"
+        };
+        for name in template_names(template) {
+            if name == "user_id" {
+                if !rule.allow.requires_user() {
+                    return Err((
+                        field,
+                        format!(
+                            "`{template}`: `{{user_id}}` is the caller's user id, but `allow` also lets in callers without one; require `authenticated`, `owner` or `member`"
+                        ),
+                    ));
+                }
+            } else if !pinned.contains(name) {
+                return Err((
+                    field,
+                    format!(
+                        "`{template}`: `{{{name}}}` is not pinned, so any caller could choose it; compare it with `owner` or `claims`, or list its values in `where`"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A shared result (`ANNON`) must not depend on the caller at all, and no cached result may
+/// come from token claims: an entry is keyed by user id, not by the claims it compared, so
+/// another token of the same user (or, shared, anyone) would be served it.
+fn check_cache(rule: &Rule) -> Result<(), String> {
+    let Some(CacheSpec { scope, .. }) = rule.cache else {
+        return Ok(());
+    };
+    if rule.reads_claims() {
+        return Err(
+            "the rule reads token claims (`allow` with `claims`, or `data.user_info = \"claims\"`), and a cache entry does not record which claims it was decided for; remove `cache`".into(),
+        );
+    }
+    if scope == CacheScope::Anonymous
+        && let Some(why) = rule.caller_dependence()
+    {
+        return Err(format!(
+            "scope `anonymous` shares one result with every caller, so it needs `allow = \"anyone\"` and data that does not depend on the caller, but {why}; use scope `user`"
+        ));
+    }
+    Ok(())
 }
