@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use porter_core::channel::{Channel, ChannelKind};
-use porter_core::pattern::render_template;
+use porter_core::pattern::{render_template, template_names};
 use porter_core::policy::{Rule, UserInfoSource};
 use porter_core::wire::{AuthData, Event, Task};
 use porter_store::{Store, StoreError};
@@ -25,6 +25,7 @@ pub struct Context<'a> {
     pub channel: &'a Channel<'a>,
     pub rule: &'a Rule,
     pub store: &'a dyn Store,
+    /// The answer of the webhook whose allow the decision rests on; never a refusal's.
     pub webhook: Option<&'a WebhookAnswer>,
 }
 
@@ -146,7 +147,7 @@ impl Receiver for OnlineStatus {
     }
 }
 
-/// Events from the webhook authorizer's answer.
+/// Events from the answer of the webhook that allowed ([`crate::decision`] hands on no other).
 struct WebhookData;
 
 #[async_trait]
@@ -181,10 +182,19 @@ impl Receiver for MemberInfo {
             return Ok(());
         }
         let mut values: BTreeMap<String, String> = cx.task.captures.clone();
+        // `{user_id}` is the caller's id and nothing else, even if a task carried a capture
+        // of that name (the parser refuses one): never a member id the caller picked.
+        values.remove("user_id");
         if let Some(user) = &cx.task.user_id {
             values.insert("user_id".to_owned(), user.clone());
         }
         let user_id = match &spec.user_id {
+            // Without a caller id there is no member, rather than one named `{user_id}`.
+            Some(template)
+                if cx.task.user_id.is_none() && template_names(template).contains(&"user_id") =>
+            {
+                None
+            }
             Some(template) => Some(render_template(template, &values)),
             None => cx.task.user_id.clone(),
         };
@@ -229,5 +239,50 @@ impl Receiver for MemberInfo {
             Some(Value::Object(info))
         };
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use porter_core::policy::Policy;
+    use porter_store::Keys;
+    use porter_store::memory::MemoryStore;
+    use serde_json::json;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_capture_named_user_id_never_becomes_the_member_id() {
+        // The parser refuses such a capture; a task that carries one anyway (a gateway with
+        // another policy, a forged task) must not pick the member.
+        let policy = Policy::from_toml(
+            "[[rule]]\nname = \"p\"\npattern = \"presence-p@{object_id}\"\nallow = \"authenticated\"\ndata = { user_info = \"none\", user_id = \"u-{user_id}\" }\n",
+        )
+        .unwrap();
+        let store = Arc::new(MemoryStore::new(Keys::new("registry-test:")));
+        let channel = Channel::parse("presence-p@1").unwrap();
+        let task = |user: Option<&str>| -> Task {
+            serde_json::from_value(json!({
+                "id": "t", "channel": "presence-p@1", "channel_type": "presence",
+                "feature": "p", "object_id": "1", "rule": "p",
+                "captures": { "object_id": "1", "user_id": "admin" },
+                "client_id": null, "user_id": user,
+            }))
+            .unwrap()
+        };
+        for (user, member) in [(Some("alice"), Some("u-alice")), (None, None)] {
+            let task = task(user);
+            let cx = Context {
+                task: &task,
+                channel: &channel,
+                rule: &policy.rules()[0],
+                store: store.as_ref(),
+                webhook: None,
+            };
+            let data = Registry::builtin().run(&cx).await.unwrap();
+            assert_eq!(data.user_id.as_deref(), member, "{user:?}");
+        }
     }
 }
