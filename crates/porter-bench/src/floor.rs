@@ -41,6 +41,8 @@ pub async fn run(
         url: amqp_url.to_owned(),
         queue_prefix: queue_prefix.to_owned(),
         reply_mode,
+        // The floor measures the bare transport: unsigned, as a deployment without task keys.
+        task_auth: porter_core::task_auth::TaskAuth::off(),
     };
     for _ in 0..WORKERS {
         let source = AmqpSource::new(config.clone(), vec![Queue::Auth], 256, stop.clone());
@@ -105,6 +107,7 @@ async fn closed_loop(client: AmqpClient, measure_from: Instant, until: Instant) 
             client_id: None,
             user_id: None,
             claims: serde_json::Map::new(),
+            dry_run: false,
         };
         let waiter = client.pending().register(&task.id);
         let outgoing = Outgoing {

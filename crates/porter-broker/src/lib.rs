@@ -7,8 +7,13 @@
 //! - [`amqp`]: RabbitMQ over lapin, the distributed mode (queues `auth` and `auth/high`,
 //!   one exclusive reply queue per gateway, reconnection with backoff).
 //! - [`local`]: an in-process channel pair for `porter dev` and unit tests.
+//!
+//! Over AMQP, tasks and replies are signed with the keys of `porter_core::task_auth`
+//! (`auth.rs` reads the signed properties); a worker never runs a task that does not
+//! authenticate, and a reply reaches its waiter only through [`Pending::deliver`].
 
 pub mod amqp;
+mod auth;
 pub mod local;
 pub mod pending;
 pub mod session;
@@ -20,7 +25,7 @@ use porter_core::routing::{Queue, Route};
 use porter_core::wire::{Reply, Task};
 use thiserror::Error;
 
-pub use pending::{Pending, PendingReply};
+pub use pending::{Delivery, Pending, PendingReply};
 
 #[derive(Debug, Error)]
 pub enum BrokerError {

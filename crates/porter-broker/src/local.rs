@@ -1,11 +1,16 @@
 //! The in-process transport of `porter dev`: a channel from gateway to workers, and replies
 //! straight into the gateway's [`Pending`] table. Same traits, same semantics (expiry,
 //! deadline and time limit travel with the task), no broker.
+//!
+//! Nothing is signed in process, but replies still reach the gateway through
+//! [`Pending::deliver`], the function the AMQP transport verifies with (here with
+//! authentication off), so both modes take one path into the pending table.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use porter_core::task_auth::{ReplyMessage, TaskAuth};
 use porter_core::wire::{Reply, Task};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -97,12 +102,14 @@ impl TaskSource for LocalSource {
                 // Expired unread: dropped like a RabbitMQ message past its `expiration`.
                 continue;
             }
+            let id = message.task.id.clone();
             return Some(Incoming {
-                correlation_id: Some(message.task.id.clone()),
+                correlation_id: Some(id.clone()),
                 task: Ok(message.task),
                 deadline_ms: Some(message.deadline_ms),
                 time_limit: Some(message.time_limit),
                 responder: Box::new(LocalResponder {
+                    correlation_id: id,
                     pending: self.pending.clone(),
                 }),
             });
@@ -111,13 +118,20 @@ impl TaskSource for LocalSource {
 }
 
 struct LocalResponder {
+    correlation_id: String,
     pending: Pending,
 }
 
 #[async_trait]
 impl Responder for LocalResponder {
     async fn reply_and_ack(self: Box<Self>, reply: &Reply) -> Result<(), BrokerError> {
-        self.pending.complete(reply.clone());
+        let body = serde_json::to_vec(reply)?;
+        let message = ReplyMessage {
+            correlation_id: Some(&self.correlation_id),
+            body: &body,
+        };
+        // Late or unclaimed replies are counted by the table itself.
+        let _ = self.pending.deliver(&TaskAuth::off(), message, None);
         Ok(())
     }
 }

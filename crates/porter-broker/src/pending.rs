@@ -4,11 +4,17 @@
 //! the reply came, the batch deadline passed or the request was cancelled: the table never
 //! holds more than the tasks someone is still waiting for. Replies with no waiter (late,
 //! duplicate or foreign) are dropped and counted.
+//!
+//! [`Pending::deliver`] is the only way in, for every transport: it verifies a reply's
+//! signature (`porter_core::task_auth`) before it reads the body, binds a signed reply to the
+//! correlation id it was signed for, and drops and counts what does not authenticate. So the
+//! gateway signs nothing for a reply that a broker user forged.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use porter_core::task_auth::{Authenticity, Message, ReplyMessage, TaskAuth, Unauthenticated};
 use porter_core::wire::Reply;
 use tokio::sync::oneshot;
 
@@ -26,6 +32,22 @@ pub struct Pending {
 struct Inner {
     shards: [Shard; SHARDS],
     dropped: AtomicU64,
+    unauthenticated: AtomicU64,
+}
+
+/// What became of a reply handed to [`Pending::deliver`].
+#[derive(Debug)]
+pub enum Delivery {
+    /// Its waiter has it.
+    Delivered,
+    /// Authentic, but nobody waits for it (late, duplicate or unknown); counted as dropped.
+    Unclaimed,
+    /// It does not authenticate; counted as unauthenticated, its body never read.
+    Unauthenticated(Unauthenticated),
+    /// Signed for one task, naming another in its body; counted as unauthenticated.
+    WrongTask,
+    /// Authentic, but its body is not a reply.
+    Malformed(serde_json::Error),
 }
 
 fn shard_of(id: &str) -> usize {
@@ -65,8 +87,40 @@ impl Pending {
         }
     }
 
+    /// Hands a reply message to its waiter if it authenticates under `auth`: the one way a
+    /// reply reaches a waiter, whatever the transport.
+    pub fn deliver(
+        &self,
+        auth: &TaskAuth,
+        message: ReplyMessage<'_>,
+        signature: Option<&[u8]>,
+    ) -> Delivery {
+        let authenticity = match auth.verify(&Message::Reply(message), signature) {
+            Ok(authenticity) => authenticity,
+            Err(refusal) => {
+                self.inner.unauthenticated.fetch_add(1, Ordering::Relaxed);
+                return Delivery::Unauthenticated(refusal);
+            }
+        };
+        let reply = match serde_json::from_slice::<Reply>(message.body) {
+            Ok(reply) => reply,
+            Err(error) => return Delivery::Malformed(error),
+        };
+        // The signature covers the correlation id, not the body's `id` field as such: the
+        // reply may only complete the task it was signed for.
+        if authenticity == Authenticity::Signed && message.correlation_id != Some(&reply.id) {
+            self.inner.unauthenticated.fetch_add(1, Ordering::Relaxed);
+            return Delivery::WrongTask;
+        }
+        if self.complete(reply) {
+            Delivery::Delivered
+        } else {
+            Delivery::Unclaimed
+        }
+    }
+
     /// Hands a reply to its waiter. Returns false (and counts it) when nobody waits.
-    pub fn complete(&self, reply: Reply) -> bool {
+    fn complete(&self, reply: Reply) -> bool {
         let sender = self.shard(&reply.id).remove(&reply.id);
         let delivered = sender.is_some_and(|s| s.send(reply).is_ok());
         if !delivered {
@@ -91,6 +145,12 @@ impl Pending {
     /// Replies that arrived with nobody waiting (late or unknown).
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Replies dropped because they did not authenticate (forged, tampered, unsigned where
+    /// signatures are required, or signed for another task).
+    pub fn unauthenticated(&self) -> u64 {
+        self.inner.unauthenticated.load(Ordering::Relaxed)
     }
 }
 
@@ -125,6 +185,8 @@ impl Drop for PendingReply {
 mod tests {
     use super::*;
     use porter_core::reason::Reason;
+    use porter_core::task_auth::{Mode, TaskKeys};
+    use porter_core::wire::AuthData;
     use std::time::Duration;
 
     #[tokio::test]
@@ -151,6 +213,154 @@ mod tests {
         assert!(!pending.complete(Reply::refused("b", Reason::Timeout)));
         assert_eq!(pending.dropped(), 1);
         assert_eq!(pending.len(), 0);
+    }
+
+    const KEY: &str = "the-task-key-of-the-pending-tests";
+    const OTHER_KEY: &str = "another-task-key-nobody-here-has";
+
+    fn auth(mode: Mode, key: &str) -> TaskAuth {
+        TaskAuth::new(Some(mode), Some(TaskKeys::parse(key).unwrap())).unwrap()
+    }
+
+    fn body(id: &str, user_id: &str) -> Vec<u8> {
+        let data = AuthData {
+            user_id: Some(user_id.into()),
+            ..AuthData::default()
+        };
+        serde_json::to_vec(&Reply::allowed(id, data)).unwrap()
+    }
+
+    fn message<'a>(correlation_id: &'a str, body: &'a [u8]) -> ReplyMessage<'a> {
+        ReplyMessage {
+            correlation_id: Some(correlation_id),
+            body,
+        }
+    }
+
+    /// Delivers a reply signed by `signer` (unsigned when it is off).
+    fn deliver(
+        pending: &Pending,
+        gateway: &TaskAuth,
+        signer: &TaskAuth,
+        correlation_id: &str,
+        body: &[u8],
+    ) -> Delivery {
+        let message = message(correlation_id, body);
+        let signature = signer.sign(&Message::Reply(message));
+        pending.deliver(gateway, message, signature.as_deref().map(str::as_bytes))
+    }
+
+    async fn received_user(waiter: PendingReply) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        waiter.wait_until(deadline).await?.data?.user_id
+    }
+
+    #[tokio::test]
+    async fn forged_replies_never_reach_their_waiter_and_are_counted() {
+        let pending = Pending::new();
+        let gateway = auth(Mode::Require, KEY);
+        let waiter = pending.register("a");
+        let forged = body("a", "admin");
+        let tampered = {
+            let message = message("a", b"{\"v\":1,\"id\":\"a\",\"ok\":false}");
+            gateway.sign(&Message::Reply(message)).unwrap()
+        };
+        let outcomes = [
+            deliver(&pending, &gateway, &TaskAuth::off(), "a", &forged),
+            deliver(
+                &pending,
+                &gateway,
+                &auth(Mode::Require, OTHER_KEY),
+                "a",
+                &forged,
+            ),
+            pending.deliver(&gateway, message("a", &forged), Some(tampered.as_bytes())),
+            pending.deliver(&gateway, message("a", &forged), Some(b"garbage")),
+            // Signed by a real worker for task b, addressed in its body to a.
+            deliver(&pending, &gateway, &gateway, "b", &forged),
+        ];
+        assert!(
+            matches!(
+                outcomes,
+                [
+                    Delivery::Unauthenticated(Unauthenticated::Unsigned),
+                    Delivery::Unauthenticated(Unauthenticated::UnknownKey),
+                    Delivery::Unauthenticated(Unauthenticated::BadSignature),
+                    Delivery::Unauthenticated(Unauthenticated::Malformed),
+                    Delivery::WrongTask,
+                ]
+            ),
+            "{outcomes:?}"
+        );
+        assert_eq!(pending.unauthenticated(), 5);
+        assert_eq!(pending.dropped(), 0);
+        assert_eq!(pending.len(), 1, "the task still waits");
+
+        let real = body("a", "7");
+        assert!(matches!(
+            deliver(&pending, &gateway, &gateway, "a", &real),
+            Delivery::Delivered
+        ));
+        assert_eq!(received_user(waiter).await.as_deref(), Some("7"));
+    }
+
+    #[tokio::test]
+    async fn accept_mode_takes_unsigned_replies_but_not_bad_signatures() {
+        let pending = Pending::new();
+        let gateway = auth(Mode::Accept, KEY);
+        let waiter = pending.register("a");
+        let reply = body("a", "7");
+        assert!(matches!(
+            deliver(
+                &pending,
+                &gateway,
+                &auth(Mode::Accept, OTHER_KEY),
+                "a",
+                &reply
+            ),
+            Delivery::Unauthenticated(Unauthenticated::UnknownKey)
+        ));
+        assert!(matches!(
+            deliver(&pending, &gateway, &TaskAuth::off(), "a", &reply),
+            Delivery::Delivered
+        ));
+        assert_eq!(received_user(waiter).await.as_deref(), Some("7"));
+        assert_eq!(pending.unauthenticated(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rotated_worker_still_reaches_the_gateway_and_late_replies_are_unclaimed() {
+        let pending = Pending::new();
+        let gateway = auth(Mode::Require, &format!("{OTHER_KEY},{KEY}"));
+        let waiter = pending.register("a");
+        let reply = body("a", "7");
+        let worker = auth(Mode::Require, KEY);
+        assert!(matches!(
+            deliver(&pending, &gateway, &worker, "a", &reply),
+            Delivery::Delivered
+        ));
+        assert_eq!(received_user(waiter).await.as_deref(), Some("7"));
+        assert!(matches!(
+            deliver(&pending, &gateway, &worker, "a", &reply),
+            Delivery::Unclaimed
+        ));
+        assert_eq!((pending.dropped(), pending.unauthenticated()), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn without_keys_every_reply_is_delivered_as_before() {
+        let pending = Pending::new();
+        let waiter = pending.register("a");
+        let reply = body("a", "7");
+        assert!(matches!(
+            pending.deliver(&TaskAuth::off(), message("zz", &reply), Some(b"garbage")),
+            Delivery::Delivered
+        ));
+        assert_eq!(received_user(waiter).await.as_deref(), Some("7"));
+        assert!(matches!(
+            pending.deliver(&TaskAuth::off(), message("a", b"not json"), None),
+            Delivery::Malformed(_)
+        ));
     }
 
     #[test]

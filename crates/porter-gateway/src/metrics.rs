@@ -13,9 +13,10 @@
 //! `porter_http_requests_total`, `authorization_errors_total` (the previous system's name, without
 //! the `porter_` prefix, kept because its dashboards use it), and so on.
 //!
-//! Gauges whose values live elsewhere (tasks pending, in flight, the cap) and the late-replies
-//! counter (kept by the pending-task table) are set from the render arguments just before
-//! encoding, under the registry's lock so that two concurrent scrapes cannot interleave.
+//! Gauges whose values live elsewhere (tasks pending, in flight, the cap) and the late and
+//! unauthenticated replies counters (kept by the pending-task table) are set from the render
+//! arguments just before encoding, under the registry's lock so that two concurrent scrapes
+//! cannot interleave.
 //!
 //! A family with no series yet (no auth failure so far, say) is left off the page entirely,
 //! `# HELP` and `# TYPE` included, which is how prometheus-client encodes an empty family.
@@ -71,6 +72,17 @@ impl Outcome {
     }
 }
 
+/// What the pending-task table counts, mirrored on the page by [`Metrics::render`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReplyCounts {
+    /// Tasks awaiting a reply now.
+    pub pending: usize,
+    /// Replies that came with nobody waiting (late or unknown).
+    pub late: u64,
+    /// Replies dropped because they did not authenticate (`porter_broker::Pending::deliver`).
+    pub unauthenticated: u64,
+}
+
 /// One label with a value known at compile time (`outcome`, `reason`, `rule`): no allocation
 /// to look a series up.
 type StaticLabel = [(&'static str, &'static str); 1];
@@ -99,6 +111,7 @@ pub struct Metrics {
     round_trip: Histogram,
     tasks_pending: Gauge,
     late_replies: Counter,
+    unauthenticated_replies: Counter,
     /// Failed authentications by reason code (bad token, missing user, forged webhook, …).
     auth_failures: Family<StaticLabel, Counter>,
     /// Requests refused by the protection layer, by rule (rate limits, in-flight cap, …).
@@ -118,6 +131,7 @@ impl Default for Metrics {
         let round_trip = Histogram::new(BUCKETS);
         let tasks_pending = Gauge::default();
         let late_replies = Counter::default();
+        let unauthenticated_replies = Counter::default();
 
         // Registration order is page order: the order the hand-written page had.
         let mut main = Registry::default();
@@ -151,6 +165,11 @@ impl Default for Metrics {
             "porter_late_replies",
             "Replies that arrived after their deadline",
             late_replies.clone(),
+        );
+        main.register(
+            "porter_unauthenticated_replies",
+            "Replies dropped because they did not authenticate (forged, tampered, or unsigned where signatures are required)",
+            unauthenticated_replies.clone(),
         );
 
         let auth_failures = Family::<StaticLabel, Counter>::default();
@@ -190,6 +209,7 @@ impl Default for Metrics {
             round_trip,
             tasks_pending,
             late_replies,
+            unauthenticated_replies,
             auth_failures,
             protection_refusals,
             tasks_in_flight,
@@ -260,14 +280,17 @@ impl Metrics {
     }
 
     /// The main part of `/metrics` (requests, channels, cache, task round trips, tasks pending,
-    /// late replies), in the format named by [`CONTENT_TYPE`].
-    pub fn render(&self, tasks_pending: usize, late_replies: u64) -> String {
+    /// late and unauthenticated replies), in the format named by [`CONTENT_TYPE`].
+    pub fn render(&self, replies: ReplyCounts) -> String {
         let registry = self.main.lock().unwrap_or_else(PoisonError::into_inner);
-        self.tasks_pending.set(saturating_i64(tasks_pending));
-        // The pending-task table owns this count; the counter only mirrors it for the page.
+        self.tasks_pending.set(saturating_i64(replies.pending));
+        // The pending-task table owns these counts; the counters only mirror them for the page.
         self.late_replies
             .inner()
-            .store(late_replies, Ordering::Relaxed);
+            .store(replies.late, Ordering::Relaxed);
+        self.unauthenticated_replies
+            .inner()
+            .store(replies.unauthenticated, Ordering::Relaxed);
         encode(&registry)
     }
 
@@ -320,7 +343,7 @@ mod tests {
 
     #[test]
     fn a_fresh_page_shows_every_outcome_and_scalar_at_zero() {
-        let page = Metrics::default().render(0, 0);
+        let page = Metrics::default().render(ReplyCounts::default());
         for outcome in Outcome::ALL {
             assert_line(
                 &page,
@@ -335,6 +358,7 @@ mod tests {
             "porter_task_round_trip_seconds_count 0",
             "porter_tasks_pending 0",
             "porter_late_replies_total 0",
+            "porter_unauthenticated_replies_total 0",
         ] {
             assert_line(&page, line);
         }
@@ -365,7 +389,11 @@ mod tests {
         metrics.round_trip(Duration::from_millis(3));
         metrics.round_trip(Duration::from_secs(7));
 
-        let page = metrics.render(12, 4);
+        let page = metrics.render(ReplyCounts {
+            pending: 12,
+            late: 4,
+            unauthenticated: 3,
+        });
         for line in [
             "porter_http_requests_total{endpoint=\"batch_authenticate\",status=\"200\"} 2",
             "porter_http_requests_total{endpoint=\"batch_authenticate\",status=\"401\"} 1",
@@ -380,6 +408,7 @@ mod tests {
             "porter_cache_errors_total 1",
             "porter_tasks_pending 12",
             "porter_late_replies_total 4",
+            "porter_unauthenticated_replies_total 3",
         ] {
             assert_line(&page, line);
         }
@@ -429,7 +458,7 @@ mod tests {
         metrics.request("auth", 200);
         metrics.auth_failure("invalid_token");
         metrics.protection_refusal("rate_limit_ip");
-        let page = metrics.render(0, 0) + &metrics.render_protection(0, None);
+        let page = metrics.render(ReplyCounts::default()) + &metrics.render_protection(0, None);
         for (name, kind) in [
             ("porter_http_requests_total", "counter"),
             ("porter_channels_total", "counter"),
@@ -438,6 +467,7 @@ mod tests {
             ("porter_task_round_trip_seconds", "histogram"),
             ("porter_tasks_pending", "gauge"),
             ("porter_late_replies_total", "counter"),
+            ("porter_unauthenticated_replies_total", "counter"),
             ("porter_auth_failures_total", "counter"),
             ("porter_protection_refusals_total", "counter"),
             ("porter_tasks_in_flight", "gauge"),
@@ -484,7 +514,7 @@ mod tests {
         let metrics = Metrics::default();
         metrics.request("odd\"name", 404);
         assert_line(
-            &metrics.render(0, 0),
+            &metrics.render(ReplyCounts::default()),
             "porter_http_requests_total{endpoint=\"odd\\\"name\",status=\"404\"} 1",
         );
     }

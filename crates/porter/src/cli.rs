@@ -163,6 +163,72 @@ pub struct Backends {
     /// A policy file; the built-in policy (the replaced system's catalogue) otherwise.
     #[arg(long, env = "PORTER_POLICY")]
     pub policy: Option<PathBuf>,
+    /// Keys that sign and verify tasks and replies, shared by gateways and workers (never the
+    /// Pusher secret), comma-separated: the first signs, all verify. Each at least 32 bytes.
+    /// Prefer the environment or --task-keys-file: a flag shows in `ps` (docs/task-auth.md).
+    #[arg(long, env = "PORTER_TASK_KEYS", hide_env_values = true)]
+    pub task_keys: Option<Concealed>,
+    /// A file of task keys, one per line or comma-separated (a mounted secret).
+    #[arg(long, env = "PORTER_TASK_KEYS_FILE")]
+    pub task_keys_file: Option<PathBuf>,
+    /// `off`, `accept` (sign, verify what is signed, let unsigned through: a rollout's first
+    /// step) or `require`. Default: `require` with task keys, `off` without.
+    #[arg(long, env = "PORTER_TASK_AUTH")]
+    pub task_auth: Option<String>,
+}
+
+/// A secret setting: printed as `<concealed>`, so a `{:?}` of the settings shows no key.
+#[derive(Clone)]
+pub struct Concealed(String);
+
+impl Concealed {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Concealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<concealed>")
+    }
+}
+
+impl std::str::FromStr for Concealed {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Concealed, Self::Err> {
+        Ok(Concealed(text.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod task_auth_args_tests {
+    use super::*;
+
+    #[test]
+    fn task_keys_come_from_flags_or_the_environment_and_never_print() {
+        let key = "a-task-key-that-must-never-be-printed";
+        let cli = Cli::try_parse_from([
+            "porter",
+            "worker",
+            "--task-keys",
+            key,
+            "--task-auth",
+            "accept",
+        ])
+        .expect("parses");
+        let Command::Worker(args) = cli.command else {
+            panic!("a worker");
+        };
+        assert_eq!(
+            args.backends.task_keys.as_ref().map(Concealed::expose),
+            Some(key)
+        );
+        assert_eq!(args.backends.task_auth.as_deref(), Some("accept"));
+        let printed = format!("{args:?}");
+        assert!(!printed.contains(key), "{printed}");
+        assert!(printed.contains("<concealed>"), "{printed}");
+    }
 }
 
 /// Settings of the HTTP side.

@@ -18,6 +18,7 @@ use porter_broker::{TaskClient, local};
 use porter_core::cache::RuleStamps;
 use porter_core::policy::{Policy, PrivateData};
 use porter_core::routing::Queue;
+use porter_core::task_auth::{Mode, TaskAuth, TaskKeys};
 use porter_gateway::admin_guard::AdminGuard;
 use porter_gateway::scoped_keys::ScopedKeys;
 use porter_gateway::{AppState, GatewayConfig};
@@ -92,6 +93,51 @@ fn redacted(error: anyhow::Error) -> anyhow::Error {
 
 const INVALID_REDIS_URL: &str = "REDIS_URL (or --redis-url) is not a usable Redis URL";
 
+/// Task authentication from `PORTER_TASK_KEYS` or `PORTER_TASK_KEYS_FILE` and
+/// `PORTER_TASK_AUTH` (a blank variable counts as unset). Errors are one line and never quote
+/// a key.
+fn task_auth(backends: &crate::cli::Backends) -> anyhow::Result<TaskAuth> {
+    let blank_is_unset = |text: &str| !text.trim().is_empty();
+    let inline = backends
+        .task_keys
+        .as_ref()
+        .map(|keys| keys.expose())
+        .filter(|keys| blank_is_unset(keys));
+    let list = match (inline, &backends.task_keys_file) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "set PORTER_TASK_KEYS or PORTER_TASK_KEYS_FILE (or their flags), not both"
+        ),
+        (Some(keys), None) => Some(keys.to_owned()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read PORTER_TASK_KEYS_FILE {}", path.display()))?,
+        ),
+        (None, None) => None,
+    };
+    let keys = list
+        .map(|list| TaskKeys::parse(&list))
+        .transpose()
+        .context("PORTER_TASK_KEYS")?;
+    let mode = backends
+        .task_auth
+        .as_deref()
+        .filter(|mode| blank_is_unset(mode))
+        .map(str::parse::<Mode>)
+        .transpose()
+        .context("PORTER_TASK_AUTH")?;
+    let auth = TaskAuth::new(mode, keys)
+        .context("PORTER_TASK_AUTH (set PORTER_TASK_KEYS or PORTER_TASK_KEYS_FILE)")?;
+    match auth.mode() {
+        Mode::Off => tracing::info!("task authentication off: tasks and replies are not signed"),
+        mode => tracing::info!(
+            %mode,
+            signing_key = auth.signing_key_id().unwrap_or_default(),
+            "task authentication on"
+        ),
+    }
+    Ok(auth)
+}
+
 fn app_state(
     http: &HttpArgs,
     policy: Arc<Policy>,
@@ -150,6 +196,7 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     init_tracing();
     check_backends(&args.backends)?;
     let policy = Arc::new(load_policy(args.backends.policy.as_deref())?);
+    let task_auth = task_auth(&args.backends)?;
     actix_web::rt::System::new().block_on(async move {
         let stop = CancellationToken::new();
         let client = AmqpClient::start(
@@ -157,6 +204,7 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
                 url: args.backends.amqp_url.clone(),
                 queue_prefix: args.backends.queue_prefix.clone(),
                 reply_mode: args.reply_mode,
+                task_auth,
             },
             stop.clone(),
         );
@@ -223,6 +271,7 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     check_backends(&args.backends)?;
     let policy = Arc::new(load_policy(args.backends.policy.as_deref())?);
     let queues = parse_queues(&args.queues)?;
+    let task_auth = task_auth(&args.backends)?;
     // One thread: everything but lapin's I/O thread runs on the thread that reads the
     // deliveries, with no hand-offs between runtime threads.
     let mut runtime = if args.threads == 1 {
@@ -250,6 +299,7 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
                 url: args.backends.amqp_url.clone(),
                 queue_prefix: args.backends.queue_prefix.clone(),
                 reply_mode: ReplyMode::default(),
+                task_auth,
             },
             queues,
             args.prefetch.max(1),

@@ -6,6 +6,10 @@
 //! seconds, so the end-to-end tests are grouped in a few files.
 
 mod common;
+/// Forged tasks and replies, mixed versions, key rotation (docs/task-auth.md): part of this
+/// binary, in a file of its own.
+#[path = "distributed/task_auth.rs"]
+mod task_auth;
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +18,7 @@ use porter_broker::amqp::{AmqpClient, AmqpConfig};
 use porter_broker::{Outgoing, TaskClient, now_ms};
 use porter_core::channel::ChannelKind;
 use porter_core::routing::Route;
+use porter_core::task_auth::TaskAuth;
 use porter_core::wire::{FORMAT_VERSION, Task};
 use redis::AsyncCommands;
 use serde_json::{Value, json};
@@ -196,6 +201,7 @@ async fn expired_tasks_are_not_run_and_slow_authorizers_are_cut_off() {
             url: AMQP_URL.into(),
             queue_prefix: deployment.prefix.clone(),
             reply_mode: Default::default(),
+            task_auth: TaskAuth::off(),
         },
         stop.clone(),
     );

@@ -3,6 +3,9 @@
 //!
 //! A supervisor task keeps one connection up, reconnecting with the shared backoff; a lost
 //! connection loses the reply queue, so the tasks in flight on it answer `timeout`.
+//!
+//! Tasks are signed with the configured task keys; every reply goes through
+//! [`Pending::deliver`], which drops and counts what does not authenticate.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -14,7 +17,8 @@ use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use porter_core::routing::Queue;
-use porter_core::wire::{HEADER_DEADLINE_MS, HEADER_TIME_LIMIT_MS, Reply};
+use porter_core::task_auth::TaskAuth;
+use porter_core::wire::{HEADER_DEADLINE_MS, HEADER_TIME_LIMIT_MS};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -22,10 +26,8 @@ use tracing::{debug, info, warn};
 use super::{
     AmqpConfig, BACKOFF_START, ReplyMode, back_off, connection_properties, declare_task_queue,
 };
-use crate::{BrokerError, Outgoing, Pending, TaskClient, queue_name};
-
-/// The pseudo-queue of RabbitMQ's direct reply-to.
-const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+use crate::auth::{DIRECT_REPLY_TO, reply_message, signature, signed_task};
+use crate::{BrokerError, Delivery, Outgoing, Pending, TaskClient, queue_name};
 
 /// The gateway's connection: publishes tasks, consumes its reply queue.
 #[derive(Clone)]
@@ -157,7 +159,7 @@ async fn supervise(inner: Arc<ClientInner>) {
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(live);
                 inner.ready.store(true, Ordering::Release);
                 tokio::select! {
-                    () = read_replies(consumer, &inner.pending) => {}
+                    () = read_replies(consumer, &inner.pending, &inner.config.task_auth) => {}
                     () = inner.broken.notified() => {}
                     () = inner.stop.cancelled() => {
                         let _ = connection.close(200, "gateway shutting down").await;
@@ -231,7 +233,7 @@ async fn connect_client(
     Ok((connection, live, consumer))
 }
 
-/// The AMQP properties of a task message (see the design's wire format).
+/// The AMQP properties of a task message (see the design's wire format), before signing.
 fn task_properties(outgoing: &Outgoing<'_>, reply_to: &ShortString) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert(
@@ -253,16 +255,25 @@ fn task_properties(outgoing: &Outgoing<'_>, reply_to: &ShortString) -> BasicProp
         .with_headers(headers)
 }
 
-async fn read_replies(mut consumer: Consumer, pending: &Pending) {
+async fn read_replies(mut consumer: Consumer, pending: &Pending, auth: &TaskAuth) {
     while let Some(delivery) = consumer.next().await {
         let Ok(delivery) = delivery else { return };
-        match serde_json::from_slice::<Reply>(&delivery.data) {
-            Ok(reply) => {
-                if !pending.complete(reply) {
-                    debug!("dropped a reply nobody waits for (late or unknown)");
-                }
+        let properties = &delivery.properties;
+        let message = reply_message(properties, &delivery.data);
+        match pending.deliver(auth, message, signature(properties)) {
+            Delivery::Delivered => {}
+            Delivery::Unclaimed => debug!("dropped a reply nobody waits for (late or unknown)"),
+            // The code only: the correlation id and body are whatever the sender chose.
+            Delivery::Unauthenticated(refusal) => {
+                warn!(code = refusal.code(), "dropped an unauthenticated reply");
             }
-            Err(error) => warn!(%error, "dropped a malformed reply"),
+            Delivery::WrongTask => {
+                warn!(
+                    code = "wrong_task",
+                    "dropped a reply signed for another task"
+                );
+            }
+            Delivery::Malformed(error) => warn!(%error, "dropped a malformed reply"),
         }
     }
 }
@@ -272,22 +283,31 @@ impl TaskClient for AmqpClient {
     async fn publish(&self, tasks: &[Outgoing<'_>]) -> Result<(), BrokerError> {
         let live = self.live().ok_or(BrokerError::Unavailable)?;
         let mut messages = Vec::with_capacity(tasks.len());
+        let mut properties = Vec::with_capacity(tasks.len());
         for outgoing in tasks {
             let body = serde_json::to_vec(outgoing.task)?;
             let queue = queue_name(&self.inner.config.queue_prefix, outgoing.route.queue);
-            messages.push((queue, body, outgoing));
+            properties.push(signed_task(
+                &self.inner.config.task_auth,
+                task_properties(outgoing, &live.reply_queue),
+                &body,
+            ));
+            messages.push((queue, body));
         }
         // All publishes are queued before the first is awaited: lapin writes the whole batch
         // in one go instead of one socket write (and one I/O-thread wake-up) per task.
-        let publishes = messages.iter().map(|(queue, body, outgoing)| {
-            live.channel.basic_publish(
-                "",
-                queue,
-                BasicPublishOptions::default(),
-                body,
-                task_properties(outgoing, &live.reply_queue),
-            )
-        });
+        let publishes = messages
+            .iter()
+            .zip(properties)
+            .map(|((queue, body), properties)| {
+                live.channel.basic_publish(
+                    "",
+                    queue,
+                    BasicPublishOptions::default(),
+                    body,
+                    properties,
+                )
+            });
         for result in futures_util::future::join_all(publishes).await {
             if let Err(error) = result {
                 self.mark_broken();

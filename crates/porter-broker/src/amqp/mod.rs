@@ -48,6 +48,8 @@ pub struct AmqpConfig {
     pub queue_prefix: String,
     /// How the gateway receives replies.
     pub reply_mode: ReplyMode,
+    /// Signing and verification of tasks and replies (`TaskAuth::off()`: none).
+    pub task_auth: porter_core::task_auth::TaskAuth,
 }
 
 /// Masks the URL's userinfo: a config printed with `{:?}` must not show the password.
@@ -281,6 +283,7 @@ mod tests {
             url: "amqp://guest:SECRETPW@127.0.0.1:5672/%2f".into(),
             queue_prefix: "p.".into(),
             reply_mode: ReplyMode::Exclusive,
+            task_auth: porter_core::task_auth::TaskAuth::off(),
         };
         let debug = format!("{config:?}");
         assert!(!debug.contains("SECRETPW"), "{debug}");

@@ -4,23 +4,31 @@
 //!
 //! It reconnects with the shared backoff; tasks unacknowledged when a connection is lost go
 //! back to their queue for another worker.
+//!
+//! A task that does not authenticate under the configured task keys is never handed out:
+//! it is acknowledged without running and without a reply, logged and counted. Dropping
+//! rather than answering keeps a worker from signing refusals for whatever correlation id
+//! and reply queue a forger names; the real gateway's channel, if any, times out. Replies
+//! are signed for the task's correlation id.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use futures_util::stream::SelectAll;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use porter_core::routing::Queue;
-use porter_core::wire::{HEADER_DEADLINE_MS, HEADER_TIME_LIMIT_MS, Reply, Task};
+use porter_core::task_auth::{Message, TaskAuth};
+use porter_core::wire::{Reply, Task};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{AmqpConfig, BACKOFF_START, back_off, connection_properties, declare_task_queue};
+use crate::auth::{signature, signed_reply, task_message};
 use crate::{BrokerError, Incoming, Responder, TaskSource, queue_name};
 
 /// A worker's consumer of one or more task queues.
@@ -31,6 +39,8 @@ pub struct AmqpSource {
     stop: CancellationToken,
     live: Option<WorkerLive>,
     connected: Arc<AtomicBool>,
+    /// Tasks dropped because they did not authenticate; each drop's log line carries it.
+    unauthenticated: AtomicU64,
 }
 
 impl AmqpSource {
@@ -47,6 +57,7 @@ impl AmqpSource {
             stop,
             live: None,
             connected: Arc::new(AtomicBool::new(false)),
+            unauthenticated: AtomicU64::new(0),
         }
     }
 
@@ -96,20 +107,6 @@ struct WorkerLive {
     consumers: SelectAll<Consumer>,
 }
 
-fn header_u64(headers: &Option<FieldTable>, name: &str) -> Option<u64> {
-    let value = headers.as_ref()?.inner().get(name)?;
-    let number = match value {
-        AMQPValue::LongLongInt(v) => *v,
-        AMQPValue::LongInt(v) => i64::from(*v),
-        AMQPValue::LongUInt(v) => i64::from(*v),
-        AMQPValue::ShortInt(v) => i64::from(*v),
-        AMQPValue::ShortUInt(v) => i64::from(*v),
-        AMQPValue::Timestamp(v) => *v as i64,
-        _ => return None,
-    };
-    u64::try_from(number).ok()
-}
-
 #[async_trait]
 impl TaskSource for AmqpSource {
     async fn next(&mut self) -> Option<Incoming> {
@@ -143,10 +140,25 @@ impl TaskSource for AmqpSource {
             match delivery {
                 Some(Ok(delivery)) => {
                     let props = &delivery.properties;
-                    let correlation_id = props.correlation_id().as_ref().map(|c| c.to_string());
-                    let deadline_ms = header_u64(props.headers(), HEADER_DEADLINE_MS);
-                    let time_limit = header_u64(props.headers(), HEADER_TIME_LIMIT_MS)
-                        .map(Duration::from_millis);
+                    // What is verified is what the worker then acts on: one reading.
+                    let signed = task_message(props, &delivery.data);
+                    let auth = &self.config.task_auth;
+                    if let Err(refusal) = auth.verify(&Message::Task(signed), signature(props)) {
+                        let dropped = self.unauthenticated.fetch_add(1, Ordering::Relaxed) + 1;
+                        // The code only: the rest of the message is whatever the sender chose.
+                        warn!(
+                            code = refusal.code(),
+                            dropped,
+                            "dropped an unauthenticated task without running or answering it"
+                        );
+                        if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+                            warn!(%error, "could not acknowledge a dropped task");
+                        }
+                        continue;
+                    }
+                    let correlation_id = signed.correlation_id.map(str::to_owned);
+                    let deadline_ms = signed.deadline_ms;
+                    let time_limit = signed.time_limit_ms.map(Duration::from_millis);
                     let task =
                         serde_json::from_slice::<Task>(&delivery.data).map_err(|e| e.to_string());
                     let responder = AmqpResponder {
@@ -154,6 +166,7 @@ impl TaskSource for AmqpSource {
                         correlation_id: props.correlation_id().clone(),
                         acker: delivery.acker.clone(),
                         replies: live.replies.clone(),
+                        auth: auth.clone(),
                     };
                     return Some(Incoming {
                         task,
@@ -195,12 +208,13 @@ impl AmqpSource {
     }
 }
 
-/// Replies on the default exchange to the task's `reply_to`, then acks.
+/// Replies on the default exchange to the task's `reply_to`, signed, then acks.
 struct AmqpResponder {
     reply_to: Option<ShortString>,
     correlation_id: Option<ShortString>,
     acker: lapin::acker::Acker,
     replies: Channel,
+    auth: TaskAuth,
 }
 
 #[async_trait]
@@ -214,6 +228,7 @@ impl Responder for AmqpResponder {
             if let Some(correlation_id) = &self.correlation_id {
                 properties = properties.with_correlation_id(correlation_id.clone());
             }
+            let properties = signed_reply(&self.auth, properties, &body);
             self.replies
                 .basic_publish(
                     "",

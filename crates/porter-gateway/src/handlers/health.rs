@@ -5,6 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
+use crate::metrics::ReplyCounts;
 use crate::state::AppState;
 
 pub async fn healthz() -> HttpResponse {
@@ -24,7 +25,11 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let pending = state.tasks.pending();
-    let mut body = state.metrics.render(pending.len(), pending.dropped());
+    let mut body = state.metrics.render(ReplyCounts {
+        pending: pending.len(),
+        late: pending.dropped(),
+        unauthenticated: pending.unauthenticated(),
+    });
     body.push_str(&state.metrics.render_protection(
         state.protection.in_flight.count(),
         state.protection.in_flight.cap(),
