@@ -6,6 +6,9 @@
 #           direct (miss10 and single with the gateway on direct reply-to),
 #           dev (`porter dev`: miss10 hit10 single); default: all of them.
 # Starts its own processes (with a unique queue and key prefix) and stops them by pid.
+# PORTER_TASK_KEYS (and PORTER_TASK_AUTH) in the environment reach the gateway and workers:
+# `PORTER_TASK_KEYS=$(openssl rand -hex 32) scripts/bench.sh 3 8 distributed` measures signed
+# tasks and replies (docs/task-auth.md); those runs are labelled `…/signed`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
@@ -74,7 +77,7 @@ distributed() {
     pids+=("$gateway" "$w1" "$w2")
     wait_ready
     watch=(--pid gateway=$gateway --pid worker1=$w1 --pid worker2=$w2 "${services[@]}")
-    label="distributed/$mode" load "$@"
+    label="distributed/$mode${PORTER_TASK_KEYS:+/signed}" load "$@"
     kill "$gateway" "$w1" "$w2"; wait "$gateway" "$w1" "$w2" 2>/dev/null || true
 }
 
