@@ -263,14 +263,19 @@ async fn a_cache_hit_publishes_nothing() {
     // No worker runs: only the cache can answer.
     let mut redis = deployment.redis().await;
     let cache = format!("{}channel-data-v2:private-goal@5", deployment.prefix);
-    let _: () = redis
-        .hset(
-            &cache,
-            "ANNON",
-            r#"{"events":[{"event":"goal.updated","data":{"p":1}}]}"#,
-        )
-        .await
-        .unwrap();
+    // The entry a worker of this policy writes: the rule's stamp and the data.
+    let policy = porter_core::policy::Policy::from_toml(&short_policy(9)).unwrap();
+    let rule = policy.match_name("private-goal@5").unwrap().rule;
+    let stamps = porter_core::cache::RuleStamps::of(&policy);
+    let data: porter_core::wire::AuthData =
+        serde_json::from_str(r#"{"events":[{"event":"goal.updated","data":{"p":1}}]}"#).unwrap();
+    let entry = porter_core::cache::CachedDecision::encode(
+        &rule.name,
+        stamps.get(&rule.name).unwrap(),
+        &data,
+    )
+    .unwrap();
+    let _: () = redis.hset(&cache, "ANNON", entry).await.unwrap();
     let _: () = redis.expire(&cache, 60).await.unwrap();
 
     for socket in ["1.1", "2.2"] {
