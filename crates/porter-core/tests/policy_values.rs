@@ -1,6 +1,6 @@
 //! The policy parser never panics, whatever value an operator writes in whichever field
-//! (issue 10, finding 8: `time_limit = 1e30` panicked in `Duration::from_secs_f64`), and what it
-//! accepts can be matched and explained without panicking either.
+//! (issue 10, finding 8: `time_limit = 1e30` panicked in `Duration::from_secs_f64`); its errors
+//! are one line; and what it accepts can be matched and explained without panicking either.
 //!
 //! Each case starts from a valid rule (and endpoint) and puts arbitrary TOML values (integers
 //! of every size, floats including NaN, infinities and subnormals, strings that look like
@@ -190,7 +190,13 @@ proptest! {
             // TOML can only write inline); nothing to parse then.
             return Ok(());
         };
-        if let Ok(policy) = Policy::from_toml(&source) {
+        let parsed = Policy::from_toml(&source);
+        if let Err(error) = &parsed {
+            // The CLI prints it as its one line, and logs must not be forged through it.
+            let text = error.to_string();
+            prop_assert!(!text.chars().any(char::is_control), "{:?}", text);
+        }
+        if let Ok(policy) = parsed {
             // Whatever was accepted can be matched and explained.
             for name in ["private-x@1", "private-y@2", "presence-x@1", "private-z@3"] {
                 if let Ok(matched) = policy.match_name(name) {

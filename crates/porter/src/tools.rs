@@ -29,14 +29,18 @@ pub fn signer(credentials: &Credentials) -> anyhow::Result<Signer> {
     .context("invalid Pusher credentials")
 }
 
-/// Loads a policy file, or the built-in policy.
+/// Loads a policy file, or the built-in policy: the one loader of `porter policy`, the gateway,
+/// the worker and `porter dev`, so a policy refused by `porter policy check` (exit 2, one line
+/// naming the rule, the field and the reason) is refused at start-up everywhere.
 pub fn load_policy(path: Option<&Path>) -> anyhow::Result<Policy> {
     match path {
         None => Ok(Policy::default()),
         Some(path) => {
-            let source = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            Policy::from_toml(&source).with_context(|| format!("{}", path.display()))
+            // The path is quoted with its control characters escaped: errors are one line.
+            let shown = path.display().to_string().escape_debug().to_string();
+            let source =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {shown}"))?;
+            Policy::from_toml(&source).with_context(|| shown)
         }
     }
 }

@@ -898,3 +898,117 @@ fn policy_tools_check_and_explain() {
     );
     let _ = std::fs::remove_file(broken);
 }
+
+/// `porter policy check` on a policy, as (exit code, stdout, stderr).
+fn check_policy(source: &str) -> (Option<i32>, String, String) {
+    let file = std::env::temp_dir().join(format!("{}policy.toml", unique_prefix("check")));
+    std::fs::write(&file, source).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_porter"))
+        .args(["policy", "check", file.to_str().unwrap()])
+        .env_clear()
+        .output()
+        .expect("run porter");
+    let _ = std::fs::remove_file(file);
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn policy_check_refuses_unsafe_policies_in_one_line() {
+    // Issue 10, findings 2, 4, 5, 8 and 9: each was accepted before (1e30 panicked).
+    let rule = |name: &str, body: &str| format!("[[rule]]\nname = \"{name}\"\n{body}\n");
+    for (source, needle) in [
+        (
+            rule(
+                "shared-hook",
+                "pattern = \"private-x@{object_id}\"\nallow = { any_of = [{ webhook = \"http://h/x\" }, \"anyone\"] }\ncache = { scope = \"anonymous\" }",
+            ),
+            "field `cache`: scope `anonymous`",
+        ),
+        (
+            rule(
+                "any-member",
+                "pattern = \"presence-x@{object_id}\"\nallow = \"authenticated\"\ndata = { user_id = \"{object_id}\" }",
+            ),
+            "field `data.user_id`: `{object_id}`: `{object_id}` is not pinned",
+        ),
+        (
+            rule(
+                "user-capture",
+                "pattern = \"presence-x@{user_id}\"\nallow = \"authenticated\"",
+            ),
+            "field `pattern`: a capture may not be named `user_id`",
+        ),
+        (
+            rule(
+                "cached-claims",
+                "pattern = \"private-t-{team}\"\nallow = { claims = { team = \"team\" } }\ncache = { scope = \"user\" }",
+            ),
+            "field `cache`: the rule reads token claims",
+        ),
+        (
+            rule(
+                "forever",
+                "pattern = \"private-x@{object_id}\"\nallow = \"anyone\"\ntime_limit = 1e30",
+            ),
+            "field `time_limit`: must be from 1 ms to 60 s",
+        ),
+        (
+            rule(
+                "host-hook",
+                "pattern = \"private-x@{object_id}\"\nallow = { webhook = \"http://{object_id}.app/x\" }",
+            ),
+            "field `allow`: webhook url `http://{object_id}.app/x` has a `{…}` in its authority",
+        ),
+    ] {
+        let name = source.split('"').nth(1).unwrap().to_owned();
+        let (code, stdout, stderr) = check_policy(&source);
+        assert_eq!(code, Some(2), "{name}: {stderr}");
+        assert_eq!(stdout, "", "{name}");
+        assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("rule #1 `{name}`: {needle}")),
+            "{name}: {stderr}"
+        );
+    }
+
+    // A name with a newline in it cannot split the line.
+    let (code, _, stderr) =
+        check_policy("[[rule]]\nname = \"a\\nb\"\npattern = \"private-x\"\nallow = \"nobody\"\n");
+    assert_eq!(code, Some(2));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("rule #1 `a\\nb`: field `allow`"),
+        "{stderr}"
+    );
+
+    // The gateway, the worker and `porter dev` load policies the same way: exit 2, one line,
+    // before they connect to anything.
+    let file = std::env::temp_dir().join(format!("{}forever.toml", unique_prefix("start")));
+    std::fs::write(
+        &file,
+        rule(
+            "forever",
+            "pattern = \"private-x@{object_id}\"\nallow = \"anyone\"\ntime_limit = 1e30",
+        ),
+    )
+    .unwrap();
+    for command in ["worker", "dev"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_porter"))
+            .args([command, "--policy", file.to_str().unwrap()])
+            .env_clear()
+            .output()
+            .expect("run porter");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{command}: {stderr}");
+        assert!(
+            stderr.contains("rule #1 `forever`: field `time_limit`"),
+            "{command}: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_file(file);
+}

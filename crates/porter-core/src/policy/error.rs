@@ -25,9 +25,41 @@ pub enum PolicyError {
 /// The error of one field of a rule (or of an endpoint, labelled like a rule).
 pub(super) fn field_error(rule: &str, field: &str, message: impl Into<String>) -> PolicyError {
     PolicyError::Field {
-        rule: rule.to_owned(),
-        field: field.to_owned(),
-        message: message.into(),
+        rule: one_line(rule),
+        field: one_line(field),
+        message: one_line(&message.into()),
+    }
+}
+
+/// Text quoted from a policy (names, keys, values) with its control characters escaped, so
+/// an error is always one line: the CLI promises one, and log lines must not be forged.
+pub(super) fn one_line(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_one_line_whatever_they_quote() {
+        let error = field_error("#1 `a\nb`", "x\ry", "`\u{1b}[2J` is\tbad").to_string();
+        assert_eq!(
+            error,
+            "rule #1 `a\\nb`: field `x\\ry`: `\\u{1b}[2J` is\\tbad"
+        );
+        assert!(!error.chars().any(char::is_control), "{error}");
     }
 }
 

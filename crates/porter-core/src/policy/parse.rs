@@ -7,7 +7,7 @@ use std::time::Duration;
 use toml::Value;
 
 use super::endpoint::{Endpoint, parse_endpoints, route_params_by_rule};
-use super::error::{PolicyError, field_error};
+use super::error::{PolicyError, field_error, one_line};
 use super::fields::{
     parse_allow, parse_cache, parse_data, parse_duration, string_list, webhook_timeouts,
 };
@@ -19,11 +19,12 @@ use crate::routing::{Queue, Route};
 pub(super) fn parse_policy(source: &str) -> Result<(Vec<Rule>, Vec<Endpoint>), PolicyError> {
     let document: toml::Table = source
         .parse()
-        .map_err(|e: toml::de::Error| PolicyError::Syntax(e.message().to_owned()))?;
+        .map_err(|e: toml::de::Error| PolicyError::Syntax(one_line(e.message())))?;
     for key in document.keys() {
         if key != "rule" && key != "endpoint" {
             return Err(PolicyError::Document(format!(
-                "unknown top-level key `{key}` (expected `[[rule]]` and `[[endpoint]]` tables)"
+                "unknown top-level key `{}` (expected `[[rule]]` and `[[endpoint]]` tables)",
+                one_line(key)
             )));
         }
     }
