@@ -201,4 +201,6 @@ impl fmt::Display for Match<'_> {
 }
 
 #[cfg(test)]
+mod refused_rules;
+#[cfg(test)]
 mod tests;
