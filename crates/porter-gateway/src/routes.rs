@@ -78,6 +78,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, policy: &Policy) {
     }
     cfg.service(
         all.wrap(from_fn(middleware::size_limit::size_limit))
+            .wrap(from_fn(middleware::json_errors::json_errors))
+            .wrap(from_fn(middleware::body_timeout::body_timeout))
             .wrap(from_fn(middleware::cors::cors))
             .wrap(from_fn(middleware::audit::audit))
             .wrap(from_fn(middleware::track::track)),

@@ -1,7 +1,11 @@
 //! The gateway's protection rules, in process: rate limits charged around authentication,
-//! client-id buckets per user, the admin endpoint's rate limit, CORS `Vary`, and webhooks
-//! that fail half-way. The store is the memory one (optionally failing on cue) and the
-//! transport the in-process one with no worker: the requests here never publish a task.
+//! client-id buckets per user, the admin endpoint's rate limit, CORS `Vary`, webhooks that
+//! fail half-way, the body deadline (in tokio's paused time) and actix's own refusals in the
+//! JSON shape. The store is the memory one (optionally failing on cue) and the transport the
+//! in-process one with no worker: the requests here never publish a task.
+//!
+//! Over 500 lines on purpose: each `tests/*.rs` file is its own test binary, linked against
+//! the whole gateway, so the protection tests share one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -358,4 +362,186 @@ async fn cors_always_varies_on_origin_and_keeps_other_vary_values() {
         assert_eq!(status(&response), expected);
         assert_eq!(vary(&response), vec!["Origin".to_owned()], "{origin}");
     }
+}
+
+/// A request body as a stream, so a test can send it in chunks, cut it short or stall it.
+type BodyStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>>>,
+>;
+
+/// `POST path` with `body` and no `Content-Length` (as a chunked body arrives). (A macro,
+/// like `app!`: the request type is actix-http's.)
+macro_rules! streamed_post {
+    ($path:expr, $body:expr) => {{
+        let body: BodyStream = Box::pin($body);
+        test::TestRequest::post()
+            .uri($path)
+            .peer_addr(PEER.parse().unwrap())
+            .insert_header(("content-type", "application/x-www-form-urlencoded"))
+            .to_request()
+            .replace_payload(actix_web::dev::Payload::Stream { payload: body })
+            .0
+    }};
+}
+
+/// The value of the series `name{labels}` in the app's `/metrics`, 0 when absent.
+macro_rules! metric {
+    ($app:expr, $series:expr) => {{
+        let request = test::TestRequest::get().uri("/metrics").to_request();
+        let text =
+            String::from_utf8(test::call_and_read_body($app, request).await.to_vec()).unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix($series)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    }};
+}
+
+#[actix_web::test]
+async fn a_body_that_stops_arriving_is_answered_408_at_its_deadline() {
+    use futures_util::StreamExt;
+    use porter_gateway::http::limits::EdgeLimits;
+    use tokio::time::{Duration, Instant};
+
+    // Virtual time: the stalled body would otherwise hang the test, and no sleep is real.
+    tokio::time::pause();
+    let limits = EdgeLimits {
+        body_timeout: Duration::from_millis(300),
+        ..EdgeLimits::default()
+    };
+    let app = test::init_service(
+        App::new()
+            .app_data(state(
+                Arc::new(MemoryStore::default()),
+                ProtectionConfig::default(),
+            ))
+            .app_data(limits)
+            .configure(|cfg| porter_gateway::configure(cfg, &Policy::default())),
+    )
+    .await;
+
+    // 13 bytes of a longer body, then nothing.
+    let stalled = futures_util::stream::iter([Ok(web::Bytes::from_static(b"socket_id=1.2"))])
+        .chain(futures_util::stream::pending());
+    let started = Instant::now();
+    let response = tokio::time::timeout(
+        Duration::from_secs(3600),
+        test::call_service(&app, streamed_post!("/pusher/auth", stalled)),
+    )
+    .await
+    .expect("answered, not left hanging");
+    // Virtual time: exactly the deadline, give or take the timer's millisecond.
+    let elapsed = started.elapsed();
+    assert!(
+        (limits.body_timeout..limits.body_timeout + Duration::from_millis(2)).contains(&elapsed),
+        "answered at the deadline, not {elapsed:?}"
+    );
+    assert_eq!(status(&response), 408);
+    let body: Value = test::read_body_json(response).await;
+    assert_eq!(body["error"], "request_timeout");
+    assert_eq!(
+        metric!(
+            &app,
+            "porter_protection_refusals_total{rule=\"body_timeout\"}"
+        ),
+        1
+    );
+
+    // A body that arrives in pieces, all within the deadline, is read whole.
+    let slow_but_in_time = futures_util::stream::iter([Ok(web::Bytes::from_static(
+        b"socket_id=1.2",
+    ))])
+    .chain(futures_util::stream::once(async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(web::Bytes::from_static(b"&channel_name=public-x"))
+    }));
+    let response = test::call_service(&app, streamed_post!("/pusher/auth", slow_but_in_time)).await;
+    let body: Value = test::read_body_json(response).await;
+    assert_ne!(body["error"], "request_timeout", "{body}");
+    assert_eq!(body["error"], "invalid_channel", "{body}");
+}
+
+#[actix_web::test]
+async fn actix_refusals_answer_in_the_json_shape_and_are_counted() {
+    let app = app!(state(
+        Arc::new(MemoryStore::default()),
+        ProtectionConfig::default()
+    ));
+    let json = |response: &ServiceResponse<_>| {
+        response
+            .headers()
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    };
+
+    // A chunked body over the limit: no Content-Length for the size middleware to see, so
+    // the extractor's overflow answers.
+    let chunk = web::Bytes::from(vec![b'a'; 16 * 1024]);
+    let huge = futures_util::stream::iter((0..5).map(move |_| Ok(chunk.clone())));
+    let response = test::call_service(&app, streamed_post!("/pusher/auth", huge)).await;
+    assert_eq!(status(&response), 413);
+    assert!(json(&response));
+    let body: Value = test::read_body_json(response).await;
+    assert_eq!(body["error"], "body_too_large");
+    assert_eq!(
+        metric!(
+            &app,
+            "porter_protection_refusals_total{rule=\"max_body_bytes\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        metric!(
+            &app,
+            "porter_http_requests_total{endpoint=\"auth\",status=\"413\"}"
+        ),
+        1
+    );
+
+    // A body cut short by the peer.
+    let cut = futures_util::stream::iter([
+        Ok(web::Bytes::from_static(b"socket_id=1.2")),
+        Err(actix_web::error::PayloadError::Incomplete(None)),
+    ]);
+    let response = test::call_service(&app, streamed_post!("/pusher/auth", cut)).await;
+    assert_eq!(status(&response), 400);
+    let body: Value = test::read_body_json(response).await;
+    assert_eq!(body["error"], "invalid_body");
+
+    // A query string the admin endpoint cannot read.
+    let response = test::call_service(
+        &app,
+        test::TestRequest::get()
+            .uri("/admin/decision?user_id=7")
+            .peer_addr(PEER.parse().unwrap())
+            .insert_header(("Authorization", "Bearer admin-token"))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(status(&response), 400);
+    let body: Value = test::read_body_json(response).await;
+    assert_eq!(body["error"], "invalid_query");
+
+    // The router's bare 404 and 405, the latter keeping its `Allow`.
+    let response =
+        test::call_service(&app, test::TestRequest::get().uri("/nope").to_request()).await;
+    assert_eq!(status(&response), 404);
+    assert!(json(&response));
+    let body: Value = test::read_body_json(response).await;
+    assert_eq!(body["error"], "not_found");
+    let response = test::call_service(
+        &app,
+        test::TestRequest::delete().uri("/pusher/auth").to_request(),
+    )
+    .await;
+    assert_eq!(status(&response), 405);
+    assert_eq!(response.headers().get("allow").unwrap(), "POST");
+    let body: Value = test::read_body_json(response).await;
+    assert_eq!(body["error"], "method_not_allowed");
+
+    // What the gateway answers itself is left as it is.
+    let response = test::call_service(&app, batch(&[]).to_request()).await;
+    assert_eq!(status(&response), 200);
 }
