@@ -395,6 +395,76 @@ pub struct ProtectionArgs {
     /// Seconds a webhook's `time_ms` may be off from now before it is refused as a replay.
     #[arg(long, env = "PORTER_WEBHOOK_MAX_AGE", default_value_t = 300)]
     pub webhook_max_age: u64,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+}
+
+/// Time and connection bounds of the HTTP edge (`porter_gateway::http::limits::EdgeLimits`).
+/// Each is bounded so that no value can disable it or overflow a clock.
+#[derive(Args, Debug, Clone)]
+pub struct EdgeArgs {
+    /// Milliseconds from a request's head to the last byte of its body; past it 408.
+    #[arg(
+        long,
+        env = "PORTER_BODY_TIMEOUT_MS",
+        default_value_t = EdgeArgs::default().body_timeout_ms,
+        value_parser = clap::value_parser!(u64).range(1..=3_600_000)
+    )]
+    pub body_timeout_ms: u64,
+    /// Milliseconds a connection may take to send a complete request head; past it 408.
+    #[arg(
+        long,
+        env = "PORTER_HEAD_TIMEOUT_MS",
+        default_value_t = EdgeArgs::default().head_timeout_ms,
+        value_parser = clap::value_parser!(u64).range(1..=3_600_000)
+    )]
+    pub head_timeout_ms: u64,
+    /// Milliseconds a closing connection waits for the client to shut down (0: none).
+    #[arg(
+        long,
+        env = "PORTER_DISCONNECT_TIMEOUT_MS",
+        default_value_t = EdgeArgs::default().disconnect_timeout_ms,
+        value_parser = clap::value_parser!(u64).range(0..=3_600_000)
+    )]
+    pub disconnect_timeout_ms: u64,
+    /// Connections each HTTP worker thread serves at once; more wait to be accepted.
+    #[arg(
+        long,
+        env = "PORTER_MAX_CONNECTIONS",
+        default_value_t = EdgeArgs::default().max_connections,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    pub max_connections: u32,
+}
+
+impl Default for EdgeArgs {
+    fn default() -> EdgeArgs {
+        EdgeArgs::from(porter_gateway::http::limits::EdgeLimits::default())
+    }
+}
+
+impl From<porter_gateway::http::limits::EdgeLimits> for EdgeArgs {
+    fn from(limits: porter_gateway::http::limits::EdgeLimits) -> EdgeArgs {
+        let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        EdgeArgs {
+            body_timeout_ms: millis(limits.body_timeout),
+            head_timeout_ms: millis(limits.head_timeout),
+            disconnect_timeout_ms: millis(limits.disconnect_timeout),
+            max_connections: u32::try_from(limits.max_connections).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+impl EdgeArgs {
+    pub fn limits(&self) -> porter_gateway::http::limits::EdgeLimits {
+        use std::time::Duration;
+        porter_gateway::http::limits::EdgeLimits {
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            head_timeout: Duration::from_millis(self.head_timeout_ms),
+            disconnect_timeout: Duration::from_millis(self.disconnect_timeout_ms),
+            max_connections: self.max_connections as usize,
+        }
+    }
 }
 
 impl Default for ProtectionArgs {
@@ -409,6 +479,7 @@ impl Default for ProtectionArgs {
             cors_origins: Vec::new(),
             presence_ttl: 60,
             webhook_max_age: 300,
+            edge: EdgeArgs::default(),
         }
     }
 }
@@ -516,5 +587,44 @@ mod protection_args_tests {
         assert_eq!(config.max_tasks_in_flight, None);
         assert_eq!(config.presence_ttl.as_secs(), 30);
         assert!(Cli::try_parse_from(["porter", "gateway", "--rate-limit-user", "x"]).is_err());
+    }
+
+    #[test]
+    fn edge_limits_default_to_the_gateways_and_refuse_what_would_disable_them() {
+        use porter_gateway::http::limits::EdgeLimits;
+        assert_eq!(
+            gateway(&[]).http.protection.edge.limits(),
+            EdgeLimits::default()
+        );
+        let limits = gateway(&[
+            "--body-timeout-ms",
+            "250",
+            "--head-timeout-ms",
+            "2000",
+            "--disconnect-timeout-ms",
+            "0",
+            "--max-connections",
+            "64",
+        ])
+        .http
+        .protection
+        .edge
+        .limits();
+        assert_eq!(limits.body_timeout.as_millis(), 250);
+        assert_eq!(limits.head_timeout.as_millis(), 2000);
+        assert!(limits.disconnect_timeout.is_zero());
+        assert_eq!(limits.max_connections, 64);
+        for bad in [
+            ["--body-timeout-ms", "0"],
+            ["--body-timeout-ms", "18446744073709551615"],
+            ["--head-timeout-ms", "0"],
+            ["--max-connections", "0"],
+            ["--max-connections", "-1"],
+            ["--disconnect-timeout-ms", "soon"],
+        ] {
+            let error = Cli::try_parse_from([&["porter", "gateway"][..], &bad[..]].concat())
+                .expect_err("refused");
+            assert_eq!(error.exit_code(), 2, "{bad:?}");
+        }
     }
 }

@@ -20,6 +20,7 @@ use porter_core::policy::{Policy, PrivateData};
 use porter_core::routing::Queue;
 use porter_core::task_auth::{Mode, TaskAuth, TaskKeys};
 use porter_gateway::admin_guard::AdminGuard;
+use porter_gateway::http::limits::EdgeLimits;
 use porter_gateway::scoped_keys::ScopedKeys;
 use porter_gateway::{AppState, GatewayConfig};
 use porter_store::memory::MemoryStore;
@@ -169,16 +170,23 @@ fn app_state(
     }))
 }
 
+/// Serves the gateway's app. `edge` bounds what a slow or idle client can hold: the body
+/// deadline (read by the app), the head deadline and the connections per worker (actix's).
 async fn serve_http(
     state: web::Data<AppState>,
     listen: std::net::SocketAddr,
     workers: Option<usize>,
+    edge: EdgeLimits,
 ) -> anyhow::Result<()> {
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(edge)
             .configure(|cfg| porter_gateway::configure(cfg, &state.policy))
     })
+    .client_request_timeout(edge.head_timeout)
+    .client_disconnect_timeout(edge.disconnect_timeout)
+    .max_connections(edge.max_connections)
     .bind(listen)
     .with_context(|| format!("cannot listen on {listen}"))?;
     if let Some(workers) = workers {
@@ -221,7 +229,8 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
             Arc::new(store),
         )?;
         crate::verifier::preload(&state.identity, &args.http).await?;
-        let result = serve_http(state, args.listen, args.http.http_workers).await;
+        let edge = args.http.protection.edge.limits();
+        let result = serve_http(state, args.listen, args.http.http_workers, edge).await;
         client.close().await;
         result
     })
@@ -399,7 +408,8 @@ pub fn dev(args: DevArgs) -> anyhow::Result<()> {
             "  curl -s -H 'Authorization: Bearer {token}' '{url}/pusher/batch-authenticate?app_id=100000&socket_id=123.456&channels=private-stream@42&channels=presence-stream@42&channels=private-encrypted-chat@9'"
         );
         println!("  curl -s -X POST -d 'socket_id=123.456&channel_name=private-user@7' {url}/pusher/auth");
-        let result = serve_http(state, args.listen, http.http_workers).await;
+        let edge = http.protection.edge.limits();
+        let result = serve_http(state, args.listen, http.http_workers, edge).await;
         stop.cancel();
         result
     })
