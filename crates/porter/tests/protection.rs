@@ -1,7 +1,8 @@
 //! Abuse protection and global presence end to end, over the real RabbitMQ and Redis:
 //! rate limits shared by gateway replicas, Pusher webhooks (forgery, replay, presence,
-//! cache upkeep), heartbeats, the in-flight cap, CORS and header limits, and a whole flow
-//! whose captured logs must not contain the bearer token. Every test has its own prefixes.
+//! cache upkeep), heartbeats, the in-flight cap, CORS and header limits, slow bodies and
+//! actix's own refusals over raw TCP, and a whole flow whose captured logs must not contain
+//! the bearer token. Every test has its own prefixes.
 //!
 //! Over 500 lines on purpose: each `tests/*.rs` file is its own test binary, linked against the
 //! whole workspace, and on the 2-core CI machine every extra binary costs a link of tens of
@@ -631,6 +632,98 @@ async fn cors_preflight_and_request_size_limits() {
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "too_many_channels");
+}
+
+/// Sends `request` over a fresh TCP connection, then (when `trickle`) a one-byte chunk a
+/// second, and reads until the gateway closes the connection. Panics past `bound`: a
+/// connection the gateway never answers or never closes is the failure under test, not a
+/// slow machine.
+async fn raw_exchange(port: u16, request: &[u8], trickle: bool, bound: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream.write_all(request).await.expect("send");
+    let (mut reader, mut writer) = stream.into_split();
+    // Holds the write half open until the answer is read: dropping it would send a FIN,
+    // which the gateway rightly reads as a body cut short.
+    let trickler = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            // One-byte chunks: a chunked body that is valid and never ends.
+            if trickle && writer.write_all(b"1\r\na\r\n").await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(bound, reader.read_to_end(&mut answer)).await;
+    trickler.abort();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    match read {
+        Ok(_) => answer,
+        Err(_) => panic!("no answer and close within {bound:?}; got {answer:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_get_408_and_actix_refusals_answer_json() {
+    let deployment = Deployment::new("edge").with_env("PORTER_BODY_TIMEOUT_MS", "300");
+    let _gateway = deployment.gateway();
+    deployment.wait_ready().await;
+    let port = deployment.port;
+    // Far above the 300 ms deadline; without it these connections stay open for minutes.
+    let bound = Duration::from_secs(15);
+    let head = "POST /pusher/auth HTTP/1.1\r\nHost: porter\r\n\
+                Content-Type: application/x-www-form-urlencoded\r\n";
+
+    // A declared length the client never sends.
+    let declared = format!("{head}Content-Length: 100\r\n\r\nsocket_id=1.2");
+    let answer = raw_exchange(port, declared.as_bytes(), false, bound).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""error":"request_timeout""#), "{answer}");
+    // A chunked body that stalls, trickling a byte now and then: answered, and the
+    // connection closed rather than drained as slowly as the client likes.
+    let chunked = format!("{head}Transfer-Encoding: chunked\r\n\r\nd\r\nsocket_id=1.2\r\n");
+    let answer = raw_exchange(port, chunked.as_bytes(), true, bound).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""error":"request_timeout""#), "{answer}");
+
+    // A chunked body over the limit is refused by the extractor, in JSON.
+    let big = "a".repeat(70 * 1024);
+    let over = format!(
+        "{head}Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{big}\r\n0\r\n\r\n",
+        big.len()
+    );
+    let answer = raw_exchange(port, over.as_bytes(), false, bound).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("application/json"), "{answer}");
+    assert!(answer.contains(r#""error":"body_too_large""#), "{answer}");
+    // No route: JSON too.
+    let answer = raw_exchange(
+        port,
+        b"GET /nope HTTP/1.1\r\nHost: porter\r\nConnection: close\r\n\r\n",
+        false,
+        bound,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(answer.contains(r#""error":"not_found""#), "{answer}");
+    // A malformed request line never reaches the app: actix-http answers it itself, an
+    // empty 400, and closes (docs/protection.md). Checked so the docs notice a change.
+    let answer = raw_exchange(port, b"GARBAGE\r\n\r\n", false, bound).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("content-length: 0"), "{answer}");
+
+    let metrics = metrics(&deployment).await;
+    for series in [
+        "porter_protection_refusals_total{rule=\"body_timeout\"} 2",
+        "porter_protection_refusals_total{rule=\"max_body_bytes\"} 1",
+        "porter_http_requests_total{endpoint=\"auth\",status=\"408\"} 2",
+        "porter_http_requests_total{endpoint=\"other\",status=\"404\"} 1",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
