@@ -272,8 +272,10 @@ pub struct IdentityArgs {
     /// Accepted `aud` values, comma-separated; tokens must carry one when set.
     #[arg(long, env = "PORTER_JWT_AUDIENCE", value_delimiter = ',')]
     pub jwt_audience: Vec<String>,
-    /// Seconds of clock skew tolerated on `exp` and `nbf`.
-    #[arg(long, env = "PORTER_JWT_LEEWAY", default_value_t = 5)]
+    /// Seconds of clock skew tolerated on `exp` and `nbf` (at most a day: a leeway past the
+    /// Unix time would make "now - leeway" underflow in the token check).
+    #[arg(long, env = "PORTER_JWT_LEEWAY", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub jwt_leeway: u64,
     /// Allowed token algorithms, comma-separated (default: HS256 with a secret, RS256 and
     /// ES256 with a JWKS). `none` is never allowed.
