@@ -186,3 +186,29 @@ async fn apply(store: &dyn Store, event: &WebhookEvent, time_ms: u64) -> Result<
         ApiError::store_unavailable()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by `fuzz/` (`webhook_body`): serde_json skips a field it ignores without checking
+    /// its UTF-8, so such a body reads, and the fields Porter acts on are unaffected.
+    #[test]
+    fn invalid_utf8_in_an_ignored_field_leaves_the_read_fields_intact() {
+        let body = b"{\"time_ms\":3400000000000,\"events\":[{\"name\":\"ved\",\
+            \"ahannel\":\"pr\xff\xff\xff\xffesence@chat-0\",\"user_id\":7}]}";
+        let hook = WebhookBody::parse(body).unwrap();
+        assert_eq!(hook.time_ms, 3_400_000_000_000);
+        assert_eq!(hook.events.len(), 1);
+        assert_eq!(hook.events[0].name, "ved");
+        assert_eq!(hook.events[0].channel, None);
+        assert_eq!(hook.events[0].user().as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_field_porter_reads_refuses_the_body() {
+        let body = b"{\"time_ms\":1,\"events\":[{\"name\":\"member_added\",\
+            \"channel\":\"presence-\xff\",\"user_id\":\"7\"}]}";
+        assert!(WebhookBody::parse(body).is_err());
+    }
+}
