@@ -192,7 +192,8 @@ mod tests {
     use super::*;
 
     /// Found by `fuzz/` (`webhook_body`): serde_json skips a field it ignores without checking
-    /// its UTF-8, so such a body reads, and the fields Porter acts on are unaffected.
+    /// its UTF-8, so such a body reads, and the fields Porter acts on are unaffected. Harmless:
+    /// only a signed body is read, and nothing reads the skipped bytes.
     #[test]
     fn invalid_utf8_in_an_ignored_field_leaves_the_read_fields_intact() {
         let body = b"{\"time_ms\":3400000000000,\"events\":[{\"name\":\"ved\",\
@@ -203,6 +204,14 @@ mod tests {
         assert_eq!(hook.events[0].name, "ved");
         assert_eq!(hook.events[0].channel, None);
         assert_eq!(hook.events[0].user().as_deref(), Some("7"));
+    }
+
+    /// Found by `fuzz/` too: a skipped number is not checked against the range of an f64.
+    #[test]
+    fn an_out_of_range_number_in_an_ignored_field_is_skipped() {
+        let hook = WebhookBody::parse(b"{\"time_ms\":5,\"extra\":-69e99699999999999}").unwrap();
+        assert_eq!(hook.time_ms, 5);
+        assert!(hook.events.is_empty());
     }
 
     #[test]
