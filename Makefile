@@ -1,7 +1,7 @@
 # Porter: common tasks. `make test` is the command CI runs (see .ci/run).
 # clippy and test both use the dev profile, so their build artifacts are shared.
 
-.PHONY: build services lint test bench dev
+.PHONY: build services lint test bench dev fuzz-smoke
 
 build:
 	cargo build --workspace --all-targets --locked
@@ -18,6 +18,11 @@ lint:
 test: services
 	$(MAKE) lint
 	cargo test --workspace
+
+# Every fuzz target for 5 s, one after another (fuzz/run.sh; needs cargo-fuzz, which .ci/run
+# installs). The long runs and their counts: docs/reliability.md.
+fuzz-smoke:
+	./fuzz/run.sh smoke
 
 # Criterion micro-benchmarks, then the load suites of docs/benchmarks.md; scripts/bench.sh builds
 # the release `porter` and `porter-bench` binaries itself.

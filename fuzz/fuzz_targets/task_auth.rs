@@ -20,12 +20,16 @@ const KEYS: &str = "porter-fuzz-task-key-0123456789abcdef,porter-fuzz-old-key-01
 fuzz_target!(|data: &[u8]| {
     let mut parts = data.split(|&b| b == 0);
     let mut next = || parts.next().unwrap_or_default();
-    let (key_list, correlation_id, reply_to, body, header) = (next(), next(), next(), next(), next());
+    let (key_list, correlation_id, reply_to, body, header) =
+        (next(), next(), next(), next(), next());
 
     if let Ok(keys) = TaskKeys::parse(&String::from_utf8_lossy(key_list)) {
         let ids = keys.ids();
         assert!(!ids.is_empty());
-        assert!(ids.iter().all(|id| id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit())));
+        assert!(
+            ids.iter()
+                .all(|id| id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        );
     }
 
     let correlation_id = std::str::from_utf8(correlation_id).ok();
@@ -46,8 +50,15 @@ fuzz_target!(|data: &[u8]| {
     let accept = auth(Mode::Accept);
     let signature = require.sign(&task).expect("require mode signs");
 
-    assert_eq!(require.verify(&task, Some(signature.as_bytes())), Ok(Authenticity::Signed));
-    assert!(require.verify(&as_reply, Some(signature.as_bytes())).is_err());
+    assert_eq!(
+        require.verify(&task, Some(signature.as_bytes())),
+        Ok(Authenticity::Signed)
+    );
+    assert!(
+        require
+            .verify(&as_reply, Some(signature.as_bytes()))
+            .is_err()
+    );
     let other_body = [body, b"x"].concat();
     let altered = Message::Task(TaskMessage {
         correlation_id,
@@ -71,7 +82,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     assert_eq!(require.verify(&task, None), Err(Unauthenticated::Unsigned));
-    assert_eq!(accept.verify(&task, None), Ok(Authenticity::UnsignedAccepted));
+    assert_eq!(
+        accept.verify(&task, None),
+        Ok(Authenticity::UnsignedAccepted)
+    );
 });
 
 fn auth(mode: Mode) -> TaskAuth {
