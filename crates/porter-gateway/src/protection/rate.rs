@@ -58,18 +58,18 @@ fn client_bucket(user: Option<&str>, client: &str) -> String {
 }
 
 impl RateLimiter<'_> {
-    /// The buckets of a request before anyone is identified: its IP, and the client id
-    /// unless the request carries a credential (then it is charged within the user).
-    fn before_identity(&self, request: &HttpRequest) -> Vec<Bucket> {
+    /// The buckets of a request before anyone is identified: its IP, and its client id's
+    /// anonymous bucket when `with_client` (a request that names a user has its client id
+    /// charged within that user instead, once the user is known).
+    fn anonymous_buckets(&self, request: &HttpRequest, with_client: bool) -> Vec<Bucket> {
         let mut buckets = Vec::with_capacity(2);
         if let (Some(quota), Some(ip)) = (self.config.rate_ip, self.proxies.client_ip(request)) {
             buckets.push(("rate_limit_ip", ip_bucket(ip), quota));
         }
-        let client = client::client_id_of(request);
-        if let (Some(quota), Some(client), false) = (
+        if let (Some(quota), Some(client), true) = (
             self.config.rate_client,
-            client,
-            client::carries_credential(request),
+            client::client_id_of(request),
+            with_client,
         ) {
             buckets.push(("rate_limit_client", client_bucket(None, client), quota));
         }
@@ -78,18 +78,10 @@ impl RateLimiter<'_> {
 
     /// Charges the IP and anonymous client-id buckets of a request that authenticates by
     /// other means than a user's identity (an admin token, `POST /auth`'s body, a scoped
-    /// token), before that is looked at.
+    /// token), before that is looked at: no user is resolved here, so the client id is
+    /// charged on its own bucket whatever credential the request carries.
     pub async fn charge_anonymous(&self, request: &HttpRequest) -> Result<(), ApiError> {
-        let mut buckets = self.before_identity(request);
-        if let (Some(quota), Some(client), true) = (
-            self.config.rate_client,
-            client::client_id_of(request),
-            client::carries_credential(request),
-        ) {
-            // No user will be resolved here: the header's own bucket.
-            buckets.push(("rate_limit_client", client_bucket(None, client), quota));
-        }
-        self.charge(buckets).await
+        self.charge(self.anonymous_buckets(request, true)).await
     }
 
     /// Resolves the caller with the rate limits charged around it: the IP bucket (and, for a
@@ -101,7 +93,9 @@ impl RateLimiter<'_> {
         resolver: &Resolver,
         request: &HttpRequest,
     ) -> Result<Caller, ApiError> {
-        self.charge(self.before_identity(request)).await?;
+        let names_a_user = client::carries_credential(request);
+        self.charge(self.anonymous_buckets(request, !names_a_user))
+            .await?;
         let caller = resolver.resolve(client::presented(request)).await?;
         let identity = caller.identity();
         request.extensions_mut().insert(KnownCaller::of(identity));
