@@ -5,6 +5,11 @@
 //! holds more than the tasks someone is still waiting for. Replies with no waiter (late,
 //! duplicate or foreign) are dropped and counted.
 //!
+//! When the transport loses the queue the replies come back on (the gateway's connection, or
+//! the node holding its reply queue), [`Pending::fail_all`] answers every waiter at once with
+//! a reason instead of letting it wait out its deadline; a reply that still arrives later finds
+//! no waiter and is dropped and counted like any late reply.
+//!
 //! [`Pending::deliver`] is the only way in, for every transport: it verifies a reply's
 //! signature (`porter_core::task_auth`) before it reads the body, binds a signed reply to the
 //! correlation id it was signed for, and drops and counts what does not authenticate. So the
@@ -14,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use porter_core::reason::Reason;
 use porter_core::task_auth::{Authenticity, Message, ReplyMessage, TaskAuth, Unauthenticated};
 use porter_core::wire::Reply;
 use tokio::sync::oneshot;
@@ -129,6 +135,28 @@ impl Pending {
         delivered
     }
 
+    /// Answers every task awaiting a reply with a refusal for `reason` (e.g.
+    /// `broker_unavailable` when the reply queue is lost) and forgets them. Returns how many it
+    /// answered. A task registered after the call is not affected.
+    pub fn fail_all(&self, reason: &Reason) -> usize {
+        let mut failed = 0;
+        for shard in &self.inner.shards {
+            // Taken out under the lock, answered outside it: a waiter's guard dropping at once
+            // locks the same shard.
+            let senders: Vec<_> = shard
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .drain()
+                .collect();
+            for (id, sender) in senders {
+                if sender.send(Reply::refused(id, reason.clone())).is_ok() {
+                    failed += 1;
+                }
+            }
+        }
+        failed
+    }
+
     /// Tasks currently awaiting a reply.
     pub fn len(&self) -> usize {
         self.inner
@@ -184,7 +212,6 @@ impl Drop for PendingReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use porter_core::reason::Reason;
     use porter_core::task_auth::{Mode, TaskKeys};
     use porter_core::wire::AuthData;
     use std::time::Duration;
@@ -361,6 +388,46 @@ mod tests {
             pending.deliver(&TaskAuth::off(), message("a", b"not json"), None),
             Delivery::Malformed(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn fail_all_answers_every_waiter_at_once_and_late_replies_are_dropped() {
+        let pending = Pending::new();
+        let ids: Vec<String> = (0..40).map(|i| format!("task-{i}")).collect();
+        let waiters: Vec<_> = ids.iter().map(|id| pending.register(id)).collect();
+        // One whose request went away already: nobody to answer, not counted.
+        drop(pending.register("gone"));
+        assert_eq!(pending.fail_all(&Reason::BrokerUnavailable), ids.len());
+        assert!(pending.is_empty());
+
+        // Far from the deadline: the answers are already there.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let started = std::time::Instant::now();
+        for (id, waiter) in ids.iter().zip(waiters) {
+            let reply = waiter.wait_until(deadline).await.expect("answered");
+            assert_eq!(&reply.id, id);
+            assert!(!reply.ok);
+            assert_eq!(reply.reason, Some(Reason::BrokerUnavailable));
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "no waiter hung");
+
+        // The real reply arriving late finds nobody and is counted, as any late reply.
+        let late = body("task-3", "7");
+        assert!(matches!(
+            pending.deliver(&TaskAuth::off(), message("task-3", &late), None),
+            Delivery::Unclaimed
+        ));
+        assert_eq!(pending.dropped(), 1);
+
+        // A task registered afterwards (on the next reply queue) is untouched by the failure.
+        let next = pending.register("after");
+        assert_eq!(pending.len(), 1);
+        assert!(pending.complete(Reply::refused("after", Reason::parse("no"))));
+        assert_eq!(
+            next.wait_until(deadline).await.and_then(|r| r.reason),
+            Some(Reason::parse("no"))
+        );
+        assert_eq!(pending.fail_all(&Reason::BrokerUnavailable), 0);
     }
 
     #[test]

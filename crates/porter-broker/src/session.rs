@@ -23,6 +23,13 @@
 //!
 //! Declaring is idempotent: every renewal declares exchange, lease and binding again, so a
 //! lease that expired early (a broker restart) is restored by the next use of the session.
+//!
+//! On a cluster the lease queue stays a classic, non-durable queue, whatever the task queues'
+//! type: a lease is a throwaway queue per session, and a quorum queue (always durable,
+//! replicated through Raft) is made for neither a short life nor renewal by redeclaration. It
+//! lives on the node of the gateway connection that declared it. When that node goes, RabbitMQ deletes the queue with its binding and so the
+//! exchange; the next use of the session, through any gateway on any node, declares all three
+//! again, as after a broker restart.
 
 use std::time::Duration;
 

@@ -1,8 +1,12 @@
 //! The gateway half of the RabbitMQ transport: [`AmqpClient`] publishes tasks and reads the
 //! replies from its reply queue into the [`Pending`] table.
 //!
-//! A supervisor task keeps one connection up, reconnecting with the shared backoff; a lost
-//! connection loses the reply queue, so the tasks in flight on it answer `timeout`.
+//! A supervisor task keeps one connection up, reconnecting with the shared backoff to the next
+//! node of the list. A lost connection (or a cancelled reply consumer: the reply queue's node
+//! went) loses the reply queue, and with it every reply still due on it, so the supervisor
+//! answers all tasks in flight `broker_unavailable` at once ([`Pending::fail_all`]) rather than
+//! letting their channels wait out the deadline, then declares a new reply queue on the next
+//! connection.
 //!
 //! Tasks are signed with the configured task keys; every reply goes through
 //! [`Pending::deliver`], which drops and counts what does not authenticate.
@@ -16,6 +20,7 @@ use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
+use porter_core::reason::Reason;
 use porter_core::routing::Queue;
 use porter_core::task_auth::TaskAuth;
 use porter_core::wire::{HEADER_DEADLINE_MS, HEADER_TIME_LIMIT_MS};
@@ -23,9 +28,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{
-    AmqpConfig, BACKOFF_START, ReplyMode, back_off, connection_properties, declare_task_queue,
-};
+use super::{AmqpConfig, BACKOFF_START, ReplyMode, back_off, connect, declare_task_queue};
 use crate::auth::{DIRECT_REPLY_TO, reply_message, signature, signed_task};
 use crate::{BrokerError, Delivery, Outgoing, Pending, TaskClient, queue_name};
 
@@ -169,6 +172,14 @@ async fn supervise(inner: Arc<ClientInner>) {
                     }
                 }
                 mark_broken(&inner);
+                // Every reply still due was addressed to the queue just lost.
+                let failed = inner.pending.fail_all(&Reason::BrokerUnavailable);
+                if failed > 0 {
+                    warn!(
+                        failed,
+                        "answered the tasks in flight broker_unavailable: their reply queue is gone"
+                    );
+                }
                 let _ = connection.close(200, "reconnecting").await;
             }
             Err(error) => {
@@ -185,16 +196,15 @@ async fn supervise(inner: Arc<ClientInner>) {
 async fn connect_client(
     inner: &ClientInner,
 ) -> Result<(Arc<Connection>, Live, Consumer), BrokerError> {
-    let connection = Arc::new(
-        Connection::connect(
-            &inner.config.url,
-            connection_properties("gateway", &inner.config),
-        )
-        .await?,
-    );
+    let connection = Arc::new(connect("gateway", &inner.config).await?);
     let channel = connection.create_channel().await?;
     for queue in Queue::ALL {
-        declare_task_queue(&channel, &queue_name(&inner.config.queue_prefix, queue)).await?;
+        declare_task_queue(
+            &channel,
+            &queue_name(&inner.config.queue_prefix, queue),
+            inner.config.queue_type,
+        )
+        .await?;
     }
     let reply_queue: ShortString = match inner.config.reply_mode {
         ReplyMode::Exclusive => channel

@@ -1,13 +1,20 @@
 //! RabbitMQ transport over lapin: what the gateway and worker halves share.
 //!
-//! Both sides declare the task queues with identical arguments (durable, no extra
-//! arguments), so whichever starts first creates them. Tasks are transient JSON messages with
-//! a per-message `expiration` and the deadline and time limit in headers; the gateway's
-//! replies come back on its own exclusive, auto-delete, server-named queue.
+//! Both sides declare the task queues with identical arguments ([`declare_task_queue`]), so
+//! whichever starts first creates them: durable classic queues without extra arguments (the
+//! default), or quorum queues with a delivery limit ([`QueueType::Quorum`], for a cluster).
+//! Tasks are transient JSON messages with a per-message `expiration` and the deadline and time
+//! limit in headers; the gateway's replies come back on its own exclusive, auto-delete,
+//! server-named queue, which is always classic (a quorum queue cannot be exclusive).
 //!
-//! Both sides reconnect by themselves with capped exponential backoff. A connection loss
-//! loses the gateway's reply queue, so its in-flight tasks answer `timeout`; unacknowledged
-//! tasks held by a lost worker go back to their queue for another worker.
+//! `AMQP_URL` may list the nodes of a cluster, comma separated ([`node_urls`]). Every process
+//! starts at a random node of the list and each (re)connection goes to the next one
+//! ([`connect`]), so the connections spread over the nodes and a dead node costs one backoff
+//! step. Both sides reconnect by themselves with capped exponential backoff. A connection loss
+//! loses the gateway's reply queue, so the gateway answers its in-flight tasks
+//! `broker_unavailable` at once ([`Pending::fail_all`](crate::Pending::fail_all)) and declares a
+//! new reply queue on the next node; unacknowledged tasks held by a lost worker go back to
+//! their queue for another worker.
 //!
 //! This module holds the configuration, the reply mode, connection set-up, the one
 //! [`declare_task_queue`] and the backoff; `client.rs` is the gateway half ([`AmqpClient`]),
@@ -26,23 +33,39 @@ pub use client::AmqpClient;
 pub use source::AmqpSource;
 
 use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::uri::AMQPUri;
-use lapin::{Channel, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties};
 use thiserror::Error;
+use tracing::debug;
 
 use crate::BrokerError;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// How many times a quorum queue delivers a task before it drops it (`x-delivery-limit`).
+///
+/// A task that crashes every worker that takes it would otherwise circle for ever. Workers
+/// give up on a task themselves, answering it without running it, once its `x-delivery-count`
+/// reaches their own threshold below this limit (`porter_worker`'s `GIVE_UP_DELIVERY_COUNT`);
+/// this limit is the broker's backstop for a task that kills the worker before even that.
+/// Past it RabbitMQ drops the task: no dead-letter queue, because a task is worth nothing once
+/// its `expiration` (seconds) has passed and nobody would drain such a queue. The gateway's
+/// channel then answers `timeout` at its deadline.
+pub const QUORUM_DELIVERY_LIMIT: i64 = 5;
+
 /// Where to connect and which queues to use.
 #[derive(Clone)]
 pub struct AmqpConfig {
-    /// One `amqp://user:password@host:port/vhost` URL; check it with [`check_url`] first.
+    /// One `amqp://user:password@host:port/vhost` URL, or the comma-separated URLs of a
+    /// cluster's nodes; check it with [`check_url`] first.
     pub url: String,
     /// Prepended to `auth` and `auth/high`.
     pub queue_prefix: String,
@@ -50,15 +73,19 @@ pub struct AmqpConfig {
     pub reply_mode: ReplyMode,
     /// Signing and verification of tasks and replies (`TaskAuth::off()`: none).
     pub task_auth: porter_core::task_auth::TaskAuth,
+    /// The type of the task queues; gateways and workers of one deployment must agree.
+    pub queue_type: QueueType,
 }
 
 /// Masks the URL's userinfo: a config printed with `{:?}` must not show the password.
 impl fmt::Debug for AmqpConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nodes: Vec<String> = node_urls(&self.url).map(redact_url).collect();
         f.debug_struct("AmqpConfig")
-            .field("url", &redact_url(&self.url))
+            .field("url", &nodes.join(","))
             .field("queue_prefix", &self.queue_prefix)
             .field("reply_mode", &self.reply_mode)
+            .field("queue_type", &self.queue_type)
             .finish()
     }
 }
@@ -66,27 +93,50 @@ impl fmt::Debug for AmqpConfig {
 /// Why a broker URL was refused. The text never quotes the URL, which holds the password.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum UrlError {
-    /// Several URLs in one: lapin would take everything after the first host as the vhost,
-    /// and RabbitMQ would echo it, the other URLs' passwords included, in its refusal.
-    #[error(
-        "holds a comma: give one broker URL (a list of brokers is not supported yet; \
-         percent-encode a comma in the password as %2C)"
-    )]
-    List,
+    /// Nothing between two commas, or no URL at all.
+    #[error("is empty (a comma separates node URLs; percent-encode a comma in a password as %2C)")]
+    Empty,
     #[error("holds whitespace or a control character (percent-encode it)")]
     Whitespace,
     #[error("is not a valid AMQP URL ({0})")]
     Invalid(String),
+    /// One URL of a list is bad; it is named by its position only.
+    #[error("node {node} of {nodes} {error}")]
+    Node {
+        node: usize,
+        nodes: usize,
+        error: Box<UrlError>,
+    },
 }
 
-/// Checks a broker URL the way lapin will read it, so that a bad one is refused at start-up
-/// with a message that does not quote it.
-///
-/// A comma is refused rather than read as a list: nothing connects to a second broker yet,
-/// and the first URI alone would silently ignore the rest.
+/// The node URLs of a broker URL: one URL, or the comma-separated URLs of a cluster's nodes,
+/// each trimmed of surrounding spaces (only spaces: other whitespace is refused by
+/// [`check_url`]). A comma inside a password must be percent-encoded.
+pub fn node_urls(url: &str) -> impl Iterator<Item = &str> {
+    url.split(',').map(|node| node.trim_matches(' '))
+}
+
+/// Checks a broker URL (or each URL of a list) the way lapin will read it, so that a bad one
+/// is refused at start-up with a message that does not quote it: a list's bad element is named
+/// "node 2 of 3".
 pub fn check_url(url: &str) -> Result<(), UrlError> {
-    if url.contains(',') {
-        return Err(UrlError::List);
+    let nodes = node_urls(url).count();
+    if nodes == 1 {
+        return check_node_url(url.trim_matches(' '));
+    }
+    for (index, node) in node_urls(url).enumerate() {
+        check_node_url(node).map_err(|error| UrlError::Node {
+            node: index + 1,
+            nodes,
+            error: Box::new(error),
+        })?;
+    }
+    Ok(())
+}
+
+fn check_node_url(url: &str) -> Result<(), UrlError> {
+    if url.is_empty() {
+        return Err(UrlError::Empty);
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(UrlError::Whitespace);
@@ -156,6 +206,62 @@ impl std::str::FromStr for ReplyMode {
     }
 }
 
+/// The type of the task queues (`PORTER_QUEUE_TYPE`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum QueueType {
+    /// Durable classic queues with no arguments: a single node, declared exactly as before
+    /// queue types existed, so existing queues keep matching.
+    #[default]
+    Classic,
+    /// Durable quorum queues (replicated over a cluster's nodes, surviving a node's loss) with
+    /// the [`QUORUM_DELIVERY_LIMIT`].
+    Quorum,
+}
+
+impl std::str::FromStr for QueueType {
+    type Err = String;
+
+    /// `classic` or `quorum`.
+    fn from_str(name: &str) -> Result<QueueType, String> {
+        match name {
+            "classic" => Ok(QueueType::Classic),
+            "quorum" => Ok(QueueType::Quorum),
+            _ => Err(format!(
+                "unknown queue type `{name}`; use classic or quorum"
+            )),
+        }
+    }
+}
+
+/// The rotation over the nodes of `AMQP_URL`: one per process, starting at a random node.
+fn node_cursor() -> &'static AtomicUsize {
+    static CURSOR: OnceLock<AtomicUsize> = OnceLock::new();
+    CURSOR.get_or_init(|| {
+        // The standard library's randomly keyed hasher: a random start without a dependency.
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        AtomicUsize::new(random as usize)
+    })
+}
+
+/// Opens a connection to the next node of `config.url` (one URL: always that one). Each call
+/// moves on by one node, so a reconnection after a loss, or a retry after a failure, goes to
+/// the next node: a dead node costs one backoff step, and the processes' connections spread
+/// over the nodes from their random starts.
+pub(super) async fn connect(role: &str, config: &AmqpConfig) -> Result<Connection, BrokerError> {
+    let nodes: Vec<&str> = node_urls(&config.url).collect();
+    let index = node_cursor().fetch_add(1, Ordering::Relaxed) % nodes.len();
+    debug!(
+        role,
+        node = index + 1,
+        nodes = nodes.len(),
+        "connecting to the broker"
+    );
+    let connection = Connection::connect(nodes[index], connection_properties(role, config)).await?;
+    Ok(connection)
+}
+
 /// Connection properties; `name` is what the RabbitMQ management UI shows for the connection.
 fn connection_properties(role: &str, config: &AmqpConfig) -> ConnectionProperties {
     let mut properties = ConnectionProperties::default()
@@ -173,9 +279,29 @@ fn connection_properties(role: &str, config: &AmqpConfig) -> ConnectionPropertie
     properties
 }
 
+/// The arguments a task queue is declared with.
+fn task_queue_arguments(queue_type: QueueType) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    if queue_type == QueueType::Quorum {
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        arguments.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(QUORUM_DELIVERY_LIMIT),
+        );
+    }
+    arguments
+}
+
 /// Declares a task queue. Gateway and worker must use the same arguments, or the second to
 /// declare gets PRECONDITION_FAILED: keep this the only place that declares task queues.
-async fn declare_task_queue(channel: &Channel, name: &str) -> Result<(), BrokerError> {
+async fn declare_task_queue(
+    channel: &Channel,
+    name: &str,
+    queue_type: QueueType,
+) -> Result<(), BrokerError> {
     channel
         .queue_declare(
             name,
@@ -183,7 +309,7 @@ async fn declare_task_queue(channel: &Channel, name: &str) -> Result<(), BrokerE
                 durable: true,
                 ..QueueDeclareOptions::default()
             },
-            FieldTable::default(),
+            task_queue_arguments(queue_type),
         )
         .await?;
     Ok(())
@@ -252,12 +378,90 @@ mod tests {
     }
 
     #[test]
-    fn check_url_refuses_bad_urls_without_quoting_them() {
+    fn check_url_accepts_a_list_of_node_urls() {
+        let list = "amqp://u:PW1@127.0.0.1:5701/%2f,amqp://u:PW2@127.0.0.1:5702/%2f, amqp://u:PW3@127.0.0.1:5703/%2f";
+        assert_eq!(check_url(list), Ok(()));
+        assert_eq!(
+            node_urls(list).collect::<Vec<_>>(),
+            [
+                "amqp://u:PW1@127.0.0.1:5701/%2f",
+                "amqp://u:PW2@127.0.0.1:5702/%2f",
+                "amqp://u:PW3@127.0.0.1:5703/%2f"
+            ]
+        );
+        // A percent-encoded comma is part of a password, not a separator.
+        assert_eq!(node_urls("amqp://u:a%2Cb@h/").count(), 1);
+    }
+
+    #[test]
+    fn check_url_names_a_bad_node_by_position_only() {
         let cases = [
             (
-                "amqp://u:SECRETPW@127.0.0.1:1/x,amqp://v:OTHERPW@h:2",
-                UrlError::List,
+                "amqp://u:SECRETPW@127.0.0.1:1/x,amqp://v:OTHER PW@h:2",
+                UrlError::Node {
+                    node: 2,
+                    nodes: 2,
+                    error: Box::new(UrlError::Whitespace),
+                },
             ),
+            (
+                "amqp://u:SECRETPW@h:1/,,amqp://v:OTHERPW@h:2",
+                UrlError::Node {
+                    node: 2,
+                    nodes: 3,
+                    error: Box::new(UrlError::Empty),
+                },
+            ),
+            (
+                "amqp://u:SECRETPW@h:1/,",
+                UrlError::Node {
+                    node: 2,
+                    nodes: 2,
+                    error: Box::new(UrlError::Empty),
+                },
+            ),
+        ];
+        for (url, expected) in cases {
+            let error = check_url(url).expect_err(url);
+            assert_eq!(error, expected, "{url}");
+            let text = error.to_string();
+            assert!(!text.contains("PW"), "{url}: {text}");
+        }
+        let error = check_url("amqp://u:SECRETPW@h/,http://v:OTHERPW@h:2/,amqp://w@h")
+            .expect_err("a bad scheme")
+            .to_string();
+        assert!(
+            error.starts_with("node 2 of 3 is not a valid AMQP URL"),
+            "{error}"
+        );
+        assert!(!error.contains("PW"), "{error}");
+        assert_eq!(check_url(""), Err(UrlError::Empty));
+    }
+
+    #[test]
+    fn task_queue_arguments_are_none_for_classic_and_a_delivery_limit_for_quorum() {
+        assert_eq!(
+            task_queue_arguments(QueueType::Classic),
+            FieldTable::default()
+        );
+        let quorum = task_queue_arguments(QueueType::Quorum);
+        let inner = quorum.inner();
+        assert_eq!(
+            inner.get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(
+            inner.get("x-delivery-limit"),
+            Some(&AMQPValue::LongLongInt(QUORUM_DELIVERY_LIMIT))
+        );
+        assert_eq!("quorum".parse(), Ok(QueueType::Quorum));
+        assert_eq!("classic".parse(), Ok(QueueType::Classic));
+        assert!("Quorum".parse::<QueueType>().is_err());
+    }
+
+    #[test]
+    fn check_url_refuses_bad_urls_without_quoting_them() {
+        let cases = [
             ("amqp://u:SECRET PW@h/", UrlError::Whitespace),
             ("amqp://u:SECRETPW@h/\n", UrlError::Whitespace),
         ];
@@ -284,9 +488,20 @@ mod tests {
             queue_prefix: "p.".into(),
             reply_mode: ReplyMode::Exclusive,
             task_auth: porter_core::task_auth::TaskAuth::off(),
+            queue_type: QueueType::Quorum,
         };
         let debug = format!("{config:?}");
         assert!(!debug.contains("SECRETPW"), "{debug}");
         assert!(debug.contains("127.0.0.1:5672"), "{debug}");
+        let list = AmqpConfig {
+            url: "amqp://u:SECRETPW@127.0.0.1:5701/%2f,amqp://u:OTHERPW@127.0.0.1:5702/%2f".into(),
+            ..config
+        };
+        let debug = format!("{list:?}");
+        assert!(!debug.contains("PW"), "{debug}");
+        assert!(
+            debug.contains("127.0.0.1:5701") && debug.contains("127.0.0.1:5702"),
+            "{debug}"
+        );
     }
 }
