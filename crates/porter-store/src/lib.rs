@@ -55,9 +55,17 @@ pub enum StoreError {
 }
 
 /// Redis key names. The default prefix keeps the names of the system Porter replaces.
+///
+/// On a Redis Cluster ([`Keys::for_cluster`]) the keys that one atomic call touches together
+/// carry a hash tag, so they hash to one slot: a user's `online`, `presence-joined` and
+/// `presence-left` keys end in `{<user>}` (one `EXISTS`, one presence script), and every
+/// rate-limit bucket is under `ratelimit:{ratelimit}:` (one GCRA script charges all the buckets
+/// of a request). Every other name, and every name on a single Redis, is as it always was.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
+    /// Whether names carry the hash tags of a Redis Cluster.
+    tagged: bool,
 }
 
 impl Default for Keys {
@@ -72,11 +80,47 @@ impl Keys {
     pub fn new(prefix: impl Into<String>) -> Keys {
         Keys {
             prefix: prefix.into(),
+            tagged: false,
         }
+    }
+
+    /// The same names with the hash tags a Redis Cluster needs. A prefix holding `{` or `}`
+    /// would move every tag, so it is refused.
+    pub fn for_cluster(self) -> Result<Keys, StoreError> {
+        if self.prefix.contains(['{', '}']) {
+            return Err(StoreError::Unavailable(
+                "a key prefix used with a Redis Cluster must not contain `{` or `}` (they make a hash tag)".to_owned(),
+            ));
+        }
+        Ok(Keys {
+            tagged: true,
+            ..self
+        })
     }
 
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// Whether the names carry Redis Cluster hash tags.
+    pub fn is_tagged(&self) -> bool {
+        self.tagged
+    }
+
+    /// `{prefix}{kind}{user}`, or on a cluster `{prefix}{kind}{{user}}`: the user's keys share
+    /// one slot. A user id holding a brace cannot be its own tag (Redis would cut the tag at
+    /// its first `}`, and an empty tag hashes the whole name), so its tag is the SHA-256 hex
+    /// of the id, followed by the id itself to keep the name unique and readable.
+    fn of_user(&self, kind: &str, user_id: &str) -> String {
+        if !self.tagged {
+            return format!("{}{kind}{user_id}", self.prefix);
+        }
+        if user_id.is_empty() || user_id.contains(['{', '}']) {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(user_id.as_bytes());
+            return format!("{}{kind}{{{}}}{user_id}", self.prefix, hex::encode(digest));
+        }
+        format!("{}{kind}{{{user_id}}}", self.prefix)
     }
 
     /// Hash of cached authorizer data: field = cache scope (`ANNON` or `user:{id}`).
@@ -101,25 +145,34 @@ impl Keys {
 
     /// The global presence flag of a user, with a TTL.
     pub fn online(&self, user_id: &str) -> String {
-        format!("{}online:{user_id}", self.prefix)
+        self.of_user("online:", user_id)
     }
 
     /// Hash of the presence channels a user is a member of → the `time_ms` of the webhook
     /// that said so, kept by Pusher webhooks (global presence: a user is online while in any
     /// presence channel or heartbeating; see [`presence`]).
     pub fn presence_channels(&self, user_id: &str) -> String {
-        format!("{}presence-joined:{user_id}", self.prefix)
+        self.of_user("presence-joined:", user_id)
     }
 
     /// Hash of the presence channels a user left → the `time_ms` of the webhook that said
     /// so: tombstones against older `member_added` webhooks applied late.
     pub fn presence_left(&self, user_id: &str) -> String {
-        format!("{}presence-left:{user_id}", self.prefix)
+        self.of_user("presence-left:", user_id)
     }
 
     /// A rate-limit bucket's GCRA state (`bucket` is e.g. `user:7`, `client:abc`, `ip:…`).
+    /// On a cluster every bucket is under one hash tag: a request's buckets (its IP and client
+    /// id, or its user and the user's client) are charged atomically by one script, and the
+    /// buckets are shared between requests, so only one slot for all of them keeps every
+    /// combination in one slot. The rate limits are thus served by one shard (see
+    /// docs/scaling.md).
     pub fn rate_limit(&self, bucket: &str) -> String {
-        format!("{}ratelimit:{bucket}", self.prefix)
+        if self.tagged {
+            format!("{}ratelimit:{{ratelimit}}:{bucket}", self.prefix)
+        } else {
+            format!("{}ratelimit:{bucket}", self.prefix)
+        }
     }
 
     /// Marks a message id (e.g. a webhook signature) as seen, against replays.
@@ -281,6 +334,43 @@ pub trait Store: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_names_tag_what_one_call_touches_and_nothing_else() {
+        let single = Keys::new("p:");
+        let cluster = Keys::new("p:").for_cluster().expect("a brace-free prefix");
+        assert_eq!(single.online("7"), "p:online:7");
+        assert_eq!(single.rate_limit("user:7"), "p:ratelimit:user:7");
+        assert_eq!(cluster.online("7"), "p:online:{7}");
+        assert_eq!(cluster.presence_channels("7"), "p:presence-joined:{7}");
+        assert_eq!(cluster.presence_left("7"), "p:presence-left:{7}");
+        assert_eq!(
+            cluster.rate_limit("user:7"),
+            "p:ratelimit:{ratelimit}:user:7"
+        );
+        for name in ["channel-data-v2:", "retained:", "members:", "session:"] {
+            let (a, b) = match name {
+                "channel-data-v2:" => (single.channel_data("c"), cluster.channel_data("c")),
+                "retained:" => (single.retained("c"), cluster.retained("c")),
+                "members:" => (single.members("c"), cluster.members("c")),
+                _ => (single.session("s"), cluster.session("s")),
+            };
+            assert_eq!(a, b, "{name} keeps its name on a cluster");
+        }
+        // A brace in the id cannot cut the tag short: the tag is its hash, the id follows.
+        let odd = cluster.online("}x{");
+        assert!(
+            odd.starts_with("p:online:{") && odd.ends_with("}}x{"),
+            "{odd}"
+        );
+        assert_eq!(
+            odd.split('{')
+                .nth(1)
+                .map(|t| t.split('}').next().unwrap_or("").len()),
+            Some(64)
+        );
+        assert!(Keys::new("a{b}:").for_cluster().is_err());
+    }
 
     #[test]
     fn revocation_expiries_round_up_and_never_cut_short() {

@@ -1,16 +1,60 @@
-//! The Redis store against the real Redis (127.0.0.1:6379): global presence, the GCRA
-//! script, the replay guard and revocation lifetimes. Each test uses its own key prefix.
+//! The Redis store against the real Redis (127.0.0.1:6379) and against the Redis Cluster of
+//! `scripts/cluster.sh up redis` (127.0.0.1:7001-7006, or `PORTER_TEST_REDIS_CLUSTER`): the same
+//! test bodies on both. Global presence, the GCRA script, the replay guard, revocation
+//! lifetimes, sessions and the batch look-up across slots. Each test uses its own key prefix.
 
 use std::time::Duration;
 
 use porter_store::redis::RedisStore;
 use porter_store::{
-    Keys, MAX_REVOCATION_TTL, PresenceEvent, Quota, RateCheck, RateDecision, Revocation, Store,
+    CacheLookup, Keys, MAX_REVOCATION_TTL, PresenceEvent, Quota, RateCheck, RateDecision,
+    Revocation, Store,
 };
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379/";
+const CLUSTER_URL: &str = "redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
 
 use PresenceEvent::{Joined, Left};
+
+/// Which Redis a test body runs against.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    Single,
+    Cluster,
+}
+
+fn cluster_url() -> String {
+    std::env::var("PORTER_TEST_REDIS_CLUSTER").unwrap_or_else(|_| CLUSTER_URL.to_owned())
+}
+
+/// Each body becomes two tests, `single` and `cluster`.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod single {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Target::Single).await
+            })*
+        }
+        mod cluster {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Target::Cluster).await
+            })*
+        }
+    };
+}
+
+on_both!(
+    online_means_heartbeating_or_in_any_presence_channel,
+    the_gcra_script_allows_the_burst_refuses_atomically_and_refills,
+    a_sighting_is_first_only_once,
+    presence_webhooks_applied_out_of_order_leave_no_stale_member,
+    sighted_reads_without_marking,
+    revocations_keep_their_whole_ttl_or_no_expiry_past_any_ttl,
+    a_batch_look_up_reads_every_slot_and_sees_revocations,
+    sessions_slide_and_are_only_ever_shortened,
+);
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -19,18 +63,62 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn store(test: &str) -> RedisStore {
+fn store_on(target: Target, test: &str) -> RedisStore {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_nanos();
     let prefix = format!("porter-test.store.{test}.{}.{nanos}.", std::process::id());
-    RedisStore::new(REDIS_URL, Keys::new(prefix), 4).expect("pool")
+    let url = match target {
+        Target::Single => REDIS_URL.to_owned(),
+        Target::Cluster => cluster_url(),
+    };
+    RedisStore::new(&url, Keys::new(prefix), 4).expect("a valid URL")
 }
 
-#[tokio::test]
-async fn online_means_heartbeating_or_in_any_presence_channel() {
-    let store = store("online");
+/// A plain connection to the same Redis, to look at what the store wrote.
+enum Raw {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+async fn raw(target: Target) -> Raw {
+    match target {
+        Target::Single => Raw::Single(
+            redis::Client::open(REDIS_URL)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap(),
+        ),
+        Target::Cluster => {
+            let nodes: Vec<String> = cluster_url()
+                .trim_start_matches("redis+cluster://")
+                .split(',')
+                .map(|n| format!("redis://{n}/"))
+                .collect();
+            Raw::Cluster(
+                redis::cluster::ClusterClient::new(nodes)
+                    .unwrap()
+                    .get_async_connection()
+                    .await
+                    .expect("the cluster of scripts/cluster.sh up redis answers"),
+            )
+        }
+    }
+}
+
+impl Raw {
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> T {
+        match self {
+            Raw::Single(c) => cmd.query_async(c).await.unwrap(),
+            Raw::Cluster(c) => cmd.query_async(c).await.unwrap(),
+        }
+    }
+}
+
+async fn online_means_heartbeating_or_in_any_presence_channel(target: Target) {
+    let store = store_on(target, "online");
     assert!(!store.is_online("7").await.unwrap());
     let t = now_ms();
     for channel in ["presence-a@1", "presence-b@2"] {
@@ -63,9 +151,8 @@ async fn online_means_heartbeating_or_in_any_presence_channel() {
     assert!(!store.is_online("8").await.unwrap());
 }
 
-#[tokio::test]
-async fn the_gcra_script_allows_the_burst_refuses_atomically_and_refills() {
-    let store = store("gcra");
+async fn the_gcra_script_allows_the_burst_refuses_atomically_and_refills(target: Target) {
+    let store = store_on(target, "gcra");
     let quota: Quota = "10/s".parse().unwrap();
     let user = RateCheck {
         bucket: "user:7",
@@ -112,9 +199,8 @@ async fn the_gcra_script_allows_the_burst_refuses_atomically_and_refills() {
     );
 }
 
-#[tokio::test]
-async fn a_sighting_is_first_only_once() {
-    let store = store("seen");
+async fn a_sighting_is_first_only_once(target: Target) {
+    let store = store_on(target, "seen");
     assert!(
         store
             .first_sighting("webhook:ab", Duration::from_secs(5))
@@ -135,9 +221,8 @@ async fn a_sighting_is_first_only_once() {
     );
 }
 
-#[tokio::test]
-async fn presence_webhooks_applied_out_of_order_leave_no_stale_member() {
-    let store = store("presence-order");
+async fn presence_webhooks_applied_out_of_order_leave_no_stale_member(target: Target) {
+    let store = store_on(target, "presence-order");
     let t = now_ms();
     // member_removed (t + 5) is applied before the member_added (t) it follows.
     assert!(
@@ -183,30 +268,17 @@ async fn presence_webhooks_applied_out_of_order_leave_no_stale_member() {
             .await
             .unwrap()
     );
-    let mut redis = redis::Client::open(REDIS_URL)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis = raw(target).await;
     let key = store.keys().presence_channels("9");
-    let fields: Vec<String> = redis::cmd("HKEYS")
-        .arg(&key)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let fields: Vec<String> = redis.query(redis::cmd("HKEYS").arg(&key)).await;
     assert_eq!(fields, vec!["presence-b@1".to_owned()]);
     // The hash expires a day after its newest member_added (t + 10), not after the update.
-    let ttl_ms: u64 = redis::cmd("PTTL")
-        .arg(&key)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let ttl_ms: u64 = redis.query(redis::cmd("PTTL").arg(&key)).await;
     assert!(ttl_ms > day - 60_000 && ttl_ms <= day - 10, "{ttl_ms}");
 }
 
-#[tokio::test]
-async fn sighted_reads_without_marking() {
-    let store = store("sighted");
+async fn sighted_reads_without_marking(target: Target) {
+    let store = store_on(target, "sighted");
     assert!(!store.sighted("webhook:ef").await.unwrap());
     assert!(
         !store.sighted("webhook:ef").await.unwrap(),
@@ -221,9 +293,8 @@ async fn sighted_reads_without_marking() {
     assert!(store.sighted("webhook:ef").await.unwrap());
 }
 
-#[tokio::test]
-async fn revocations_keep_their_whole_ttl_or_no_expiry_past_any_ttl() {
-    let store = store("revoke");
+async fn revocations_keep_their_whole_ttl_or_no_expiry_past_any_ttl(target: Target) {
+    let store = store_on(target, "revoke");
     let year: i64 = 365 * 24 * 3600;
     let decade = Duration::from_secs(10 * year as u64 + 30);
     let cases = [
@@ -237,25 +308,13 @@ async fn revocations_keep_their_whole_ttl_or_no_expiry_past_any_ttl() {
         let found = store.lookup(&[], &[Revocation::Jti(jti)]).await.unwrap();
         assert!(found.revoked, "{jti}");
     }
-    let mut redis = redis::Client::open(REDIS_URL)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis = raw(target).await;
     let mut ttls = Vec::new();
     for (jti, _) in cases {
         let key = store.keys().revoked_jti(jti);
-        let ttl: i64 = redis::cmd("TTL")
-            .arg(&key)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
+        let ttl: i64 = redis.query(redis::cmd("TTL").arg(&key)).await;
         ttls.push(ttl);
-        let _: () = redis::cmd("DEL")
-            .arg(&key)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
+        let _: () = redis.query(redis::cmd("DEL").arg(&key)).await;
     }
     // The whole decade (not a year), the fraction rounded up, and -1: no expiry.
     assert!(
@@ -263,4 +322,103 @@ async fn revocations_keep_their_whole_ttl_or_no_expiry_past_any_ttl() {
         "{ttls:?}"
     );
     assert_eq!(&ttls[1..], &[2, -1, -1], "{ttls:?}");
+}
+
+async fn a_batch_look_up_reads_every_slot_and_sees_revocations(target: Target) {
+    let store = store_on(target, "lookup");
+    // Twenty channels: on the cluster their keys fall on every shard.
+    let channels: Vec<String> = (0..20).map(|i| format!("private-batch-{i}")).collect();
+    for (i, channel) in channels.iter().enumerate().filter(|(i, _)| i % 3 != 0) {
+        store
+            .put_cached(
+                channel,
+                "ANNON",
+                &format!("data-{i}"),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+    }
+    let lookups: Vec<CacheLookup<'_>> = channels
+        .iter()
+        .map(|channel| CacheLookup {
+            channel,
+            scope: "ANNON",
+        })
+        .collect();
+    let expected: Vec<Option<String>> = (0..20)
+        .map(|i| (i % 3 != 0).then(|| format!("data-{i}")))
+        .collect();
+    assert_eq!(store.cached(&lookups).await.unwrap(), expected);
+    let revocations = [
+        Revocation::Jti("batch-jti"),
+        Revocation::TokenSha256("batch-sha"),
+    ];
+    let found = store.lookup(&lookups, &revocations).await.unwrap();
+    assert_eq!(found.cached, expected);
+    assert!(!found.revoked);
+    store
+        .revoke(
+            Revocation::TokenSha256("batch-sha"),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let found = store.lookup(&lookups, &revocations).await.unwrap();
+    assert_eq!(found.cached, expected, "the entries are read as before");
+    assert!(found.revoked, "the second revocation is in force");
+    let found = store
+        .lookup(&[], &[Revocation::Jti("batch-jti")])
+        .await
+        .unwrap();
+    assert!(!found.revoked);
+    store.drop_cached(&channels[1]).await.unwrap();
+    assert_eq!(store.cached(&lookups[1..2]).await.unwrap(), vec![None]);
+}
+
+async fn sessions_slide_and_are_only_ever_shortened(target: Target) {
+    let store = store_on(target, "sessions");
+    let mut redis = raw(target).await;
+    let key = store.keys().session("s-1");
+    store
+        .create_session("s-1", r#"{"user":"7"}"#, Duration::from_secs(100))
+        .await
+        .unwrap();
+    let data = store
+        .touch_session("s-1", Duration::from_secs(300))
+        .await
+        .unwrap();
+    assert_eq!(data.as_deref(), Some(r#"{"user":"7"}"#));
+    let ttl: i64 = redis.query(redis::cmd("TTL").arg(&key)).await;
+    assert!((295..=300).contains(&ttl), "GETEX renewed it: {ttl}");
+    // PEXPIRE … LT: shortens, never lengthens, never creates.
+    store
+        .cap_session("s-1", Duration::from_secs(50))
+        .await
+        .unwrap();
+    store
+        .cap_session("s-1", Duration::from_secs(500))
+        .await
+        .unwrap();
+    let ttl: i64 = redis.query(redis::cmd("TTL").arg(&key)).await;
+    assert!((45..=50).contains(&ttl), "capped, not lengthened: {ttl}");
+    store
+        .cap_session("s-2", Duration::from_secs(50))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .touch_session("s-2", Duration::from_secs(50))
+            .await
+            .unwrap(),
+        None
+    );
+    store.forget_session("s-1").await.unwrap();
+    assert_eq!(
+        store
+            .touch_session("s-1", Duration::from_secs(50))
+            .await
+            .unwrap(),
+        None
+    );
 }
