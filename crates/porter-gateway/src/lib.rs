@@ -13,6 +13,8 @@
 //! - [`middleware`]: request metrics, audit, CORS, size and rate limits, the admin guard.
 //! - [`handlers`]: one file per endpoint group.
 //! - [`routes`]: paths → handlers inside the middleware stack ([`configure`]).
+//! - [`server`]: the HTTP server around them, whose sockets answer actix-http's own refusals
+//!   in JSON.
 //!
 //! Identity (tokens, key sets, sessions, revocations) lives in `porter-identity`.
 //!
@@ -30,6 +32,7 @@ pub mod middleware;
 pub mod protection;
 pub mod routes;
 pub mod scoped_keys;
+pub mod server;
 pub mod state;
 
 pub use authorize::GatewayConfig;

@@ -666,9 +666,27 @@ async fn raw_exchange(port: u16, request: &[u8], trickle: bool, bound: Duration)
     }
 }
 
+/// A whole answer of the gateway, status line to body: `status`, a JSON body with `code`,
+/// its length declared, and the connection closed.
+fn assert_json_refusal(answer: &str, status: u16, code: &str) {
+    let (head, body) = answer.split_once("\r\n\r\n").expect(answer);
+    assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{answer}");
+    assert!(head.contains("content-type: application/json"), "{answer}");
+    assert!(
+        head.contains(&format!("content-length: {}", body.len())),
+        "{answer}"
+    );
+    assert!(head.contains("connection: close"), "{answer}");
+    let body: Value = serde_json::from_str(body).expect(answer);
+    assert_eq!(body["error"], code, "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_bodies_get_408_and_actix_refusals_answer_json() {
-    let deployment = Deployment::new("edge").with_env("PORTER_BODY_TIMEOUT_MS", "300");
+    let deployment = Deployment::new("edge")
+        .with_env("PORTER_BODY_TIMEOUT_MS", "300")
+        // Long enough that a loaded CI machine still delivers every complete head in time.
+        .with_env("PORTER_HEAD_TIMEOUT_MS", "1500");
     let _gateway = deployment.gateway();
     deployment.wait_ready().await;
     let port = deployment.port;
@@ -709,18 +727,28 @@ async fn slow_bodies_get_408_and_actix_refusals_answer_json() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     assert!(answer.contains(r#""error":"not_found""#), "{answer}");
-    // A malformed request line never reaches the app: actix-http answers it itself, an
-    // empty 400, and closes (docs/protection.md). Checked so the docs notice a change.
+    // What actix-http refuses before the app runs (a head it cannot parse, over 96 headers,
+    // one that never completes) goes out in the JSON shape too, and is counted.
     let answer = raw_exchange(port, b"GARBAGE\r\n\r\n", false, bound).await;
-    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert!(answer.contains("content-length: 0"), "{answer}");
+    assert_json_refusal(&answer, 400, "invalid_request");
+    let many: String = (0..100).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let crowded = format!("GET /healthz HTTP/1.1\r\nHost: porter\r\n{many}\r\n");
+    let answer = raw_exchange(port, crowded.as_bytes(), false, bound).await;
+    assert_json_refusal(&answer, 431, "headers_too_large");
+    let unfinished = b"GET /healthz HTTP/1.1\r\nHost: porter\r\n";
+    let answer = raw_exchange(port, unfinished, false, bound).await;
+    assert_json_refusal(&answer, 408, "request_timeout");
 
     let metrics = metrics(&deployment).await;
     for series in [
         "porter_protection_refusals_total{rule=\"body_timeout\"} 2",
         "porter_protection_refusals_total{rule=\"max_body_bytes\"} 1",
+        "porter_protection_refusals_total{rule=\"request_head\"} 3",
         "porter_http_requests_total{endpoint=\"auth\",status=\"408\"} 2",
         "porter_http_requests_total{endpoint=\"other\",status=\"404\"} 1",
+        "porter_http_requests_total{endpoint=\"request_head\",status=\"400\"} 1",
+        "porter_http_requests_total{endpoint=\"request_head\",status=\"408\"} 1",
+        "porter_http_requests_total{endpoint=\"request_head\",status=\"431\"} 1",
     ] {
         assert!(metrics.contains(series), "{series} in\n{metrics}");
     }
