@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{App, HttpServer, web};
+use actix_web::web;
 use anyhow::Context;
 use porter_broker::amqp::{AmqpClient, AmqpConfig, AmqpSource, ReplyMode, check_url, redact_url};
 use porter_broker::{TaskClient, local};
@@ -178,22 +178,10 @@ async fn serve_http(
     workers: Option<usize>,
     edge: EdgeLimits,
 ) -> anyhow::Result<()> {
-    let mut server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .app_data(edge)
-            .configure(|cfg| porter_gateway::configure(cfg, &state.policy))
-    })
-    .client_request_timeout(edge.head_timeout)
-    .client_disconnect_timeout(edge.disconnect_timeout)
-    .max_connections(edge.max_connections)
-    .bind(listen)
-    .with_context(|| format!("cannot listen on {listen}"))?;
-    if let Some(workers) = workers {
-        server = server.workers(workers.max(1));
-    }
+    let server = porter_gateway::server::bind(state, listen, workers, edge)
+        .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(%listen, "gateway listening");
-    server.run().await.context("HTTP server failed")
+    server.await.context("HTTP server failed")
 }
 
 pub fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
