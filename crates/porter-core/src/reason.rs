@@ -45,8 +45,12 @@ pub enum Reason {
     TimeLimitExceeded,
     /// The application's webhook authorizer did not give a usable answer.
     AuthorizerUnavailable,
-    /// The worker failed for a reason of its own (store down, malformed task, …).
+    /// The worker failed for a reason of its own (malformed task, a store command refused, …).
     Internal,
+    /// The store (Redis) did not answer, and the rule cannot decide or gather what it must
+    /// without it (a `member` check, user info from the store); optional data is left out
+    /// instead (see docs/reliability.md).
+    StoreUnavailable,
     /// The gateway could not hand the task to the broker.
     BrokerUnavailable,
     /// The gateway has too many tasks in flight.
@@ -82,6 +86,7 @@ impl Reason {
             Reason::TimeLimitExceeded => "time limit exceeded",
             Reason::AuthorizerUnavailable => "authorizer_unavailable",
             Reason::Internal => "internal_error",
+            Reason::StoreUnavailable => "store_unavailable",
             Reason::BrokerUnavailable => "broker_unavailable",
             Reason::Overloaded => "overloaded",
             Reason::EncryptionNotConfigured => "encryption_not_configured",
@@ -107,6 +112,7 @@ impl Reason {
             "time limit exceeded" => Reason::TimeLimitExceeded,
             "authorizer_unavailable" => Reason::AuthorizerUnavailable,
             "internal_error" => Reason::Internal,
+            "store_unavailable" => Reason::StoreUnavailable,
             "broker_unavailable" => Reason::BrokerUnavailable,
             "overloaded" => Reason::Overloaded,
             "encryption_not_configured" => Reason::EncryptionNotConfigured,
@@ -137,6 +143,7 @@ impl Reason {
             Reason::Timeout | Reason::Expired | Reason::TimeLimitExceeded => ReasonClass::TimedOut,
             Reason::AuthorizerUnavailable
             | Reason::Internal
+            | Reason::StoreUnavailable
             | Reason::BrokerUnavailable
             | Reason::Overloaded
             | Reason::EncryptionNotConfigured => ReasonClass::Unavailable,
@@ -167,7 +174,7 @@ impl<'de> Deserialize<'de> for Reason {
 mod tests {
     use super::*;
 
-    const ALL: [Reason; 15] = [
+    const ALL: [Reason; 16] = [
         Reason::InvalidChannel,
         Reason::PublicChannel,
         Reason::NoRule,
@@ -180,6 +187,7 @@ mod tests {
         Reason::TimeLimitExceeded,
         Reason::AuthorizerUnavailable,
         Reason::Internal,
+        Reason::StoreUnavailable,
         Reason::BrokerUnavailable,
         Reason::Overloaded,
         Reason::EncryptionNotConfigured,

@@ -66,7 +66,7 @@ impl Authorizer {
         };
         let data = self.registry.run(&cx).await.map_err(|error| {
             tracing::warn!(channel = %task.channel, %error, "store failed while gathering data");
-            Reason::Internal
+            crate::registry::refusal_for(&error)
         })?;
         if channel.kind.is_presence() && data.user_id.is_none() {
             return Err(Reason::Unauthenticated);

@@ -93,9 +93,11 @@ fn evaluate<'a>(allow: &'a Allow, facts: &'a Facts<'a>) -> Evaluation<'a> {
                 match facts.store.is_member(&channel.cache_name(), user).await {
                     Ok(true) => Ok(None),
                     Ok(false) => Err(Reason::Forbidden),
+                    // No member list, no decision: refused as store_unavailable (retry), never
+                    // allowed unchecked.
                     Err(error) => {
                         tracing::warn!(channel = %task.channel, %error, "member check failed");
-                        Err(Reason::Internal)
+                        Err(crate::registry::refusal_for(&error))
                     }
                 }
             }

@@ -5,6 +5,13 @@
 //! Private results merge their events; for presence the last receiver that sets user info
 //! wins. The built-in receivers read the rule's `data` spec, so the policy file decides what
 //! they contribute; an embedding application can register its own.
+//!
+//! When the store does not answer ([`is_unavailable`]), what a receiver reads is either
+//! optional or required. Retained events and online flags are optional: the channel is
+//! authorized without them (no events, no `user.online` event rather than a wrong `false`).
+//! User info from the store is required (a presence member must be described as the rule says,
+//! not half): the channel is refused as `store_unavailable` ([`refusal_for`]). The breaker of the
+//! Redis store fails such calls at once, so neither costs the request a timeout.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +20,7 @@ use async_trait::async_trait;
 use porter_core::channel::{Channel, ChannelKind};
 use porter_core::pattern::{render_template, template_names};
 use porter_core::policy::{Rule, UserInfoSource};
+use porter_core::reason::Reason;
 use porter_core::wire::{AuthData, Event, Task};
 use porter_store::{Store, StoreError};
 use serde_json::{Map, Value};
@@ -91,6 +99,20 @@ impl Registry {
     }
 }
 
+/// Whether a store error says the store did not answer (rather than refused a command).
+pub fn is_unavailable(error: &StoreError) -> bool {
+    matches!(error, StoreError::Unavailable(_) | StoreError::Timeout)
+}
+
+/// The reason a channel is refused with when gathering its data failed.
+pub fn refusal_for(error: &StoreError) -> Reason {
+    if is_unavailable(error) {
+        Reason::StoreUnavailable
+    } else {
+        Reason::Internal
+    }
+}
+
 /// Stored event data is JSON; anything else is handed over as a string.
 fn event_data(raw: String) -> Value {
     serde_json::from_str(&raw).unwrap_or(Value::String(raw))
@@ -108,7 +130,15 @@ impl Receiver for RetainedEvents {
 
     async fn receive(&self, cx: &Context<'_>, out: &mut AuthData) -> Result<(), StoreError> {
         if cx.rule.data.events {
-            let events = cx.store.retained_events(&cx.channel.cache_name()).await?;
+            let events = match cx.store.retained_events(&cx.channel.cache_name()).await {
+                Ok(events) => events,
+                // Optional data: authorized without the retained events.
+                Err(error) if is_unavailable(&error) => {
+                    tracing::warn!(channel = %cx.task.channel, %error, "store unavailable; authorizing without the retained events");
+                    return Ok(());
+                }
+                Err(error) => return Err(error),
+            };
             out.events
                 .extend(events.into_iter().map(|(event, data)| Event {
                     event,
@@ -137,7 +167,15 @@ impl Receiver for OnlineStatus {
             .map(String::as_str)
             .or(cx.channel.object_id);
         if let (true, Some(user)) = (cx.rule.data.online, object) {
-            let online = cx.store.is_online(user).await?;
+            let online = match cx.store.is_online(user).await {
+                Ok(online) => online,
+                // Optional data: no `user.online` event rather than a guessed one.
+                Err(error) if is_unavailable(&error) => {
+                    tracing::warn!(channel = %cx.task.channel, %error, "store unavailable; authorizing without the online status");
+                    return Ok(());
+                }
+                Err(error) => return Err(error),
+            };
             out.events.push(Event {
                 event: "user.online".to_owned(),
                 data: serde_json::json!({ "user_id": user, "online": online }),
@@ -284,5 +322,71 @@ mod tests {
             let data = Registry::builtin().run(&cx).await.unwrap();
             assert_eq!(data.user_id.as_deref(), member, "{user:?}");
         }
+    }
+
+    /// Fails every store call as a Redis that does not answer.
+    struct Down;
+
+    impl porter_store::observed::Observer for Down {
+        fn before(&self, _call: &'static str) -> Result<(), StoreError> {
+            Err(StoreError::Unavailable("down for the test".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn without_the_store_optional_data_is_left_out_and_required_data_refuses() {
+        let policy = Policy::from_toml(concat!(
+            "[[rule]]\nname = \"opt\"\npattern = \"private-o@{object_id}\"\nallow = \"anyone\"\n",
+            "data = { events = true, online = true }\n",
+            "[[rule]]\nname = \"req\"\npattern = \"presence-r@{object_id}\"\nallow = \"authenticated\"\n",
+            "data = { user_info = \"store\" }\n",
+        ))
+        .unwrap();
+        let store = porter_store::observed::Observed::new(
+            MemoryStore::new(Keys::new("registry-down:")),
+            Down,
+        );
+        let task = |channel: &str, kind: &str, rule: &str| -> Task {
+            serde_json::from_value(json!({
+                "id": "t", "channel": channel, "channel_type": kind,
+                "feature": "o", "object_id": "1", "rule": rule,
+                "captures": { "object_id": "1" },
+                "client_id": null, "user_id": "7",
+            }))
+            .unwrap()
+        };
+        let optional = task("private-o@1", "private", "opt");
+        let channel = Channel::parse("private-o@1").unwrap();
+        let cx = Context {
+            task: &optional,
+            channel: &channel,
+            rule: &policy.rules()[0],
+            store: &store,
+            webhook: None,
+        };
+        let data = Registry::builtin()
+            .run(&cx)
+            .await
+            .expect("optional data only");
+        assert!(data.events.is_empty(), "{:?}", data.events);
+
+        let required = task("presence-r@1", "presence", "req");
+        let channel = Channel::parse("presence-r@1").unwrap();
+        let cx = Context {
+            task: &required,
+            channel: &channel,
+            rule: &policy.rules()[1],
+            store: &store,
+            webhook: None,
+        };
+        let error = Registry::builtin()
+            .run(&cx)
+            .await
+            .expect_err("user info is required");
+        assert_eq!(refusal_for(&error), Reason::StoreUnavailable);
+        assert_eq!(
+            refusal_for(&StoreError::Command("WRONGTYPE".into())),
+            Reason::Internal
+        );
     }
 }

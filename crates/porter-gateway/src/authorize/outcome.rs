@@ -106,6 +106,11 @@ mod tests {
             status_of(&Reason::EncryptionNotConfigured).0,
             StatusCode::SERVICE_UNAVAILABLE
         );
+        // A store that did not answer is a retry-later, never a refusal.
+        assert_eq!(
+            status_of(&Reason::StoreUnavailable),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        );
     }
 
     #[test]
