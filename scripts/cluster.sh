@@ -16,6 +16,7 @@
 #   scripts/cluster.sh stop-node <engine> <n>    stop one node cleanly (by pid)
 #   scripts/cluster.sh pid <engine> <n>          print a running node's pid (exit 1 if down)
 #   scripts/cluster.sh urls [engine]             the client URL of each engine's cluster
+#   scripts/cluster.sh ctl rabbitmq <n> <args>   rabbitmqctl against node <n> (its cookie)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -77,6 +78,11 @@ case "$cmd" in
             done
         fi
         exit "$rc"
+        ;;
+    ctl)
+        # rabbitmqctl against one node of the RabbitMQ cluster: ctl rabbitmq <n> <args>.
+        [ $# -ge 3 ] && [ "$1" = rabbitmq ] || usage
+        exec bash "$(engine_script rabbitmq)" ctl "${@:2}"
         ;;
     start-node | stop-node | pid)
         [ $# -eq 2 ] || usage

@@ -7,7 +7,7 @@
 # 5672) is never addressed: every rabbitmqctl call here names its node with -n, and the machine's
 # /etc/rabbitmq/rabbitmq-env.conf is not read (RABBITMQ_CONF_ENV_FILE points at the node's own).
 #
-# Usage: rabbitmq.sh up|down|status|urls | start-node|stop-node|pid <n>
+# Usage: rabbitmq.sh up|down|status|urls | start-node|stop-node|pid <n> | ctl <n> <rabbitmqctl args>
 set -euo pipefail
 
 BASE="${PORTER_CLUSTER_DIR:-/tmp/porter-cluster}"
@@ -236,6 +236,14 @@ case "$1" in
     pid)
         check_n "${2:-}"
         running_pid "$2" || { echo "rabbitmq-$2: not running" >&2; exit 1; }
+        ;;
+    ctl)
+        # rabbitmqctl against node <n> of this cluster, with its cookie (tests list connections
+        # and queue leaders with it).
+        check_n "${2:-}"
+        n="$2"
+        shift 2
+        ctl "$n" "$@"
         ;;
     *) echo "usage: $0 up|down|status|urls | start-node|stop-node|pid <n>" >&2; exit 2 ;;
 esac

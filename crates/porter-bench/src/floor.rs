@@ -43,6 +43,7 @@ pub async fn run(
         reply_mode,
         // The floor measures the bare transport: unsigned, as a deployment without task keys.
         task_auth: porter_core::task_auth::TaskAuth::off(),
+        queue_type: Default::default(),
     };
     for _ in 0..WORKERS {
         let source = AmqpSource::new(config.clone(), vec![Queue::Auth], 256, stop.clone());

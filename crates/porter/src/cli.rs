@@ -157,6 +157,10 @@ pub struct Backends {
     /// Prepended to the queue names `auth` and `auth/high`.
     #[arg(long, env = "PORTER_QUEUE_PREFIX", default_value = "")]
     pub queue_prefix: String,
+    /// The task queues' type: `classic` (one node) or `quorum` (a cluster: replicated, with a
+    /// delivery limit). Gateways and workers of one deployment must agree (docs/scaling.md).
+    #[arg(long, env = "PORTER_QUEUE_TYPE", default_value = "classic")]
+    pub queue_type: String,
     /// Prepended to Redis keys (by default the names of the system Porter replaces).
     #[arg(long, env = "PORTER_KEY_PREFIX", default_value = "ext.pusher:")]
     pub key_prefix: String,

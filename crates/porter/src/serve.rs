@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use actix_web::web;
 use anyhow::Context;
-use porter_broker::amqp::{AmqpClient, AmqpConfig, AmqpSource, ReplyMode, check_url, redact_url};
+use porter_broker::amqp::{
+    AmqpClient, AmqpConfig, AmqpSource, QueueType, ReplyMode, check_url, redact_url,
+};
 use porter_broker::{TaskClient, local};
 use porter_core::cache::RuleStamps;
 use porter_core::policy::{Policy, PrivateData};
@@ -83,6 +85,7 @@ impl Drop for RedactedLine {
 fn check_backends(backends: &Backends) -> anyhow::Result<()> {
     check_url(&backends.amqp_url)
         .map_err(|error| anyhow::anyhow!("AMQP_URL (or --amqp-url) {error}"))?;
+    queue_type(backends)?;
     RedisStore::new(&backends.redis_url, Keys::default(), 1).context(INVALID_REDIS_URL)?;
     Ok(())
 }
@@ -90,6 +93,15 @@ fn check_backends(backends: &Backends) -> anyhow::Result<()> {
 /// An error as one line with every URL's userinfo masked, for the CLI to print.
 fn redacted(error: anyhow::Error) -> anyhow::Error {
     anyhow::anyhow!(redact_url(&format!("{error:#}")))
+}
+
+/// `PORTER_QUEUE_TYPE`, read here rather than by clap so that a bad value is one line.
+fn queue_type(backends: &Backends) -> anyhow::Result<QueueType> {
+    backends
+        .queue_type
+        .trim()
+        .parse()
+        .map_err(|error: String| anyhow::anyhow!("PORTER_QUEUE_TYPE (or --queue-type): {error}"))
 }
 
 const INVALID_REDIS_URL: &str = "REDIS_URL (or --redis-url) is not a usable Redis URL";
@@ -193,6 +205,7 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     check_backends(&args.backends)?;
     let policy = Arc::new(load_policy(args.backends.policy.as_deref())?);
     let task_auth = task_auth(&args.backends)?;
+    let queue_type = queue_type(&args.backends)?;
     actix_web::rt::System::new().block_on(async move {
         let stop = CancellationToken::new();
         let client = AmqpClient::start(
@@ -201,6 +214,7 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
                 queue_prefix: args.backends.queue_prefix.clone(),
                 reply_mode: args.reply_mode,
                 task_auth,
+                queue_type,
             },
             stop.clone(),
         );
@@ -269,6 +283,7 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let policy = Arc::new(load_policy(args.backends.policy.as_deref())?);
     let queues = parse_queues(&args.queues)?;
     let task_auth = task_auth(&args.backends)?;
+    let queue_type = queue_type(&args.backends)?;
     // One thread: everything but lapin's I/O thread runs on the thread that reads the
     // deliveries, with no hand-offs between runtime threads.
     let mut runtime = if args.threads == 1 {
@@ -297,6 +312,7 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
                 queue_prefix: args.backends.queue_prefix.clone(),
                 reply_mode: ReplyMode::default(),
                 task_auth,
+                queue_type,
             },
             queues,
             args.prefetch.max(1),

@@ -202,6 +202,7 @@ async fn expired_tasks_are_not_run_and_slow_authorizers_are_cut_off() {
             queue_prefix: deployment.prefix.clone(),
             reply_mode: Default::default(),
             task_auth: TaskAuth::off(),
+            queue_type: Default::default(),
         },
         stop.clone(),
     );
