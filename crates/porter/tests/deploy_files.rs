@@ -5,6 +5,11 @@
 //! least-privilege user, the gateways trust exactly nginx's address, and nginx overwrites
 //! `X-Forwarded-For`. (Docker does not run on the development machines, so this is what keeps
 //! the files honest.)
+//!
+//! The Kubernetes manifests (`deploy/k8s/`), rendered by `kubectl kustomize` as CI renders
+//! them: every flag and variable they give Porter is one the CLI takes, KEDA scales workers on
+//! both task queues with the deployment's prefix, the grace periods cover the drains, pods run
+//! unprivileged with probes and resources, and a policy change rolls the pods.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -433,5 +438,673 @@ fn dockerfile_copies_only_what_the_build_reads() {
             !sources.iter().any(|s| *s == "." || s.starts_with('*')),
             "the Dockerfile copies the whole context: {line}"
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes manifests (deploy/k8s/), rendered by `kubectl kustomize` as CI renders them.
+// ---------------------------------------------------------------------------------------------
+
+use serde_json::Value;
+
+/// Every kustomization CI renders: the base and each overlay.
+const KUSTOMIZATIONS: [&str; 4] = [
+    "deploy/k8s/base",
+    "deploy/k8s/overlays/dev",
+    "deploy/k8s/overlays/production",
+    "deploy/k8s/overlays/production-servicemonitor",
+];
+
+/// A line of block YAML: its indent, its text without the indent, and the whole line (blank
+/// lines are kept for block scalars, and skipped everywhere else).
+struct YamlLine<'a> {
+    indent: usize,
+    text: &'a str,
+    raw: &'a str,
+}
+
+/// Moves past blank lines.
+fn skip_blank(lines: &[YamlLine], at: &mut usize) {
+    while lines.get(*at).is_some_and(|l| l.text.is_empty()) {
+        *at += 1;
+    }
+}
+
+/// Reads the block YAML that `kubectl kustomize` writes (it re-serializes everything: block
+/// mappings and sequences, sequence items at their key's indent, `|` block scalars, no flow
+/// collections but `{}` and `[]`, no comments). A small reader instead of a YAML crate: the
+/// input is always this one tool's output.
+fn read_rendered_yaml(document: &str) -> Value {
+    let lines: Vec<YamlLine> = document
+        .lines()
+        .map(|l| YamlLine {
+            indent: l.len() - l.trim_start().len(),
+            text: l.trim(),
+            raw: l,
+        })
+        .collect();
+    let mut at = 0;
+    let value = yaml_node(&lines, &mut at, 0);
+    skip_blank(&lines, &mut at);
+    assert_eq!(at, lines.len(), "the reader read the whole document");
+    value
+}
+
+fn yaml_node(lines: &[YamlLine], at: &mut usize, indent: usize) -> Value {
+    skip_blank(lines, at);
+    match lines.get(*at) {
+        Some(line) if line.indent == indent && line.text.starts_with('-') => {
+            yaml_sequence(lines, at, indent)
+        }
+        Some(line) if line.indent == indent => yaml_mapping(lines, at, indent, None),
+        _ => Value::Null,
+    }
+}
+
+fn yaml_sequence(lines: &[YamlLine], at: &mut usize, indent: usize) -> Value {
+    let mut items = Vec::new();
+    loop {
+        skip_blank(lines, at);
+        let Some(line) = lines.get(*at) else {
+            break;
+        };
+        if line.indent != indent || !line.text.starts_with('-') {
+            break;
+        }
+        let rest = line.text[1..].trim_start();
+        if rest.is_empty() {
+            *at += 1;
+            skip_blank(lines, at);
+            let deeper = lines.get(*at).map_or(indent + 2, |l| l.indent);
+            items.push(yaml_node(lines, at, deeper));
+        } else if yaml_key(rest).is_some() {
+            // `- key: value` opens a mapping whose keys sit two columns in.
+            items.push(yaml_mapping(lines, at, indent + 2, Some(rest)));
+        } else {
+            items.push(yaml_scalar(rest));
+            *at += 1;
+        }
+    }
+    Value::Array(items)
+}
+
+/// `key: rest` or `key:` (with the key unquoted), or None for a scalar.
+fn yaml_key(text: &str) -> Option<(String, &str)> {
+    let (key, rest) = if let Some(key) = text.strip_suffix(':') {
+        (key, "")
+    } else {
+        let (key, rest) = text.split_once(": ")?;
+        (key, rest)
+    };
+    if key.starts_with('"') || key.starts_with('\'') {
+        return Some((unquote_yaml(key), rest));
+    }
+    (!key.contains(' ') || key.is_empty()).then(|| (key.to_owned(), rest))
+}
+
+/// A mapping at `indent`; `first` is the text of its first line when that line is a
+/// sequence item (`- key: value`).
+fn yaml_mapping(lines: &[YamlLine], at: &mut usize, indent: usize, first: Option<&str>) -> Value {
+    let mut map = serde_json::Map::new();
+    let mut first = first;
+    loop {
+        let text = match first.take() {
+            Some(text) => text,
+            None => {
+                skip_blank(lines, at);
+                match lines.get(*at) {
+                    Some(line) if line.indent == indent && !line.text.starts_with('-') => line.text,
+                    _ => break,
+                }
+            }
+        };
+        let (key, rest) = yaml_key(text).unwrap_or_else(|| panic!("a mapping key: `{text}`"));
+        *at += 1;
+        let value = if rest.starts_with('|') || rest.starts_with('>') {
+            // Every line deeper than the key, blank ones included, less the block's indent.
+            let mut block: Vec<&str> = Vec::new();
+            let mut block_indent = None;
+            while let Some(line) = lines
+                .get(*at)
+                .filter(|l| l.text.is_empty() || l.indent > indent)
+            {
+                let cut = *block_indent.get_or_insert(line.indent);
+                block.push(line.raw.get(cut..).unwrap_or_default());
+                *at += 1;
+            }
+            while block.last().is_some_and(|l| l.trim().is_empty()) {
+                block.pop();
+            }
+            Value::String(block.join("\n"))
+        } else if rest.is_empty() {
+            skip_blank(lines, at);
+            match lines.get(*at) {
+                Some(next) if next.indent > indent => yaml_node(lines, at, next.indent),
+                // Kustomize writes a key's sequence at the key's own indent.
+                Some(next) if next.indent == indent && next.text.starts_with('-') => {
+                    yaml_sequence(lines, at, indent)
+                }
+                _ => Value::Null,
+            }
+        } else {
+            yaml_scalar(rest)
+        };
+        map.insert(key, value);
+    }
+    Value::Object(map)
+}
+
+fn unquote_yaml(text: &str) -> String {
+    if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        serde_json::from_str(text).unwrap_or_else(|_| inner.to_owned())
+    } else if let Some(inner) = text.strip_prefix('\'').and_then(|t| t.strip_suffix('\'')) {
+        inner.replace("''", "'")
+    } else {
+        text.to_owned()
+    }
+}
+
+fn yaml_scalar(text: &str) -> Value {
+    match text {
+        "{}" => Value::Object(serde_json::Map::new()),
+        "[]" => Value::Array(Vec::new()),
+        "null" | "~" => Value::Null,
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ if text.starts_with('"') || text.starts_with('\'') => Value::String(unquote_yaml(text)),
+        _ => text
+            .parse::<i64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| Value::String(text.to_owned())),
+    }
+}
+
+#[test]
+fn the_yaml_reader_reads_what_kustomize_writes() {
+    let value = read_rendered_yaml(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  labels:\n    app.kubernetes.io/name: porter\n  \
+         name: p\nspec:\n  containers:\n  - args:\n    - worker\n    - --prefetch\n    - \"128\"\n    \
+         env:\n    - name: A\n      value: \"\"\n    - name: B\n      valueFrom:\n        \
+         secretKeyRef:\n          key: B\n    name: c\n    securityContext:\n      capabilities:\n        \
+         drop:\n        - ALL\n      readOnlyRootFilesystem: true\n  volumes: []\ndata:\n  policy.toml: |\n    \
+         [[rule]]\n    where = [\n      \"a\",\n    ]\n\n    name = \"x\"\n",
+    );
+    assert_eq!(
+        value["metadata"]["labels"]["app.kubernetes.io/name"],
+        "porter"
+    );
+    let container = &value["spec"]["containers"][0];
+    assert_eq!(
+        container["args"],
+        serde_json::json!(["worker", "--prefetch", "128"])
+    );
+    assert_eq!(
+        container["env"][0],
+        serde_json::json!({"name": "A", "value": ""})
+    );
+    assert_eq!(container["env"][1]["valueFrom"]["secretKeyRef"]["key"], "B");
+    assert_eq!(container["name"], "c");
+    assert_eq!(
+        container["securityContext"]["capabilities"]["drop"][0],
+        "ALL"
+    );
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(value["spec"]["volumes"], serde_json::json!([]));
+    assert_eq!(
+        value["data"]["policy.toml"],
+        "[[rule]]\nwhere = [\n  \"a\",\n]\n\nname = \"x\""
+    );
+}
+
+/// The objects `kubectl kustomize DIR` renders.
+fn render(dir: &str) -> Vec<Value> {
+    let path = format!("{}/../../{dir}", env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new("kubectl")
+        .args(["kustomize", &path])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("kubectl is needed to render deploy/k8s (CI machines have it): {e}")
+        });
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .split("\n---\n")
+        .map(read_rendered_yaml)
+        .collect()
+}
+
+fn object<'a>(objects: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+}
+
+/// Porter's two Deployments of a rendering, as (name, container).
+fn porter_containers(objects: &[Value]) -> Vec<(&'static str, &Value)> {
+    ["porter-gateway", "porter-worker"]
+        .into_iter()
+        .map(|name| {
+            let deployment = object(objects, "Deployment", name)
+                .unwrap_or_else(|| panic!("the rendering has Deployment {name}"));
+            let containers = deployment["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .expect("containers");
+            assert_eq!(containers.len(), 1, "{name} runs one container");
+            (name, &containers[0])
+        })
+        .collect()
+}
+
+fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .map(|items| items.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+fn env_names(container: &Value) -> Vec<&str> {
+    container["env"]
+        .as_array()
+        .map(|env| env.iter().filter_map(|e| e["name"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?["value"]
+        .as_str()
+}
+
+/// The `--flags` of an argument list (a `--flag=value` counts as `--flag`).
+fn flags<'a>(args: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    args.into_iter()
+        .filter(|a| a.starts_with("--"))
+        .map(|a| a.split('=').next().unwrap_or(a))
+        .collect()
+}
+
+/// Fails unless `porter SUBCOMMAND --help` documents the flag and every variable.
+fn assert_cli_reads(what: &str, subcommand: &str, args: &[&str], variables: &[&str]) {
+    let help = help_of(subcommand);
+    let words: Vec<&str> = help
+        .split_whitespace()
+        .map(|w| w.trim_end_matches(','))
+        .collect();
+    for flag in flags(args.iter().copied()) {
+        assert!(
+            words.contains(&flag),
+            "{what} passes {flag}, which `porter {subcommand}` does not take"
+        );
+    }
+    for variable in variables {
+        // RUST_LOG is read by the tracing filter, not by clap.
+        if *variable == "RUST_LOG" {
+            continue;
+        }
+        assert!(
+            help.contains(&format!("env: {variable}")),
+            "{what} sets {variable}, which `porter {subcommand}` does not read"
+        );
+    }
+}
+
+#[test]
+fn kubernetes_manifests_set_only_flags_and_variables_the_cli_reads() {
+    for dir in KUSTOMIZATIONS {
+        let objects = render(dir);
+        for (name, container) in porter_containers(&objects) {
+            let args = strings(&container["args"]);
+            let subcommand = *args
+                .first()
+                .unwrap_or_else(|| panic!("{dir} {name} has args"));
+            let expected = if name == "porter-gateway" {
+                "gateway"
+            } else {
+                "worker"
+            };
+            assert_eq!(
+                subcommand, expected,
+                "{dir}: {name} runs `porter {expected}`"
+            );
+            let variables = env_names(container);
+            assert!(
+                variables.contains(&"AMQP_URL") && variables.contains(&"PORTER_POLICY"),
+                "the reader found {name}'s environment in {dir}: {variables:?}"
+            );
+            assert_cli_reads(&format!("{dir}: {name}"), subcommand, &args, &variables);
+            if subcommand == "worker" {
+                assert!(
+                    !variables.iter().any(|v| v.starts_with("PUSHER_")),
+                    "{dir}: workers must never be given the Pusher credentials"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn compose_and_dockerfile_pass_only_flags_the_cli_takes() {
+    let compose = compose();
+    for (name, service) in compose.services.iter().filter(|(_, s)| s.builds_porter) {
+        let args: Vec<&str> = service.command.iter().map(String::as_str).collect();
+        assert_cli_reads(&format!("compose service `{name}`"), args[0], &args, &[]);
+    }
+    let dockerfile = repository_file("Dockerfile");
+    let cmd = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("CMD "))
+        .expect("the Dockerfile has a CMD");
+    let args: Vec<String> = serde_json::from_str(cmd).expect("CMD is a JSON array");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert!(args.len() > 1, "the reader found the CMD's flags: {args:?}");
+    assert_cli_reads("the Dockerfile's CMD", args[0], &args, &[]);
+}
+
+/// The production Secrets example names exactly the keys the Deployments read from it.
+#[test]
+fn the_production_secrets_example_has_the_keys_the_manifests_read() {
+    let example = repository_file("deploy/k8s/overlays/production/secrets.example.yaml");
+    let objects = render("deploy/k8s/overlays/production");
+    let mut read: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (_, container) in porter_containers(&objects) {
+        for entry in container["env"].as_array().into_iter().flatten() {
+            let reference = &entry["valueFrom"]["secretKeyRef"];
+            if let (Some(secret), Some(key)) =
+                (reference["name"].as_str(), reference["key"].as_str())
+            {
+                read.entry(secret.to_owned())
+                    .or_default()
+                    .push(key.to_owned());
+            }
+        }
+    }
+    assert!(read.contains_key("porter-gateway") && read.contains_key("porter-worker"));
+    for (secret, keys) in &read {
+        let section = example
+            .split("\n---\n")
+            .find(|doc| doc.contains(&format!("\n  name: {secret}\n")))
+            .unwrap_or_else(|| panic!("secrets.example.yaml shows Secret {secret}"));
+        for key in keys {
+            assert!(
+                section.contains(&format!("\n  {key}: ")),
+                "secrets.example.yaml's {secret} has no {key}"
+            );
+        }
+    }
+    assert!(
+        example.contains("\n  name: porter-task-keys\n")
+            && example.contains("\n  name: porter-keda-rabbitmq\n"),
+        "the example shows the task keys' and KEDA's Secrets"
+    );
+}
+
+#[test]
+fn keda_scales_workers_on_both_task_queues_with_the_deployments_prefix() {
+    let mut scaled = 0;
+    for dir in KUSTOMIZATIONS {
+        let objects = render(dir);
+        let Some(so) = object(&objects, "ScaledObject", "porter-worker") else {
+            assert!(dir.ends_with("/dev"), "{dir} scales workers with KEDA");
+            continue;
+        };
+        scaled += 1;
+        let containers = porter_containers(&objects);
+        let prefix = env_value(containers[1].1, "PORTER_QUEUE_PREFIX").unwrap_or("");
+        assert_eq!(
+            env_value(containers[0].1, "PORTER_QUEUE_PREFIX").unwrap_or(""),
+            prefix,
+            "{dir}: gateways and workers use the same queue prefix"
+        );
+        let spec = &so["spec"];
+        assert_eq!(spec["scaleTargetRef"]["name"], "porter-worker");
+        assert!(
+            spec["minReplicaCount"].as_i64().unwrap_or(0) >= 1,
+            "{dir}: workers never scale to zero (no authorization waits for a cold start)"
+        );
+        let polling = spec["pollingInterval"]
+            .as_i64()
+            .expect("pollingInterval, in seconds");
+        assert!(
+            (1..30).contains(&polling),
+            "{dir}: polling every {polling} s"
+        );
+        let triggers = spec["triggers"].as_array().expect("triggers");
+        let queues: Vec<&str> = triggers
+            .iter()
+            .map(|t| t["metadata"]["queueName"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            queues,
+            [format!("{prefix}auth"), format!("{prefix}auth/high")],
+            "{dir}: one trigger per task queue, with the deployment's prefix"
+        );
+        let workers = containers[1].1;
+        let consumed = strings(&workers["args"])
+            .windows(2)
+            .find(|w| w[0] == "--queues")
+            .map(|w| w[1].to_owned())
+            .expect("workers name their queues");
+        assert_eq!(
+            consumed, "auth,auth/high",
+            "{dir}: workers consume both queues"
+        );
+        let modifiers = &spec["advanced"]["scalingModifiers"];
+        let formula = modifiers["formula"].as_str().expect("a scaling formula");
+        let target: f64 = modifiers["target"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .expect("a numeric target");
+        for trigger in triggers {
+            assert_eq!(trigger["type"], "rabbitmq");
+            assert_eq!(trigger["metadata"]["mode"], "QueueLength");
+            assert_eq!(trigger["authenticationRef"]["name"], "porter-rabbitmq");
+            let name = trigger["name"].as_str().expect("a named trigger");
+            assert!(
+                formula.split(" + ").any(|term| term == name),
+                "{dir}: the formula `{formula}` adds trigger {name}"
+            );
+        }
+        assert_eq!(
+            formula.split(" + ").count(),
+            triggers.len(),
+            "{dir}: the formula is the sum of the queues' depths"
+        );
+        assert!(target >= 1.0, "{dir}: the target is tasks waiting per pod");
+        assert_eq!(modifiers["metricType"], "AverageValue");
+        let auth = object(&objects, "TriggerAuthentication", "porter-rabbitmq")
+            .expect("the TriggerAuthentication");
+        assert_eq!(
+            auth["spec"]["secretTargetRef"][0]["name"], "porter-keda-rabbitmq",
+            "KEDA's credentials come from a Secret"
+        );
+    }
+    assert_eq!(
+        scaled, 3,
+        "the base and both production overlays scale with KEDA"
+    );
+}
+
+/// The largest `time_limit` and `expires` of a policy file, in seconds (plain numbers).
+fn policy_bounds(policy: &str) -> (f64, f64) {
+    let largest = |field: &str| {
+        policy
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(field)?.trim().strip_prefix('='))
+            .map(|v| v.trim().parse::<f64>().expect("a number of seconds"))
+            .fold(0.0, f64::max)
+    };
+    (largest("time_limit"), largest("expires"))
+}
+
+#[test]
+fn grace_periods_cover_the_drains() {
+    let policy = repository_file("deploy/k8s/base/policy.toml");
+    let (time_limit, expires) = policy_bounds(&policy);
+    assert!(
+        time_limit > 0.0 && expires > 0.0,
+        "the reader found the bounds"
+    );
+    // What the policy parser accepts at most (docs/policy.md): a worker's drain ends within
+    // it whatever policy is mounted.
+    const LONGEST_TIME_LIMIT: f64 = 60.0;
+    // actix-web's graceful shutdown gives requests in hand this long after SIGTERM.
+    const GATEWAY_DRAIN: f64 = 30.0;
+    for dir in KUSTOMIZATIONS {
+        let objects = render(dir);
+        let pod = |name: &str| {
+            object(&objects, "Deployment", name).expect("the Deployment")["spec"]["template"]["spec"]
+                .clone()
+        };
+        let gateway = pod("porter-gateway");
+        let pause: f64 =
+            strings(&gateway["containers"][0]["lifecycle"]["preStop"]["exec"]["command"])
+                .as_slice()
+                .split_first()
+                .filter(|(sleep, _)| **sleep == "sleep")
+                .and_then(|(_, seconds)| seconds.first()?.parse().ok())
+                .expect("the gateway pauses in preStop");
+        let grace = gateway["terminationGracePeriodSeconds"]
+            .as_f64()
+            .expect("a grace period");
+        assert!(
+            expires + 0.25 < GATEWAY_DRAIN,
+            "the longest batch deadline ({expires} s + the grace) ends inside actix's drain"
+        );
+        assert!(
+            grace > pause + GATEWAY_DRAIN,
+            "{dir}: the gateway's grace period ({grace} s) covers the pause ({pause} s) and the drain"
+        );
+        let worker = pod("porter-worker");
+        let grace = worker["terminationGracePeriodSeconds"]
+            .as_f64()
+            .expect("a grace period");
+        assert!(
+            grace > LONGEST_TIME_LIMIT && grace > time_limit,
+            "{dir}: the worker's grace period ({grace} s) is above the longest time limit"
+        );
+    }
+}
+
+#[test]
+fn porter_pods_run_unprivileged_with_probes_resources_and_a_rolling_policy() {
+    for dir in KUSTOMIZATIONS {
+        let objects = render(dir);
+        for (name, container) in porter_containers(&objects) {
+            let deployment = object(&objects, "Deployment", name).expect("the Deployment");
+            let pod = &deployment["spec"]["template"]["spec"];
+            assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{dir} {name}");
+            let security = &container["securityContext"];
+            assert_eq!(security["readOnlyRootFilesystem"], true, "{dir} {name}");
+            assert_eq!(security["allowPrivilegeEscalation"], false, "{dir} {name}");
+            assert_eq!(
+                strings(&security["capabilities"]["drop"]),
+                ["ALL"],
+                "{dir} {name}"
+            );
+            for kind in ["requests", "limits"] {
+                for resource in ["cpu", "memory"] {
+                    assert!(
+                        container["resources"][kind][resource].is_string(),
+                        "{dir} {name}: {kind}.{resource}"
+                    );
+                }
+            }
+            for (probe, path) in [
+                ("startupProbe", "/healthz"),
+                ("livenessProbe", "/healthz"),
+                ("readinessProbe", "/readyz"),
+            ] {
+                assert_eq!(
+                    container[probe]["httpGet"]["path"], path,
+                    "{dir} {name} {probe}"
+                );
+                assert_eq!(container[probe]["httpGet"]["port"], "http", "{dir} {name}");
+            }
+            // The probed port is the one the process listens on.
+            let port = container["ports"][0]["containerPort"]
+                .as_i64()
+                .expect("a port");
+            let args = strings(&container["args"]);
+            let listen = args
+                .windows(2)
+                .find(|w| w[0] == "--listen" || w[0] == "--http-listen")
+                .map(|w| w[1])
+                .unwrap_or_else(|| panic!("{dir} {name} names its listen address"));
+            assert!(
+                listen.ends_with(&format!(":{port}")),
+                "{dir} {name}: {listen} vs {port}"
+            );
+            assert_eq!(
+                deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0,
+                "{dir} {name}: a rollout never drops below the replicas in service"
+            );
+            assert_eq!(
+                pod["metadata"]["annotations"],
+                Value::Null,
+                "annotations belong on the template's metadata"
+            );
+            let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+            assert_eq!(annotations["prometheus.io/scrape"], "true", "{dir} {name}");
+            assert_eq!(
+                annotations["prometheus.io/port"],
+                port.to_string(),
+                "{dir} {name}"
+            );
+        }
+        let rendered = format!("{objects:?}").to_lowercase();
+        assert!(!rendered.contains("guest"), "{dir}: no guest credentials");
+    }
+}
+
+#[test]
+fn a_policy_change_rolls_the_pods() {
+    for dir in KUSTOMIZATIONS {
+        let objects = render(dir);
+        let config = objects
+            .iter()
+            .find(|o| {
+                o["kind"] == "ConfigMap"
+                    && o["metadata"]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("porter-policy-"))
+            })
+            .unwrap_or_else(|| panic!("{dir}: the policy is a generated ConfigMap"));
+        let name = config["metadata"]["name"].as_str().unwrap_or_default();
+        assert!(
+            name.len() > "porter-policy-".len(),
+            "{dir}: {name} carries a content hash"
+        );
+        assert_eq!(
+            config["data"]["policy.toml"].as_str().map(str::trim),
+            Some(repository_file("deploy/k8s/base/policy.toml").trim()),
+            "{dir}: the ConfigMap holds deploy/k8s/base/policy.toml"
+        );
+        for (deployment, container) in porter_containers(&objects) {
+            let pod = &object(&objects, "Deployment", deployment).expect("it")["spec"]["template"]
+                ["spec"];
+            let volume = pod["volumes"]
+                .as_array()
+                .and_then(|v| v.iter().find(|v| v["name"] == "policy"))
+                .expect("a policy volume");
+            assert_eq!(
+                volume["configMap"]["name"], name,
+                "{dir}: {deployment} mounts the hashed name, so a change rolls it"
+            );
+            let mount = container["volumeMounts"]
+                .as_array()
+                .and_then(|m| m.iter().find(|m| m["name"] == "policy"))
+                .and_then(|m| m["mountPath"].as_str())
+                .expect("the policy is mounted");
+            assert_eq!(
+                env_value(container, "PORTER_POLICY"),
+                Some(format!("{mount}/policy.toml").as_str()),
+                "{dir}: {deployment} reads the mounted policy"
+            );
+        }
     }
 }
