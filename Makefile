@@ -6,9 +6,11 @@
 build:
 	cargo build --workspace --all-targets --locked
 
-# Start Redis and RabbitMQ locally if they are not already running.
+# Start Redis and RabbitMQ locally if they are not already running, and the loopback clusters
+# of scripts/cluster.sh (3 RabbitMQ nodes, a 6-node Redis Cluster) the failover tests use.
 services:
 	./scripts/services.sh
+	./scripts/cluster.sh up
 
 lint:
 	cargo fmt --all -- --check

@@ -4,7 +4,10 @@
 #   suites: floor (bare RabbitMQ round trips, exclusive queue vs direct reply-to),
 #           distributed (one gateway, two workers: miss10 hit10 single storm),
 #           direct (miss10 and single with the gateway on direct reply-to),
-#           dev (`porter dev`: miss10 hit10 single); default: all of them.
+#           dev (`porter dev`: miss10 hit10 single), cluster (the distributed suite's
+#           miss10 hit10 single on the loopback clusters of scripts/cluster.sh: AMQP_URL = the
+#           3 RabbitMQ nodes with quorum task queues, REDIS_URL = the Redis Cluster when
+#           scripts/cluster/redis.sh is there); default: all of them but cluster.
 # Starts its own processes (with a unique queue and key prefix) and stops them by pid.
 # PORTER_TASK_KEYS (and PORTER_TASK_AUTH) in the environment reach the gateway and workers:
 # `PORTER_TASK_KEYS=$(openssl rand -hex 32) scripts/bench.sh 3 8 distributed` measures signed
@@ -37,6 +40,16 @@ cleanup() {
     rabbitmqctl list_queues -q --no-table-headers name 2>/dev/null </dev/null | grep -F "$prefix" |
         while read -r queue; do rabbitmqctl delete_queue "$queue" >/dev/null 2>&1 </dev/null || true; done
     redis-cli --scan --pattern "$prefix*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
+    if [ -n "${cluster_up:-}" ]; then
+        ./scripts/cluster.sh ctl rabbitmq 1 list_queues -q --no-table-headers name 2>/dev/null </dev/null |
+            grep -F "$prefix" | while read -r queue; do
+                ./scripts/cluster.sh ctl rabbitmq 1 delete_queue "$queue" >/dev/null 2>&1 </dev/null || true
+            done
+        for redis_port in $cluster_redis_ports; do
+            redis-cli -p "$redis_port" --scan --pattern "$prefix*" 2>/dev/null |
+                xargs -r -n 1 redis-cli -c -p "$redis_port" del >/dev/null 2>&1 || true
+        done
+    fi
 }
 trap cleanup EXIT
 
@@ -77,7 +90,7 @@ distributed() {
     pids+=("$gateway" "$w1" "$w2")
     wait_ready
     watch=(--pid gateway=$gateway --pid worker1=$w1 --pid worker2=$w2 "${services[@]}")
-    label="distributed/$mode${PORTER_TASK_KEYS:+/signed}" load "$@"
+    label="${distributed_label:-distributed}/$mode${PORTER_TASK_KEYS:+/signed}" load "$@"
     kill "$gateway" "$w1" "$w2"; wait "$gateway" "$w1" "$w2" 2>/dev/null || true
 }
 
@@ -94,6 +107,27 @@ for suite in "${suites[@]}"; do
         ;;
     distributed) distributed exclusive miss10 hit10 single storm ;;
     direct) distributed direct miss10 single ;;
+    cluster)
+        ./scripts/cluster.sh up >/dev/null
+        cluster_up=1
+        cluster_services=()
+        for n in 1 2 3; do
+            cluster_services+=(--pid "rabbitmq$n=$(./scripts/cluster.sh pid rabbitmq $n)")
+        done
+        cluster_redis_ports=""
+        if [ -f scripts/cluster/redis.sh ]; then
+            redis_url=$(./scripts/cluster.sh urls redis)
+            redis_url=${redis_url#REDIS_URL=}
+            cluster_redis_ports=$(echo "$redis_url" | grep -o ':[0-9]\{4,5\}' | tr -d :)
+        fi
+        (
+            export AMQP_URL="$(./scripts/cluster.sh urls rabbitmq)" PORTER_QUEUE_TYPE=quorum
+            [ -n "$cluster_redis_ports" ] && export REDIS_URL="$redis_url"
+            services=("${cluster_services[@]}")
+            distributed_label=cluster/quorum${cluster_redis_ports:+/redis-cluster} \
+                distributed exclusive miss10 hit10 single
+        )
+        ;;
     dev)
         "$bin" dev --listen 127.0.0.1:$port >/dev/null & dev=$!; pids+=("$dev")
         wait_ready

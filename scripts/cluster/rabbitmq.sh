@@ -61,7 +61,8 @@ node_env() {
         RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
         RABBITMQ_NODE_PORT=$((AMQP_PORT_BASE + n)) \
         RABBITMQ_DIST_PORT=$((DIST_PORT_BASE + n)) \
-        ERL_EPMD_ADDRESS=127.0.0.1
+        ERL_EPMD_ADDRESS=127.0.0.1 \
+        ERL_CRASH_DUMP="$dir/log/erl_crash.dump"
 }
 
 ctl() {
