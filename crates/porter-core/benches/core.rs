@@ -5,6 +5,7 @@ use porter_core::channel::{Channel, validate_socket_id};
 use porter_core::pattern::{Constraints, Pattern};
 use porter_core::policy::Policy;
 use porter_core::signing::{Secret, Signer};
+use porter_core::task_auth::{Message, Mode, ReplyMessage, TaskAuth, TaskKeys, TaskMessage};
 
 fn signer() -> Signer {
     Signer::new(
@@ -104,5 +105,49 @@ fn pattern_worst_case(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, signing, parsing, pattern_worst_case);
+/// What task authentication adds per channel (docs/task-auth.md): the gateway signs a task
+/// and verifies its reply, the worker verifies the task and signs the reply. Bodies of the
+/// sizes a presence task and its reply have.
+fn task_signatures(c: &mut Criterion) {
+    let keys = TaskKeys::parse(&"ab".repeat(32)).expect("the bench key is valid");
+    let auth = TaskAuth::new(Some(Mode::Require), Some(keys)).expect("keys and mode agree");
+    let task_body = format!(
+        r#"{{"v":1,"id":"0f8c2b1e-7d7a-4c1e-9f3a-2b6d5e4c3a21","channel":"presence-room-42","rule":"presence","captures":{{"room":"42"}},"user":{{"id":"7","claims":{{"sub":"7","name":"Ann","email":"ann@example.com"}}}},"dry_run":false,"pad":"{}"}}"#,
+        "x".repeat(40)
+    );
+    let reply_body = r#"{"id":"0f8c2b1e-7d7a-4c1e-9f3a-2b6d5e4c3a21","ok":true,"data":{"channel_data":{"user_id":"7","user_info":{"name":"Ann"}}}}"#;
+    let task = Message::Task(TaskMessage {
+        correlation_id: Some("0f8c2b1e-7d7a-4c1e-9f3a-2b6d5e4c3a21"),
+        reply_to: Some("amq.gen-JzTY20BRgKO-HjmUJj0wLg"),
+        expiration: Some("5000"),
+        deadline_ms: Some(1_796_000_000_000),
+        time_limit_ms: Some(4000),
+        body: task_body.as_bytes(),
+    });
+    let reply = Message::Reply(ReplyMessage {
+        correlation_id: Some("0f8c2b1e-7d7a-4c1e-9f3a-2b6d5e4c3a21"),
+        body: reply_body.as_bytes(),
+    });
+    let task_signature = auth.sign(&task).expect("keys sign");
+    let reply_signature = auth.sign(&reply).expect("keys sign");
+    let mut group = c.benchmark_group("task_auth");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("sign_task", |b| b.iter(|| auth.sign(black_box(&task))));
+    group.bench_function("verify_task", |b| {
+        b.iter(|| auth.verify(black_box(&task), Some(task_signature.as_bytes())))
+    });
+    group.bench_function("sign_reply", |b| b.iter(|| auth.sign(black_box(&reply))));
+    group.bench_function("verify_reply", |b| {
+        b.iter(|| auth.verify(black_box(&reply), Some(reply_signature.as_bytes())))
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    signing,
+    parsing,
+    pattern_worst_case,
+    task_signatures
+);
 criterion_main!(benches);
