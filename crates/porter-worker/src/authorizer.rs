@@ -63,6 +63,7 @@ impl Authorizer {
             rule,
             store: self.store.as_ref(),
             webhook: verdict.webhook.as_ref(),
+            partial: Default::default(),
         };
         let data = self.registry.run(&cx).await.map_err(|error| {
             tracing::warn!(channel = %task.channel, %error, "store failed while gathering data");
@@ -72,9 +73,11 @@ impl Authorizer {
             return Err(Reason::Unauthenticated);
         }
 
-        // A what-if decision grants nothing: it is not cached.
+        // A what-if decision grants nothing, and an answer without data the store did not
+        // give holds less than it should: neither is cached.
         if let Some(spec) = rule.cache
             && !task.dry_run
+            && !cx.is_partial()
             && let Some(scope) = spec.scope.field(task.user_id.as_deref())
             && let Some(stamp) = self.stamps.get(&rule.name)
         {

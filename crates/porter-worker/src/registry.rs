@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use porter_core::channel::{Channel, ChannelKind};
@@ -35,6 +36,20 @@ pub struct Context<'a> {
     pub store: &'a dyn Store,
     /// The answer of the webhook whose allow the decision rests on; never a refusal's.
     pub webhook: Option<&'a WebhookAnswer>,
+    /// Set by a receiver that left optional data out because the store did not answer: such
+    /// an answer is given, but not cached (the next one should carry the data).
+    pub partial: AtomicBool,
+}
+
+impl Context<'_> {
+    /// Whether a receiver left optional data out.
+    pub fn is_partial(&self) -> bool {
+        self.partial.load(Ordering::Relaxed)
+    }
+
+    fn left_out(&self) {
+        self.partial.store(true, Ordering::Relaxed);
+    }
 }
 
 #[async_trait]
@@ -135,6 +150,7 @@ impl Receiver for RetainedEvents {
                 // Optional data: authorized without the retained events.
                 Err(error) if is_unavailable(&error) => {
                     tracing::warn!(channel = %cx.task.channel, %error, "store unavailable; authorizing without the retained events");
+                    cx.left_out();
                     return Ok(());
                 }
                 Err(error) => return Err(error),
@@ -172,6 +188,7 @@ impl Receiver for OnlineStatus {
                 // Optional data: no `user.online` event rather than a guessed one.
                 Err(error) if is_unavailable(&error) => {
                     tracing::warn!(channel = %cx.task.channel, %error, "store unavailable; authorizing without the online status");
+                    cx.left_out();
                     return Ok(());
                 }
                 Err(error) => return Err(error),
@@ -318,6 +335,7 @@ mod tests {
                 rule: &policy.rules()[0],
                 store: store.as_ref(),
                 webhook: None,
+                partial: AtomicBool::new(false),
             };
             let data = Registry::builtin().run(&cx).await.unwrap();
             assert_eq!(data.user_id.as_deref(), member, "{user:?}");
@@ -363,12 +381,14 @@ mod tests {
             rule: &policy.rules()[0],
             store: &store,
             webhook: None,
+            partial: AtomicBool::new(false),
         };
         let data = Registry::builtin()
             .run(&cx)
             .await
             .expect("optional data only");
         assert!(data.events.is_empty(), "{:?}", data.events);
+        assert!(cx.is_partial(), "what was left out is not to be cached");
 
         let required = task("presence-r@1", "presence", "req");
         let channel = Channel::parse("presence-r@1").unwrap();
@@ -378,6 +398,7 @@ mod tests {
             rule: &policy.rules()[1],
             store: &store,
             webhook: None,
+            partial: AtomicBool::new(false),
         };
         let error = Registry::builtin()
             .run(&cx)
