@@ -10,8 +10,13 @@
 //! them: every flag and variable they give Porter is one the CLI takes, KEDA scales workers on
 //! both task queues with the deployment's prefix, the grace periods cover the drains, pods run
 //! unprivileged with probes and resources, and a policy change rolls the pods.
+//!
+//! The dashboard and the alert rules name only metrics and labels that a running gateway's and
+//! worker's `/metrics` expose (over the real RabbitMQ and Redis), or RabbitMQ's own, listed.
 
-use std::collections::BTreeMap;
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::process::Command;
 
@@ -1107,4 +1112,402 @@ fn a_policy_change_rolls_the_pods() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dashboard and alerts against what a running gateway and worker expose.
+// ---------------------------------------------------------------------------------------------
+
+/// RabbitMQ's own metrics the dashboard and alerts read (its rabbitmq_prometheus plugin, with
+/// per-object metrics), with their labels: not Porter's to expose.
+const RABBITMQ_METRICS: [&str; 2] = ["rabbitmq_queue_messages_ready", "rabbitmq_queue_consumers"];
+const RABBITMQ_LABELS: [&str; 2] = ["queue", "vhost"];
+/// Labels Prometheus adds to every scraped series (its target's), not the page.
+const TARGET_LABELS: [&str; 4] = ["instance", "job", "pod", "namespace"];
+
+/// What a metrics page exposes: each sample name with the label names and values seen on it.
+fn exposed(page: &str) -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
+    let mut exposed: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for line in page
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let end = line.find(['{', ' ']).unwrap_or(line.len());
+        let labels = exposed.entry(line[..end].to_owned()).or_default();
+        let Some(rest) = line[end..].strip_prefix('{') else {
+            continue;
+        };
+        let mut chars = rest.chars().peekable();
+        loop {
+            let name: String = chars.by_ref().take_while(|c| *c != '=').collect();
+            if name.is_empty() || chars.next() != Some('"') {
+                break;
+            }
+            let mut value = String::new();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+            labels
+                .entry(name.trim().to_owned())
+                .or_default()
+                .insert(value);
+            if chars.next() != Some(',') {
+                break;
+            }
+        }
+    }
+    exposed
+}
+
+/// What one PromQL expression names: metrics with the labels matched on each (and the values
+/// of `=` and `=~` matchers made of plain alternatives), and the labels of `by (…)`,
+/// `without (…)`, `on (…)` and `ignoring (…)`.
+#[derive(Debug, Default)]
+struct Named {
+    metrics: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    grouping: BTreeSet<String>,
+}
+
+fn is_ident(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == ':'
+}
+
+fn named_in(expr: &str, named: &mut Named) {
+    let text: Vec<char> = expr.chars().collect();
+    let mut at = 0;
+    while at < text.len() {
+        let c = text[at];
+        if c == '"' {
+            at += 1;
+            while at < text.len() && text[at] != '"' {
+                at += if text[at] == '\\' { 2 } else { 1 };
+            }
+            at += 1;
+            continue;
+        }
+        if !(c.is_ascii_alphabetic() || c == '_')
+            || (at > 0 && (is_ident(text[at - 1]) || text[at - 1] == '$'))
+        {
+            at += 1;
+            continue;
+        }
+        let start = at;
+        while at < text.len() && is_ident(text[at]) {
+            at += 1;
+        }
+        let word: String = text[start..at].iter().collect();
+        let mut next = at;
+        while next < text.len() && text[next] == ' ' {
+            next += 1;
+        }
+        if matches!(word.as_str(), "by" | "without" | "on" | "ignoring")
+            && text.get(next) == Some(&'(')
+        {
+            let close = (next..text.len())
+                .find(|i| text[*i] == ')')
+                .expect("a closing )");
+            let list: String = text[next + 1..close].iter().collect();
+            named.grouping.extend(
+                list.split(',')
+                    .map(|l| l.trim().to_owned())
+                    .filter(|l| !l.is_empty()),
+            );
+            at = close + 1;
+            continue;
+        }
+        let is_metric = ["porter_", "authorization_", "rabbitmq_"]
+            .iter()
+            .any(|p| word.starts_with(p));
+        if is_metric {
+            let matchers = named.metrics.entry(word.clone()).or_default();
+            if text.get(next) == Some(&'{') {
+                let close = (next..text.len())
+                    .find(|i| text[*i] == '}')
+                    .expect("a closing }");
+                let inside: String = text[next + 1..close].iter().collect();
+                for matcher in inside.split(',').filter(|m| !m.trim().is_empty()) {
+                    let (label, value) = matcher
+                        .split_once("=~")
+                        .or_else(|| matcher.split_once("!~"))
+                        .or_else(|| matcher.split_once("!="))
+                        .or_else(|| matcher.split_once('='))
+                        .unwrap_or_else(|| panic!("a label matcher: `{matcher}`"));
+                    let value = value.trim().trim_matches('"');
+                    let values = matchers.entry(label.trim().to_owned()).or_default();
+                    // Plain alternatives (`a|b`) are checked value by value; patterns are not.
+                    if !matcher.contains('!')
+                        && value
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '|')
+                    {
+                        values.extend(value.split('|').map(str::to_owned));
+                    }
+                }
+                at = close + 1;
+            }
+        }
+    }
+}
+
+/// Every `expr` of the alert rules (single-line or folded) and of the dashboard's targets.
+fn dashboard_and_alert_expressions() -> Vec<(String, String)> {
+    let mut expressions = Vec::new();
+    let rules = repository_file("deploy/prometheus/porter-alerts.yaml");
+    let lines: Vec<&str> = rules.lines().collect();
+    let mut at = 0;
+    while at < lines.len() {
+        let line = lines[at];
+        at += 1;
+        let Some(rest) = line.trim_start().strip_prefix("expr:") else {
+            continue;
+        };
+        let indent = line.len() - line.trim_start().len();
+        let rest = rest.trim();
+        let expr = if rest.starts_with('>') || rest.starts_with('|') {
+            let mut parts = Vec::new();
+            while at < lines.len() && (lines[at].len() - lines[at].trim_start().len() > indent) {
+                parts.push(lines[at].trim());
+                at += 1;
+            }
+            parts.join(" ")
+        } else {
+            rest.to_owned()
+        };
+        expressions.push(("deploy/prometheus/porter-alerts.yaml".to_owned(), expr));
+    }
+    let dashboard: Value = serde_json::from_str(&repository_file("deploy/grafana/porter.json"))
+        .expect("the dashboard is JSON");
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("a target's expr").to_owned();
+            let title = panel["title"].as_str().unwrap_or_default();
+            expressions.push((format!("dashboard panel `{title}`"), expr));
+        }
+    }
+    expressions
+}
+
+#[test]
+fn the_expression_reader_finds_metrics_labels_and_values() {
+    let mut named = Named::default();
+    named_in(
+        r#"sum by (queue, outcome) (rate(porter_worker_tasks_total{outcome=~"expired|time_limit_exceeded",queue!="x"}[$__rate_interval])) / on(instance) histogram_quantile(0.9, sum by (le) (rate(porter_task_round_trip_seconds_bucket[5m]))) and rabbitmq_queue_consumers{queue=~"(.*\\.)?auth"} == 0"#,
+        &mut named,
+    );
+    assert_eq!(
+        named.metrics.keys().collect::<Vec<_>>(),
+        [
+            "porter_task_round_trip_seconds_bucket",
+            "porter_worker_tasks_total",
+            "rabbitmq_queue_consumers"
+        ]
+    );
+    assert_eq!(
+        named.metrics["porter_worker_tasks_total"]["outcome"],
+        ["expired", "time_limit_exceeded"]
+    );
+    assert!(named.metrics["porter_worker_tasks_total"]["queue"].is_empty());
+    assert!(named.metrics["rabbitmq_queue_consumers"]["queue"].is_empty());
+    assert_eq!(
+        named.grouping.iter().collect::<Vec<_>>(),
+        ["instance", "le", "outcome", "queue"]
+    );
+}
+
+/// Starts a worker of the deployment with its listener on `port`.
+fn worker_with_listener(deployment: &common::Deployment, port: u16) -> common::Proc {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_porter"));
+    command
+        .args(["worker", "--concurrency", "16", "--prefetch", "16"])
+        .args(["--http-listen", &format!("127.0.0.1:{port}")])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .env("AMQP_URL", common::AMQP_URL)
+        .env("REDIS_URL", common::REDIS_URL)
+        .env("PORTER_QUEUE_PREFIX", &deployment.prefix)
+        .env("PORTER_KEY_PREFIX", &deployment.prefix)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    if let Some(policy) = &deployment.policy {
+        command.env("PORTER_POLICY", policy);
+    }
+    common::Proc {
+        child: command.spawn().expect("start worker"),
+        name: "worker".into(),
+    }
+}
+
+const METRICS_POLICY: &str = r#"
+[[rule]]
+name = "presence"
+pattern = "presence-{feature}@{object_id}"
+queue = "auth/high"
+time_limit = 2
+expires = 2
+allow = "authenticated"
+
+[[rule]]
+name = "hook"
+pattern = "private-hook-{verdict}@{object_id}"
+time_limit = 2
+expires = 3
+allow = { webhook = "http://127.0.0.1:PORT/{verdict}" }
+
+[[rule]]
+name = "private"
+pattern = "private-{feature}@{object_id}"
+time_limit = 2
+expires = 2
+allow = "anyone"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_and_alerts_name_only_what_porter_exposes() {
+    let hook = common::webhook_server().await;
+    let deployment = common::Deployment::new("deploy_metrics")
+        .with_policy(&METRICS_POLICY.replace("PORT", &hook.to_string()));
+    let _gateway = deployment.gateway();
+    let worker_port = common::free_port();
+    let _worker = worker_with_listener(&deployment, worker_port);
+    deployment.wait_ready().await;
+    let client = reqwest::Client::new();
+    let worker_url = |path: &str| format!("http://127.0.0.1:{worker_port}{path}");
+    common::eventually(
+        "the worker's /readyz",
+        std::time::Duration::from_secs(20),
+        || async {
+            let answer = client.get(worker_url("/readyz")).send().await.ok()?;
+            (answer.status() == 200).then_some(())
+        },
+    )
+    .await;
+
+    // Traffic that makes every family show: allowed, refused, webhook calls that answer and
+    // fail, a failed authentication and a protection refusal.
+    let channels = [
+        "private-chat@1",
+        "private-hook-allow@1",
+        "private-hook-deny@1",
+        "private-hook-500@1",
+        "presence-user@1",
+    ];
+    let answer = client
+        .get(deployment.batch_url("1.2", &channels))
+        .send()
+        .await
+        .expect("a batch");
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.expect("JSON");
+    assert!(body["private-chat@1"]["auth"].is_string(), "{body}");
+    assert!(body["private-hook-500@1"]["reason"].is_string(), "{body}");
+    let refused = client
+        .get(deployment.batch_url("1.2", &["private-chat@2"]))
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .expect("a request");
+    assert_eq!(refused.status(), 401);
+    let too_large = client
+        .post(deployment.url("/pusher/auth"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(vec![b'a'; 70 * 1024])
+        .send()
+        .await
+        .expect("a request");
+    assert_eq!(too_large.status(), 413);
+
+    let scrape = |url: String| {
+        let client = client.clone();
+        async move {
+            let answer = client.get(url).send().await.expect("a scrape");
+            assert_eq!(answer.status(), 200);
+            answer.text().await.expect("a page")
+        }
+    };
+    let mut pages = exposed(&scrape(deployment.url("/metrics")).await);
+    for (name, labels) in exposed(&scrape(worker_url("/metrics")).await) {
+        pages.entry(name).or_default().extend(labels);
+    }
+    for family in [
+        "porter_channels_total",
+        "porter_auth_failures_total",
+        "porter_protection_refusals_total",
+        "porter_worker_tasks_total",
+        "porter_worker_webhook_failures_total",
+        "porter_worker_refusals_total",
+        "porter_worker_webhook_duration_seconds_bucket",
+    ] {
+        assert!(
+            pages.contains_key(family),
+            "the traffic made {family} show: {:?}",
+            pages.keys()
+        );
+    }
+
+    let expressions = dashboard_and_alert_expressions();
+    assert!(
+        expressions.len() >= 30,
+        "the reader found the expressions: {}",
+        expressions.len()
+    );
+    let mut checked = BTreeSet::new();
+    for (source, expr) in &expressions {
+        let mut named = Named::default();
+        named_in(expr, &mut named);
+        assert!(
+            !named.metrics.is_empty(),
+            "{source}: `{expr}` names a metric"
+        );
+        let mut available: BTreeSet<&str> = TARGET_LABELS.into_iter().collect();
+        for (metric, matchers) in &named.metrics {
+            checked.insert(metric.clone());
+            if metric.starts_with("rabbitmq_") {
+                assert!(
+                    RABBITMQ_METRICS.contains(&metric.as_str()),
+                    "{source} names {metric}: add RabbitMQ metrics to RABBITMQ_METRICS (and docs/deploy.md) on purpose"
+                );
+                available.extend(RABBITMQ_LABELS);
+                for label in matchers.keys() {
+                    assert!(
+                        RABBITMQ_LABELS.contains(&label.as_str()),
+                        "{source}: {metric}{{{label}}}"
+                    );
+                }
+                continue;
+            }
+            let Some(labels) = pages.get(metric) else {
+                panic!("{source} names {metric}, which neither /metrics exposes: `{expr}`");
+            };
+            available.extend(labels.keys().map(String::as_str));
+            for (label, values) in matchers {
+                let Some(seen) = labels.get(label) else {
+                    panic!(
+                        "{source}: {metric} has no label {label} (it has {:?})",
+                        labels.keys()
+                    );
+                };
+                for value in values {
+                    assert!(
+                        seen.contains(value) || label == "rule",
+                        "{source}: {metric}{{{label}=\"{value}\"}} is never exposed (seen: {seen:?})"
+                    );
+                }
+            }
+        }
+        for label in &named.grouping {
+            assert!(
+                available.contains(label.as_str()),
+                "{source}: groups by {label}, which none of its metrics has: `{expr}`"
+            );
+        }
+    }
+    assert!(
+        checked.len() >= 20,
+        "the expressions name Porter's metrics: {checked:?}"
+    );
 }
