@@ -39,8 +39,15 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum PolicyCommand {
-    /// Parse and validate a policy file.
-    Check { file: PathBuf },
+    /// Parse and validate a policy file, and say which Pusher-protocol servers its private
+    /// channels work with.
+    Check {
+        file: PathBuf,
+        /// As the gateway's flag: rules without `private_data` sign their data into
+        /// `channel_data`.
+        #[arg(long, env = "PORTER_SIGN_PRIVATE_DATA")]
+        sign_private_data: bool,
+    },
     /// Show which rule a channel matches and what it decides.
     Explain {
         channel: String,

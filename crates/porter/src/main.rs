@@ -27,7 +27,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sign(args) => tools::sign(&args),
         Command::Token(args) => tools::token(&args),
-        Command::Policy(PolicyCommand::Check { file }) => tools::policy_check(&file),
+        Command::Policy(PolicyCommand::Check {
+            file,
+            sign_private_data,
+        }) => tools::policy_check(&file, sign_private_data),
         Command::Policy(PolicyCommand::Explain { channel, policy }) => {
             tools::policy_explain(&channel, policy.as_deref())
         }

@@ -34,7 +34,9 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Backends, Credentials, DevArgs, GatewayArgs, HttpArgs, WorkerArgs};
-use crate::tools::{load_policy, mint, signer};
+use crate::tools::{
+    load_policy, mint, private_data_compatibility, private_data_default, signer,
+};
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -159,6 +161,13 @@ fn app_state(
 ) -> anyhow::Result<web::Data<AppState>> {
     let identity = crate::verifier::verifier(http, store.clone(), tasks.clone())?;
     let scoped = ScopedKeys::new(&policy, |name| std::env::var(name).ok());
+    let private_data = private_data_default(http.sign_private_data);
+    for (setting, line) in private_data_compatibility(&policy, private_data) {
+        match setting {
+            PrivateData::Signed => tracing::warn!("{line}"),
+            PrivateData::Events => tracing::info!("{line}"),
+        }
+    }
     Ok(web::Data::new(AppState {
         signer: signer(&http.credentials)?,
         stamps: RuleStamps::of(&policy),
@@ -169,11 +178,7 @@ fn app_state(
         config: GatewayConfig {
             max_channels: http.max_channels.max(1),
             grace: Duration::from_millis(http.grace_ms),
-            private_data: if http.sign_private_data {
-                PrivateData::Signed
-            } else {
-                PrivateData::Events
-            },
+            private_data,
         },
         metrics: Default::default(),
         admin: AdminGuard::new(http.admin_token.as_deref()),

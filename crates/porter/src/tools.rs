@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use porter_core::channel::{Channel, validate_socket_id};
-use porter_core::policy::Policy;
+use porter_core::policy::{Policy, PrivateData};
 use porter_core::signing::{Secret, Signer};
 use serde_json::{Map, Value};
 
@@ -131,7 +131,9 @@ pub fn mint(claims: &Map<String, Value>, secret: &[u8]) -> anyhow::Result<String
     .context("cannot sign the token")
 }
 
-pub fn policy_check(file: &Path) -> anyhow::Result<()> {
+/// `sign_private_data`: the gateway's `PORTER_SIGN_PRIVATE_DATA`, which rules without their
+/// own `private_data` follow.
+pub fn policy_check(file: &Path, sign_private_data: bool) -> anyhow::Result<()> {
     let policy = load_policy(Some(file))?;
     println!(
         "{}: {} rules, {} endpoints, valid",
@@ -139,7 +141,55 @@ pub fn policy_check(file: &Path) -> anyhow::Result<()> {
         policy.rules().len(),
         policy.endpoints().len()
     );
+    for (_, line) in private_data_compatibility(&policy, private_data_default(sign_private_data)) {
+        println!("{line}");
+    }
     Ok(())
+}
+
+/// The gateway's default for private channels' data (`PORTER_SIGN_PRIVATE_DATA`).
+pub fn private_data_default(sign_private_data: bool) -> PrivateData {
+    if sign_private_data {
+        PrivateData::Signed
+    } else {
+        PrivateData::Events
+    }
+}
+
+/// Which Pusher-protocol servers the policy's private channels work with, one line per
+/// setting in use: said by `porter policy check` and logged by the gateway at start.
+pub fn private_data_compatibility(
+    policy: &Policy,
+    default: PrivateData,
+) -> Vec<(PrivateData, String)> {
+    let mut lines = Vec::new();
+    for setting in [PrivateData::Events, PrivateData::Signed] {
+        let rules: Vec<String> = policy
+            .rules()
+            .iter()
+            .filter(|rule| rule.private_data_under(default) == Some(setting))
+            .map(|rule| format!("`{}`", rule.name))
+            .collect();
+        if rules.is_empty() {
+            continue;
+        }
+        let how = match setting {
+            PrivateData::Events => "carry data in an unsigned `events` field",
+            PrivateData::Signed => "sign their data into `channel_data`",
+        };
+        let mut line = format!(
+            "private channels of {} {how}: works with {}",
+            rules.join(", "),
+            setting.accepted_by()
+        );
+        if setting == PrivateData::Signed {
+            line.push_str(
+                "; private_data = \"events\" (and PORTER_SIGN_PRIVATE_DATA off) works with every server",
+            );
+        }
+        lines.push((setting, line));
+    }
+    lines
 }
 
 pub fn policy_explain(channel: &str, policy: Option<&Path>) -> anyhow::Result<()> {

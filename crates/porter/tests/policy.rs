@@ -917,6 +917,37 @@ fn check_policy(source: &str) -> (Option<i32>, String, String) {
 }
 
 #[test]
+fn policy_check_says_which_servers_the_private_data_setting_works_with() {
+    // The example's guest chat signs its member data into `channel_data`, as the system
+    // Porter replaces did: only Pusher's own servers accept that.
+    let (code, stdout, stderr) = check_policy(&example_policy());
+    assert_eq!(code, Some(0), "{stderr}");
+    let signed = stdout
+        .lines()
+        .find(|l| l.contains("sign their data into `channel_data`"))
+        .unwrap_or_else(|| panic!("no line for signed private data in\n{stdout}"));
+    assert!(signed.contains("`guest-chat`"), "{signed}");
+    assert!(signed.contains("sockudo and soketi refuse"), "{signed}");
+    assert!(signed.contains("private_data = \"events\""), "{signed}");
+    let events = stdout
+        .lines()
+        .find(|l| l.contains("unsigned `events` field"))
+        .unwrap_or_else(|| panic!("no line for events in\n{stdout}"));
+    assert!(events.contains("every Pusher-protocol server"), "{events}");
+    assert!(!events.contains("`guest-chat`"), "{events}");
+
+    // Only `events` in use: no warning line at all.
+    let plain = "[[rule]]\nname = \"p\"\npattern = \"private-x-{id}\"\nallow = \"authenticated\"\n";
+    let (code, stdout, _) = check_policy(plain);
+    assert_eq!(code, Some(0));
+    assert!(!stdout.contains("channel_data"), "{stdout}");
+    assert!(
+        stdout.contains("`p` carry data in an unsigned `events` field"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn policy_check_refuses_unsafe_policies_in_one_line() {
     // Issue 10, findings 2, 4, 5, 8 and 9: each was accepted before (1e30 panicked).
     let rule = |name: &str, body: &str| format!("[[rule]]\nname = \"{name}\"\n{body}\n");

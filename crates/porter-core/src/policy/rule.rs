@@ -274,6 +274,22 @@ pub enum PrivateData {
     Signed,
 }
 
+impl PrivateData {
+    /// Which Pusher-protocol servers accept a private channel's subscription signed this way.
+    pub fn accepted_by(self) -> &'static str {
+        match self {
+            PrivateData::Events => "every Pusher-protocol server (Pusher, sockudo, soketi)",
+            // They verify a private channel's signature over `socket_id:channel` only, so a
+            // signature that also covers `channel_data` does not match and the subscription
+            // is refused.
+            PrivateData::Signed => {
+                "Pusher's own servers only; sockudo and soketi refuse the subscription \
+                 (they verify socket_id:channel without channel_data)"
+            }
+        }
+    }
+}
+
 /// One rule of a policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -288,6 +304,15 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// How the rule's private (not presence) channels carry data under `default`, the
+    /// gateway's setting; `None` when the rule serves no private channel.
+    pub fn private_data_under(&self, default: PrivateData) -> Option<PrivateData> {
+        self.patterns
+            .iter()
+            .any(|p| p.as_str().starts_with("private-"))
+            .then(|| self.private_data.unwrap_or(default))
+    }
+
     /// True when the rule serves presence channels (some pattern starts with `presence-`).
     pub fn serves_presence(&self) -> bool {
         self.patterns

@@ -466,3 +466,46 @@ fn every_toml_example_in_the_policy_docs_is_a_valid_policy() {
     }
     assert!(examples >= 2, "the docs have their examples");
 }
+
+#[test]
+fn private_data_says_which_servers_accept_it() {
+    let policy = Policy::from_toml(
+        r#"
+        [[rule]]
+        name = "signed"
+        pattern = "private-a-{id}"
+        allow = "authenticated"
+        private_data = "signed"
+
+        [[rule]]
+        name = "default"
+        pattern = "private-b-{id}"
+        allow = "authenticated"
+
+        [[rule]]
+        name = "presence"
+        pattern = "presence-c-{id}"
+        allow = "authenticated"
+        private_data = "signed"
+        "#,
+    )
+    .unwrap();
+    let under = |default| -> Vec<(&str, Option<PrivateData>)> {
+        policy
+            .rules()
+            .iter()
+            .map(|r| (r.name.as_str(), r.private_data_under(default)))
+            .collect()
+    };
+    assert_eq!(
+        under(PrivateData::Events),
+        [
+            ("signed", Some(PrivateData::Signed)),
+            ("default", Some(PrivateData::Events)),
+            ("presence", None),
+        ]
+    );
+    assert_eq!(under(PrivateData::Signed)[1], ("default", Some(PrivateData::Signed)));
+    assert!(PrivateData::Signed.accepted_by().contains("sockudo and soketi refuse"));
+    assert!(PrivateData::Events.accepted_by().starts_with("every"));
+}
