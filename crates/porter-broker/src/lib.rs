@@ -18,6 +18,7 @@ pub mod local;
 pub mod pending;
 pub mod session;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -89,12 +90,25 @@ pub trait Responder: Send {
     async fn reply_and_ack(self: Box<Self>, reply: &Reply) -> Result<(), BrokerError>;
 }
 
+/// What the broker says about earlier deliveries of a task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryHistory {
+    /// The broker delivered this task before (AMQP's `redelivered` flag, on every queue type).
+    pub redelivered: bool,
+    /// How many times it was delivered before and not acknowledged: the `x-delivery-count`
+    /// header of quorum queues. Classic queues do not count (`None`).
+    pub previous_deliveries: Option<u64>,
+}
+
 /// A task taken from a queue, with what the worker needs to answer it.
 pub struct Incoming {
     /// The decoded task, or why it could not be decoded.
     pub task: Result<Task, String>,
     /// The correlation id, which names the task even when its body is garbage.
     pub correlation_id: Option<String>,
+    /// The queue it came from.
+    pub queue: Queue,
+    pub history: DeliveryHistory,
     /// Unix milliseconds after which the task must not run.
     pub deadline_ms: Option<u64>,
     pub time_limit: Option<Duration>,
@@ -102,13 +116,76 @@ pub struct Incoming {
 }
 
 /// The worker's side: a stream of tasks from one or more queues.
+///
+/// A worker asks for a task only when it can start it at once, so that a task it holds is
+/// always a task it runs: whatever the transport has buffered beyond that is the source's to
+/// hand back when it stops ([`TaskSource::stop_consuming`]).
 #[async_trait]
 pub trait TaskSource: Send {
     /// The next task, or `None` once the source has been stopped.
     async fn next(&mut self) -> Option<Incoming>;
 
+    /// Resolves when the source is asked to stop (a signal), so that a worker waiting for a
+    /// free slot rather than in [`TaskSource::next`] hears it at once. The default never
+    /// resolves: such a source stops only by ending [`TaskSource::next`].
+    fn stopping(&self) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(std::future::pending())
+    }
+
+    /// Stops taking tasks: cancels the subscriptions, so that the broker sends nothing more,
+    /// and hands back at once every task received but not handed out, for other workers to
+    /// run. Tasks already handed out are not touched: the worker answers them. Called before
+    /// the drain; calling it again does nothing.
+    async fn stop_consuming(&mut self) {}
+
     /// Releases the connection after the worker has finished what it holds.
     async fn shutdown(&mut self) {}
+}
+
+/// What a task source tells a worker's health checks and metrics, updated as it runs.
+#[derive(Debug, Default)]
+pub struct SourceStatus {
+    connected: AtomicBool,
+    consuming: AtomicBool,
+    /// Tasks dropped because they did not authenticate, by queue (`Queue::ALL` order).
+    unauthenticated: [AtomicU64; 2],
+}
+
+impl SourceStatus {
+    /// Connected to the broker.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Subscribed to its queues and taking tasks (false once it stops consuming).
+    pub fn is_consuming(&self) -> bool {
+        self.consuming.load(Ordering::Acquire)
+    }
+
+    /// Tasks of `queue` dropped so far because they did not authenticate.
+    pub fn unauthenticated(&self, queue: Queue) -> u64 {
+        self.unauthenticated[queue_index(queue)].load(Ordering::Relaxed)
+    }
+
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Release);
+    }
+
+    pub fn set_consuming(&self, consuming: bool) {
+        self.consuming.store(consuming, Ordering::Release);
+    }
+
+    /// Counts a dropped task; returns how many of its queue were dropped so far.
+    pub fn count_unauthenticated(&self, queue: Queue) -> u64 {
+        self.unauthenticated[queue_index(queue)].fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+fn queue_index(queue: Queue) -> usize {
+    match queue {
+        Queue::Auth => 0,
+        Queue::AuthHigh => 1,
+    }
 }
 
 /// Unix time in milliseconds.

@@ -10,12 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+use porter_core::routing::Queue;
 use porter_core::task_auth::{ReplyMessage, TaskAuth};
 use porter_core::wire::{Reply, Task};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::{BrokerError, Incoming, Outgoing, Pending, Responder, TaskClient, TaskSource, now_ms};
+use crate::{
+    BrokerError, DeliveryHistory, Incoming, Outgoing, Pending, Responder, TaskClient, TaskSource,
+    now_ms,
+};
 
 /// Tasks waiting in the local queue before publishers are pushed back.
 const CAPACITY: usize = 65_536;
@@ -26,6 +31,7 @@ struct Message {
     /// When the message expires unread, as RabbitMQ's `expiration` would drop it.
     expires_at_ms: u64,
     time_limit: Duration,
+    queue: Queue,
 }
 
 /// Creates a connected client and source. The source may be cloned for several workers.
@@ -61,6 +67,7 @@ impl TaskClient for LocalClient {
                 deadline_ms: outgoing.deadline_ms,
                 expires_at_ms: now + outgoing.route.expires.as_millis() as u64,
                 time_limit: outgoing.route.time_limit,
+                queue: outgoing.route.queue,
             };
             self.sender
                 .send(message)
@@ -106,6 +113,9 @@ impl TaskSource for LocalSource {
             return Some(Incoming {
                 correlation_id: Some(id.clone()),
                 task: Ok(message.task),
+                queue: message.queue,
+                // Nothing is ever handed back in process: every task is a first delivery.
+                history: DeliveryHistory::default(),
                 deadline_ms: Some(message.deadline_ms),
                 time_limit: Some(message.time_limit),
                 responder: Box::new(LocalResponder {
@@ -115,6 +125,14 @@ impl TaskSource for LocalSource {
             });
         }
     }
+
+    fn stopping(&self) -> BoxFuture<'static, ()> {
+        let stop = self.stop.clone();
+        Box::pin(async move { stop.cancelled().await })
+    }
+
+    // `stop_consuming` keeps the default: a worker takes a task only when it can start it,
+    // and what it has not taken stays in the shared channel for the other workers.
 }
 
 struct LocalResponder {

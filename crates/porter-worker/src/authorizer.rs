@@ -11,6 +11,7 @@ use porter_core::wire::{AuthData, Task};
 use porter_store::Store;
 
 use crate::decision::{Facts, Verdict, decide};
+use crate::metrics::WorkerMetrics;
 use crate::registry::{Context, Registry};
 use crate::webhook::WebhookClient;
 
@@ -22,6 +23,8 @@ pub struct Authorizer {
     stamps: Arc<RuleStamps>,
     registry: Registry,
     webhooks: WebhookClient,
+    /// Where store errors and webhook calls are counted.
+    metrics: Arc<WorkerMetrics>,
 }
 
 impl Authorizer {
@@ -32,7 +35,20 @@ impl Authorizer {
             store,
             registry,
             webhooks: WebhookClient::new(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts store errors and webhook calls into `metrics` (the listener's).
+    pub fn with_metrics(mut self, metrics: Arc<WorkerMetrics>) -> Authorizer {
+        self.webhooks = self.webhooks.with_metrics(metrics.clone());
+        self.metrics = metrics;
+        self
+    }
+
+    /// The rule names of the policy, for the metrics' `rule` label.
+    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
+        self.policy.rules().iter().map(|rule| rule.name.as_str())
     }
 
     /// Decides a task: the data to sign, or the refusal reason.
@@ -66,6 +82,7 @@ impl Authorizer {
             partial: Default::default(),
         };
         let data = self.registry.run(&cx).await.map_err(|error| {
+            self.metrics.store_error();
             tracing::warn!(channel = %task.channel, %error, "store failed while gathering data");
             crate::registry::refusal_for(&error)
         })?;
@@ -88,6 +105,7 @@ impl Authorizer {
                         .put_cached(&channel.cache_name(), &scope, &json, spec.ttl)
                         .await
                     {
+                        self.metrics.store_error();
                         tracing::warn!(channel = %task.channel, %error, "could not write the cache");
                     }
                 }

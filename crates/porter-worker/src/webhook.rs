@@ -3,12 +3,17 @@
 //! The worker POSTs the task's facts as JSON and expects `{allow, user_info?, events?,
 //! reason?}`. Any failure (non-2xx, invalid JSON, timeout, connection refused) is a refusal
 //! with `authorizer_unavailable`: the decision never defaults to allow.
+//!
+//! Every call's duration and failure kind go to the worker's [`WorkerMetrics`].
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use porter_core::wire::{Event, Task};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::metrics::{WebhookFailure, WorkerMetrics};
 
 /// What the worker sends.
 #[derive(Debug, Serialize)]
@@ -39,6 +44,7 @@ pub struct WebhookAnswer {
 #[derive(Clone)]
 pub struct WebhookClient {
     http: reqwest::Client,
+    metrics: Arc<WorkerMetrics>,
 }
 
 impl Default for WebhookClient {
@@ -54,7 +60,16 @@ impl WebhookClient {
             .pool_max_idle_per_host(32)
             .build()
             .unwrap_or_default();
-        WebhookClient { http }
+        WebhookClient {
+            http,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// Records each call into `metrics` instead of a private set.
+    pub fn with_metrics(mut self, metrics: Arc<WorkerMetrics>) -> WebhookClient {
+        self.metrics = metrics;
+        self
     }
 
     /// Asks the webhook, within `timeout` when the rule sets one (the rule's time limit
@@ -65,6 +80,19 @@ impl WebhookClient {
         task: &Task,
         timeout: Option<Duration>,
     ) -> Option<WebhookAnswer> {
+        let started = Instant::now();
+        let answer = self.call(url, task, timeout).await;
+        self.metrics
+            .webhook_call(started.elapsed(), answer.as_ref().err().copied());
+        answer.ok()
+    }
+
+    async fn call(
+        &self,
+        url: &str,
+        task: &Task,
+        timeout: Option<Duration>,
+    ) -> Result<WebhookAnswer, WebhookFailure> {
         let request = WebhookRequest {
             channel: &task.channel,
             channel_type: task.channel_type.as_str(),
@@ -83,26 +111,26 @@ impl WebhookClient {
             Ok(response) => response,
             Err(error) if error.is_timeout() => {
                 tracing::warn!(channel = %task.channel, "webhook authorizer timed out");
-                return None;
+                return Err(WebhookFailure::Timeout);
             }
             Err(error) => {
                 tracing::warn!(channel = %task.channel, error = %error.without_url(), "webhook authorizer unreachable");
-                return None;
+                return Err(WebhookFailure::Unreachable);
             }
         };
         if !response.status().is_success() {
             tracing::warn!(channel = %task.channel, status = %response.status(), "webhook authorizer failed");
-            return None;
+            return Err(WebhookFailure::Status);
         }
         match response.json::<WebhookAnswer>().await {
-            Ok(answer) => Some(answer),
+            Ok(answer) => Ok(answer),
             Err(error) if error.is_timeout() => {
                 tracing::warn!(channel = %task.channel, "webhook authorizer timed out");
-                None
+                Err(WebhookFailure::Timeout)
             }
             Err(_) => {
                 tracing::warn!(channel = %task.channel, "webhook authorizer answered invalid JSON");
-                None
+                Err(WebhookFailure::InvalidAnswer)
             }
         }
     }

@@ -360,6 +360,10 @@ pub struct WorkerArgs {
     /// Unacknowledged tasks the broker may hand this worker per queue.
     #[arg(long, env = "PORTER_PREFETCH", default_value_t = 128)]
     pub prefetch: u16,
+    /// Serve /healthz, /readyz and /metrics on this IP:PORT (e.g. 0.0.0.0:9090). Off unless
+    /// set: several workers often share a host, one per core, and a fixed port would collide.
+    #[arg(long, env = "PORTER_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -29,7 +29,8 @@ use porter_store::memory::MemoryStore;
 use porter_store::redis::RedisStore;
 use porter_store::{Keys, Store};
 use porter_worker::registry::Registry;
-use porter_worker::{Authorizer, Worker, WorkerConfig};
+use porter_worker::listener::{Health, Listener};
+use porter_worker::{Authorizer, Worker, WorkerConfig, WorkerMetrics};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -256,6 +257,18 @@ fn parse_queues(names: &[String]) -> anyhow::Result<Vec<Queue>> {
     Ok(queues)
 }
 
+/// The worker's `--http-listen` address; blank counts as unset (the listener off).
+fn parse_http_listen(text: Option<&str>) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    let Some(text) = text.map(str::trim).filter(|text| !text.is_empty()) else {
+        return Ok(None);
+    };
+    text.parse().map(Some).map_err(|_| {
+        anyhow::anyhow!(
+            "--http-listen (or PORTER_HTTP_LISTEN) {text:?} is not an IP:PORT address (e.g. 0.0.0.0:9090)"
+        )
+    })
+}
+
 /// Cancels the token on SIGTERM or Ctrl-C.
 fn cancel_on_signal(stop: CancellationToken) {
     tokio::spawn(async move {
@@ -287,6 +300,7 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     check_backends(&args.backends)?;
     let policy = Arc::new(load_policy(args.backends.policy.as_deref())?);
     let queues = parse_queues(&args.queues)?;
+    let http_listen = parse_http_listen(args.http_listen.as_deref())?;
     let task_auth = task_auth(&args.backends)?;
     let queue_type = queue_type(&args.backends)?;
     // One thread: everything but lapin's I/O thread runs on the thread that reads the
@@ -310,7 +324,12 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             2,
         )
         .context(INVALID_REDIS_URL)?;
-        let authorizer = Authorizer::new(policy, Arc::new(store), Registry::builtin());
+        let store: Arc<dyn Store> = Arc::new(store);
+        let metrics = Arc::new(WorkerMetrics::new(
+            policy.rules().iter().map(|rule| rule.name.as_str()),
+        ));
+        let authorizer = Authorizer::new(policy, store.clone(), Registry::builtin())
+            .with_metrics(metrics.clone());
         let source = AmqpSource::new(
             AmqpConfig {
                 url: args.backends.amqp_url.clone(),
@@ -323,14 +342,32 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             args.prefetch.max(1),
             stop,
         );
+        let listener = match http_listen {
+            Some(address) => {
+                let health = Health {
+                    metrics: metrics.clone(),
+                    source: source.status(),
+                    store,
+                };
+                let listener = Listener::start(address, health)
+                    .with_context(|| format!("cannot listen on {address} (--http-listen)"))?;
+                tracing::info!(%address, "worker health and metrics listening");
+                Some(listener)
+            }
+            None => None,
+        };
         Worker::new(
             authorizer,
             WorkerConfig {
                 concurrency: args.concurrency,
             },
         )
+        .with_metrics(metrics)
         .run(source)
         .await;
+        if let Some(listener) = listener {
+            listener.stop().await;
+        }
         tracing::info!("worker stopped");
         Ok(())
     })

@@ -5,6 +5,15 @@
 //! It reconnects with the shared backoff; tasks unacknowledged when a connection is lost go
 //! back to their queue for another worker.
 //!
+//! Stopping ([`TaskSource::stop_consuming`]) cancels the consumers first (`basic.cancel`), so
+//! that the broker sends nothing more, then hands back (`basic.nack`, requeue) every delivery
+//! lapin has buffered and the worker has not taken, at once: the prefetch window of a draining
+//! worker goes to other workers while their deadlines still hold, instead of coming back only
+//! when the connection closes after the drain.
+//!
+//! Each task carries its [`DeliveryHistory`]: the `redelivered` flag and, on quorum queues,
+//! RabbitMQ's `x-delivery-count` header.
+//!
 //! A task that does not authenticate under the configured task keys is never handed out:
 //! it is acknowledged without running and without a reply, logged and counted. Dropping
 //! rather than answering keeps a worker from signing refusals for whatever correlation id
@@ -12,24 +21,41 @@
 //! are signed for the task's correlation id.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::Stream;
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use futures_util::stream::SelectAll;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
-use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, Consumer};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection};
 use porter_core::routing::Queue;
 use porter_core::task_auth::{Message, TaskAuth};
 use porter_core::wire::{Reply, Task};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{AmqpConfig, BACKOFF_START, back_off, connection_properties, declare_task_queue};
+use super::{AmqpConfig, BACKOFF_START, back_off, declare_task_queue};
 use crate::auth::{signature, signed_reply, task_message};
-use crate::{BrokerError, Incoming, Responder, TaskSource, queue_name};
+use crate::{
+    BrokerError, DeliveryHistory, Incoming, Responder, SourceStatus, TaskSource, queue_name,
+};
+
+/// The consumer tag of every subscription (tags are per channel, and each queue has its own).
+const CONSUMER_TAG: &str = "porter-worker";
+
+/// How long a stop waits for the broker to confirm the cancellations and for the buffered
+/// deliveries to be handed back; past it, the rest goes back when the connection closes.
+const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The header in which quorum queues count earlier deliveries of a message.
+const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
 /// A worker's consumer of one or more task queues.
 pub struct AmqpSource {
@@ -38,9 +64,11 @@ pub struct AmqpSource {
     prefetch: u16,
     stop: CancellationToken,
     live: Option<WorkerLive>,
-    connected: Arc<AtomicBool>,
-    /// Tasks dropped because they did not authenticate; each drop's log line carries it.
-    unauthenticated: AtomicU64,
+    /// Connected, consuming, and tasks dropped unauthenticated (each drop's log line carries
+    /// the count).
+    status: Arc<SourceStatus>,
+    /// Set once [`TaskSource::stop_consuming`] ran: no reconnection, no more tasks.
+    stopped: bool,
 }
 
 impl AmqpSource {
@@ -56,45 +84,44 @@ impl AmqpSource {
             prefetch,
             stop,
             live: None,
-            connected: Arc::new(AtomicBool::new(false)),
-            unauthenticated: AtomicU64::new(0),
+            status: Arc::default(),
+            stopped: false,
         }
     }
 
-    /// A flag that is true while the worker is connected (for health checks).
-    pub fn connected_flag(&self) -> Arc<AtomicBool> {
-        self.connected.clone()
+    /// What the health checks and metrics read: connected, consuming, tasks dropped.
+    pub fn status(&self) -> Arc<SourceStatus> {
+        self.status.clone()
     }
 
     async fn connect(&self) -> Result<WorkerLive, BrokerError> {
-        let connection = Connection::connect(
-            &self.config.url,
-            connection_properties("worker", &self.config),
-        )
-        .await?;
+        let connection = super::connect("worker", &self.config).await?;
         let replies = connection.create_channel().await?;
         let mut consumers = SelectAll::new();
-        for queue in &self.queues {
+        let mut subscriptions = Vec::with_capacity(self.queues.len());
+        for &queue in &self.queues {
             // One channel per queue: each gets its own prefetch window.
             let channel = connection.create_channel().await?;
             channel
                 .basic_qos(self.prefetch, BasicQosOptions::default())
                 .await?;
-            let name = queue_name(&self.config.queue_prefix, *queue);
-            declare_task_queue(&channel, &name).await?;
+            let name = queue_name(&self.config.queue_prefix, queue);
+            declare_task_queue(&channel, &name, self.config.queue_type).await?;
             let consumer = channel
                 .basic_consume(
                     &name,
-                    "porter-worker",
+                    CONSUMER_TAG,
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
                 .await?;
-            consumers.push(consumer);
+            consumers.push(Box::pin(consumer.map(move |delivery| (queue, delivery))) as Deliveries);
+            subscriptions.push(channel);
         }
         Ok(WorkerLive {
             connection,
             replies,
+            subscriptions,
             consumers,
         })
     }
@@ -104,21 +131,32 @@ impl AmqpSource {
 struct WorkerLive {
     connection: Connection,
     replies: Channel,
-    consumers: SelectAll<Consumer>,
+    /// The channel of each queue's consumer, to cancel it on.
+    subscriptions: Vec<Channel>,
+    /// Every queue's deliveries, each with the queue it came from.
+    consumers: SelectAll<Deliveries>,
 }
+
+/// One queue's deliveries, each with the queue it came from.
+type Deliveries =
+    std::pin::Pin<Box<dyn Stream<Item = (Queue, lapin::Result<Delivery>)> + Send + Sync>>;
 
 #[async_trait]
 impl TaskSource for AmqpSource {
     async fn next(&mut self) -> Option<Incoming> {
         let mut delay = BACKOFF_START;
         loop {
+            if self.stopped {
+                return None;
+            }
             if self.live.is_none() {
                 tokio::select! {
                     () = self.stop.cancelled() => return None,
                     result = self.connect() => match result {
                         Ok(live) => {
                             info!(queues = ?self.queues, "worker connected to the broker");
-                            self.connected.store(true, Ordering::Release);
+                            self.status.set_connected(true);
+                            self.status.set_consuming(true);
                             delay = BACKOFF_START;
                             self.live = Some(live);
                         }
@@ -138,16 +176,17 @@ impl TaskSource for AmqpSource {
                 delivery = live.consumers.next() => delivery,
             };
             match delivery {
-                Some(Ok(delivery)) => {
+                Some((queue, Ok(delivery))) => {
                     let props = &delivery.properties;
                     // What is verified is what the worker then acts on: one reading.
                     let signed = task_message(props, &delivery.data);
                     let auth = &self.config.task_auth;
                     if let Err(refusal) = auth.verify(&Message::Task(signed), signature(props)) {
-                        let dropped = self.unauthenticated.fetch_add(1, Ordering::Relaxed) + 1;
+                        let dropped = self.status.count_unauthenticated(queue);
                         // The code only: the rest of the message is whatever the sender chose.
                         warn!(
                             code = refusal.code(),
+                            %queue,
                             dropped,
                             "dropped an unauthenticated task without running or answering it"
                         );
@@ -168,15 +207,21 @@ impl TaskSource for AmqpSource {
                         replies: live.replies.clone(),
                         auth: auth.clone(),
                     };
+                    let history = DeliveryHistory {
+                        redelivered: delivery.redelivered,
+                        previous_deliveries: delivery_count(props),
+                    };
                     return Some(Incoming {
                         task,
                         correlation_id,
+                        queue,
+                        history,
                         deadline_ms,
                         time_limit,
                         responder: Box::new(responder),
                     });
                 }
-                Some(Err(error)) => {
+                Some((_, Err(error))) => {
                     warn!(%error, "worker lost its broker connection; reconnecting");
                     self.drop_connection().await;
                 }
@@ -188,23 +233,100 @@ impl TaskSource for AmqpSource {
         }
     }
 
+    fn stopping(&self) -> BoxFuture<'static, ()> {
+        let stop = self.stop.clone();
+        Box::pin(async move { stop.cancelled().await })
+    }
+
+    async fn stop_consuming(&mut self) {
+        if std::mem::replace(&mut self.stopped, true) {
+            return;
+        }
+        self.status.set_consuming(false);
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let handing_back = async {
+            // Cancel first: once each cancel-ok is in, lapin has every delivery the broker
+            // sent on that consumer buffered ahead of the stream's end.
+            for channel in &live.subscriptions {
+                if let Err(error) = channel
+                    .basic_cancel(CONSUMER_TAG, BasicCancelOptions::default())
+                    .await
+                {
+                    warn!(%error, "could not cancel a consumer; its deliveries go back when the connection closes");
+                }
+            }
+            let mut handed_back = 0u64;
+            // The stream ends once every consumer's end has been read.
+            while let Some((_, delivery)) = live.consumers.next().await {
+                let Ok(delivery) = delivery else { break };
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                };
+                match delivery.acker.nack(requeue).await {
+                    Ok(()) => handed_back += 1,
+                    Err(error) => {
+                        warn!(%error, "could not hand back a task; it goes back when the connection closes")
+                    }
+                }
+            }
+            handed_back
+        };
+        match tokio::time::timeout(HAND_BACK_TIMEOUT, handing_back).await {
+            Ok(handed_back) => {
+                info!(
+                    handed_back,
+                    "stopped consuming; handed back the tasks not started"
+                )
+            }
+            Err(_) => warn!(
+                timeout_ms = HAND_BACK_TIMEOUT.as_millis() as u64,
+                "stopped consuming; the broker did not confirm in time, the rest goes back when the connection closes"
+            ),
+        }
+    }
+
     async fn shutdown(&mut self) {
+        self.stop_consuming().await;
         if let Some(live) = self.live.take() {
             let _ = live.connection.close(200, "worker shutting down").await;
             // lapin's I/O thread notices the close on its next turn; give it that turn before
             // the runtime goes away, or it reports the runtime's shutdown as an I/O error.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.connected.store(false, Ordering::Release);
+        self.status.set_connected(false);
     }
 }
 
 impl AmqpSource {
     async fn drop_connection(&mut self) {
-        self.connected.store(false, Ordering::Release);
+        self.status.set_connected(false);
+        self.status.set_consuming(false);
         if let Some(live) = self.live.take() {
             let _ = live.connection.close(200, "reconnecting").await;
         }
+    }
+}
+
+/// Earlier deliveries by the quorum queue's count; `None` on a classic queue (no header) or
+/// when the header is not a non-negative integer.
+fn delivery_count(properties: &BasicProperties) -> Option<u64> {
+    let value = properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(DELIVERY_COUNT_HEADER)?;
+    match *value {
+        AMQPValue::ShortShortUInt(n) => Some(n.into()),
+        AMQPValue::ShortUInt(n) => Some(n.into()),
+        AMQPValue::LongUInt(n) => Some(n.into()),
+        AMQPValue::ShortShortInt(n) => u64::try_from(n).ok(),
+        AMQPValue::ShortInt(n) => u64::try_from(n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(n).ok(),
+        AMQPValue::LongLongInt(n) => u64::try_from(n).ok(),
+        _ => None,
     }
 }
 

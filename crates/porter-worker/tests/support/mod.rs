@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use porter_broker::{BrokerError, Incoming, Responder, TaskSource, now_ms};
+use porter_broker::{BrokerError, DeliveryHistory, Incoming, Responder, TaskSource, now_ms};
 use porter_core::channel::Channel;
 use porter_core::policy::Policy;
+use porter_core::routing::Queue;
 use porter_core::wire::{AuthData, FORMAT_VERSION, Reply, Task};
 use porter_store::memory::MemoryStore;
 use porter_store::observed::{Observed, Observer};
@@ -109,6 +110,7 @@ pub struct Delivery {
     deadline_ms: Option<u64>,
     time_limit: Option<Duration>,
     fail_reply: bool,
+    history: DeliveryHistory,
 }
 
 impl Delivery {
@@ -120,6 +122,7 @@ impl Delivery {
             deadline_ms: None,
             time_limit: Some(NO_TIME_LIMIT),
             fail_reply: false,
+            history: DeliveryHistory::default(),
         }
     }
 
@@ -131,7 +134,18 @@ impl Delivery {
             deadline_ms: None,
             time_limit: Some(NO_TIME_LIMIT),
             fail_reply: false,
+            history: DeliveryHistory::default(),
         }
+    }
+
+    /// Delivered before: the `redelivered` flag, and the quorum queue's count of earlier
+    /// deliveries when `previous` is set.
+    pub fn redelivered(mut self, previous: Option<u64>) -> Delivery {
+        self.history = DeliveryHistory {
+            redelivered: true,
+            previous_deliveries: previous,
+        };
+        self
     }
 
     /// A deadline that passed a second ago (deadlines are wall-clock unix milliseconds).
@@ -184,6 +198,8 @@ impl TaskSource for ScriptedSource {
         Some(Incoming {
             task: delivery.task,
             correlation_id: Some(delivery.tag.clone()),
+            queue: Queue::Auth,
+            history: delivery.history,
             deadline_ms: delivery.deadline_ms,
             time_limit: delivery.time_limit,
             responder: Box::new(RecordingResponder {
