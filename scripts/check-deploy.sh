@@ -46,7 +46,11 @@ command -v kubectl >/dev/null 2>&1 || {
 # The venv is rebuilt when the pinned list changes.
 if [ "$(cat "$VENV/.requirements" 2>/dev/null)" != "$REQUIREMENTS" ]; then
     rm -rf "$VENV"
-    python3 -m venv "$VENV"
+    # Debian's own python3 needs python3-venv for this; the machine image's python3 has it.
+    python3 -m venv "$VENV" 2>/dev/null || {
+        rm -rf "$VENV"
+        apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv "$VENV"
+    }
     # shellcheck disable=SC2086
     "$VENV/bin/pip" install --quiet --disable-pip-version-check $REQUIREMENTS
     echo "$REQUIREMENTS" > "$VENV/.requirements"
