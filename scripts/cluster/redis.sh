@@ -59,9 +59,12 @@ start_node() {
     fi
     mkdir -p "$dir"
     # --save "" and --appendonly no: no persistence; the data lives in the replicas.
+    # --repl-diskless-sync-delay 0: a master sends a (re)joining replica its data at once instead
+    # of waiting 5 s for more replicas; until that sync is done the replica cannot take over.
     redis-server --daemonize yes --bind 127.0.0.1 --port "$port" \
         --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" \
         --cluster-node-timeout "$NODE_TIMEOUT_MS" --save "" --appendonly no \
+        --repl-diskless-sync-delay 0 \
         --dir "$dir" --pidfile "$(pid_file "$n")" --logfile "$dir/redis.log"
     for _ in $(seq $((START_TIMEOUT * 10))); do
         answers "$n" && return 0
@@ -83,7 +86,13 @@ stop_node() {
     return 1
 }
 
-# The cluster is formed when a node says cluster_state:ok and knows all six nodes.
+# Whether node $1 is a replica whose copy of its master is complete (it could take over).
+replica_synced() {
+    cli "$1" info replication 2>/dev/null | tr -d '\r' | grep -q '^master_link_status:up$'
+}
+
+# The cluster is formed when every node says cluster_state:ok and knows all six nodes, and
+# every replica is in sync with its master (else a master lost now could not be replaced).
 formed() {
     local n info known
     for n in $(seq "$NODES"); do
@@ -91,6 +100,9 @@ formed() {
         grep -q '^cluster_state:ok$' <<<"$info" || return 1
         known="$(grep '^cluster_known_nodes:' <<<"$info" | cut -d: -f2)"
         [ "$known" = "$NODES" ] || return 1
+        if [ "$(cli "$n" role 2>/dev/null | head -1 | tr -d '\r')" = "slave" ]; then
+            replica_synced "$n" || return 1
+        fi
     done
 }
 
@@ -141,7 +153,11 @@ status() {
     for n in $(seq "$NODES"); do
         if pid="$(running_pid "$n")"; then
             role="$(cli "$n" role 2>/dev/null | head -1 | tr -d '\r')"
-            echo "redis-$n 127.0.0.1:$(port_of "$n") up pid $pid ${role:-unknown} $(cli "$n" cluster info 2>/dev/null | tr -d '\r' | grep '^cluster_state:' || echo cluster_state:unknown)"
+            link=""
+            if [ "$role" = "slave" ]; then
+                if replica_synced "$n"; then link=" synced"; else link=" syncing"; fi
+            fi
+            echo "redis-$n 127.0.0.1:$(port_of "$n") up pid $pid ${role:-unknown}$link $(cli "$n" cluster info 2>/dev/null | tr -d '\r' | grep '^cluster_state:' || echo cluster_state:unknown)"
         else
             echo "redis-$n 127.0.0.1:$(port_of "$n") down"
             rc=1

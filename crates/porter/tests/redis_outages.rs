@@ -361,10 +361,13 @@ async fn a_redis_master_killed_under_load_fails_over_and_porter_follows() {
 
     // Normal answers resume once the replica took over and Porter follows the new slot map.
     let mut resumed = None;
+    let mut promoted = None;
     let deadline = killed_at + Duration::from_secs(30);
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if !masters().contains(&victim) && masters().len() == 3 {
+        let now = masters();
+        if !now.contains(&victim) && now.len() == 3 {
+            promoted.get_or_insert_with(|| killed_at.elapsed());
             let answer = batch(&client, &url, None).await;
             if check_channels(&answer, &channels) == channels.len() {
                 resumed = Some(killed_at.elapsed());
@@ -382,7 +385,8 @@ async fn a_redis_master_killed_under_load_fails_over_and_porter_follows() {
         .count();
     let refused_tokens = seen.iter().filter(|(_, _, status)| *status == 503).count();
     println!(
-        "redis failover: master redis-{victim} killed; normal answers resumed after {resumed:?}; \
+        "redis failover: master redis-{victim} killed; replica promoted after {promoted:?}, \
+         normal answers resumed after {resumed:?}; \
          {} load rounds, {degraded} with channels signed without their events, \
          {refused_tokens} token batches refused 503 store_unavailable",
         seen.len()
@@ -397,7 +401,8 @@ async fn a_redis_master_killed_under_load_fails_over_and_porter_follows() {
         "the load ended on normal answers"
     );
 
-    // The killed node comes back, rejoins as a replica, and the cluster is whole again.
+    // The killed node comes back, rejoins as a replica, and the cluster is whole again: only
+    // once the replica has its master's data could it take over in turn.
     cluster_script(&["start-node", "redis", &victim.to_string()]);
     eventually(
         "the restarted node to rejoin as a replica",
@@ -405,7 +410,7 @@ async fn a_redis_master_killed_under_load_fails_over_and_porter_follows() {
         || async {
             let (all_up, text) = redis_status();
             let rejoined = text.lines().any(|line| {
-                line.starts_with(&format!("redis-{victim} ")) && line.contains(" slave ")
+                line.starts_with(&format!("redis-{victim} ")) && line.contains(" slave synced ")
             });
             (all_up && rejoined && text.lines().all(|line| line.contains("cluster_state:ok")))
                 .then_some(())
