@@ -154,6 +154,8 @@ pub struct Backends {
         hide_env_values = true
     )]
     pub amqp_url: String,
+    /// One Redis (`redis://[user:password@]host:port/db`) or a Redis Cluster
+    /// (`redis+cluster://host1:port1,host2:port2,...`, credentials before the first host).
     #[arg(
         long,
         env = "REDIS_URL",

@@ -22,7 +22,7 @@ pub enum Target {
 
 fn refused(why: &str) -> StoreError {
     StoreError::Unavailable(format!(
-        "invalid Redis Cluster URL: {why} (expected {CLUSTER_SCHEME}[user:password@]host:port,host:port,...)"
+        "invalid Redis Cluster URL: {why} (expected {CLUSTER_SCHEME}host1:port1,host2:port2,...; credentials go before the first host, as in a redis:// URL)"
     ))
 }
 
