@@ -220,6 +220,18 @@ impl Deployment {
         }
     }
 
+    /// A worker of the deployment with these arguments after `worker` (concurrency,
+    /// prefetch, `--http-listen`, …).
+    pub fn worker_with(&self, args: &[&str]) -> Proc {
+        let mut command = self.command(&[&["worker"], args].concat());
+        self.route_output(&mut command, "worker");
+        let child = command.spawn().expect("start worker");
+        Proc {
+            child,
+            name: "worker".into(),
+        }
+    }
+
     /// Waits until `/readyz` says the gateway is connected to the broker and Redis.
     pub async fn wait_ready(&self) {
         let client = reqwest::Client::new();
