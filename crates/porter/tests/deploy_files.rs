@@ -1067,6 +1067,52 @@ fn porter_pods_run_unprivileged_with_probes_resources_and_a_rolling_policy() {
 }
 
 #[test]
+fn autoscalers_own_the_replica_counts() {
+    for dir in KUSTOMIZATIONS {
+        let objects = render(dir);
+        let hpa = object(&objects, "HorizontalPodAutoscaler", "porter-gateway");
+        let keda = object(&objects, "ScaledObject", "porter-worker");
+        for (deployment, scaler) in [("porter-gateway", hpa), ("porter-worker", keda)] {
+            let replicas =
+                &object(&objects, "Deployment", deployment).expect("it")["spec"]["replicas"];
+            if scaler.is_some() {
+                // A count in the manifest would scale a busy deployment down on every apply.
+                assert_eq!(
+                    replicas,
+                    &Value::Null,
+                    "{dir}: {deployment} leaves the count to its autoscaler"
+                );
+            } else {
+                assert_eq!(
+                    replicas, 1,
+                    "{dir}: without an autoscaler, one {deployment}"
+                );
+            }
+        }
+        if let Some(hpa) = hpa {
+            let spec = &hpa["spec"];
+            assert_eq!(spec["scaleTargetRef"]["name"], "porter-gateway");
+            assert!(
+                spec["minReplicas"].as_i64().unwrap_or(0) >= 2,
+                "{dir}: two gateways at least"
+            );
+            assert_eq!(spec["metrics"][0]["resource"]["name"], "cpu");
+            let up = &spec["behavior"]["scaleUp"];
+            let down = &spec["behavior"]["scaleDown"];
+            assert_eq!(up["stabilizationWindowSeconds"], 0, "{dir}: up at once");
+            assert!(
+                down["stabilizationWindowSeconds"].as_i64().unwrap_or(0) >= 300,
+                "{dir}: down after a while"
+            );
+            assert_eq!(
+                down["policies"][0]["value"], 1,
+                "{dir}: one gateway at a time"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_policy_change_rolls_the_pods() {
     for dir in KUSTOMIZATIONS {
         let objects = render(dir);
