@@ -129,10 +129,14 @@ impl From<redis::RedisError> for StoreError {
             || error.is_connection_dropped()
             || error.is_connection_refusal()
             || error.is_timeout()
-            || error.is_cluster_error()
+            // Not `is_cluster_error`: a `MOVED` or `ASK` is an answer (a slot moved), which
+            // the batch look-up handles, not an outage that should open a breaker.
             || matches!(
                 error.kind(),
-                redis::ErrorKind::ClusterDown | redis::ErrorKind::MasterDown
+                redis::ErrorKind::ClusterDown
+                    | redis::ErrorKind::MasterDown
+                    | redis::ErrorKind::TryAgain
+                    | redis::ErrorKind::ClusterConnectionNotFound
             )
         {
             StoreError::Unavailable(error.to_string())

@@ -56,6 +56,162 @@ on_both!(
     sessions_slide_and_are_only_ever_shortened,
 );
 
+/// A plain connection to one node of the cluster, by port.
+async fn node(port: u16) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// The masters of the cluster as (node id, port), from `CLUSTER NODES`.
+async fn masters() -> Vec<(String, u16)> {
+    let mut any = node(7001).await;
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut any)
+        .await
+        .unwrap();
+    nodes
+        .lines()
+        .filter(|line| line.contains("master") && !line.contains("fail"))
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let id = fields.next()?.to_owned();
+            let port = fields.next()?.split(['@', ':']).nth(1)?.parse().ok()?;
+            Some((id, port))
+        })
+        .collect()
+}
+
+/// Moves `slot` with its keys from one master to another, as `redis-cli --cluster reshard`
+/// does: IMPORTING / MIGRATING, MIGRATE the keys, then the new owner on every master.
+async fn move_slot(slot: u16, from: &(String, u16), to: &(String, u16)) {
+    let (mut source, mut target) = (node(from.1).await, node(to.1).await);
+    let set = |state: &str, id: &str| {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SETSLOT").arg(slot).arg(state).arg(id);
+        cmd
+    };
+    let _: () = set("IMPORTING", &from.0)
+        .query_async(&mut target)
+        .await
+        .unwrap();
+    let _: () = set("MIGRATING", &to.0)
+        .query_async(&mut source)
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("CLUSTER")
+        .arg("GETKEYSINSLOT")
+        .arg(slot)
+        .arg(1000)
+        .query_async(&mut source)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(to.1)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(&keys)
+            .query_async(&mut source)
+            .await
+            .unwrap();
+    }
+    for (_, port) in masters().await {
+        let mut master = node(port).await;
+        let _: () = set("NODE", &to.0).query_async(&mut master).await.unwrap();
+    }
+}
+
+/// A slot moved between shards after the store read its shard map (a resharding): the batch
+/// look-up meets `MOVED`, re-reads the map and still answers every entry right.
+#[tokio::test]
+async fn a_look_up_after_a_resharding_still_reads_every_entry() {
+    let store = store_on(Target::Cluster, "reshard");
+    // The moved slot holds only this test's keys: they share a hash tag of their own.
+    let tag = format!("reshard-{}", std::process::id());
+    let tagged: Vec<String> = (0..3).map(|i| format!("private-{{{tag}}}-{i}")).collect();
+    let others: Vec<String> = (0..12).map(|i| format!("private-reshard-{i}")).collect();
+    let channels: Vec<&String> = tagged.iter().chain(&others).collect();
+    for channel in &channels {
+        store
+            .put_cached(channel, "ANNON", channel, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    let lookups: Vec<CacheLookup<'_>> = channels
+        .iter()
+        .map(|channel| CacheLookup {
+            channel,
+            scope: "ANNON",
+        })
+        .collect();
+    let expected: Vec<Option<String>> = channels.iter().map(|c| Some((*c).clone())).collect();
+    assert_eq!(store.cached(&lookups).await.unwrap(), expected);
+
+    let slot = redis::cluster_routing::get_slot(tag.as_bytes());
+    let masters = masters().await;
+    let owner = {
+        let mut any = node(7001).await;
+        let slots: redis::Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut any)
+            .await
+            .unwrap();
+        let redis::Value::Array(ranges) = slots else {
+            panic!("CLUSTER SLOTS: {slots:?}");
+        };
+        ranges
+            .iter()
+            .find_map(|range| {
+                let redis::Value::Array(fields) = range else {
+                    return None;
+                };
+                let (redis::Value::Int(start), redis::Value::Int(end)) = (&fields[0], &fields[1])
+                else {
+                    return None;
+                };
+                let redis::Value::Array(master) = &fields[2] else {
+                    return None;
+                };
+                let redis::Value::Int(port) = master[1] else {
+                    return None;
+                };
+                (*start..=*end)
+                    .contains(&i64::from(slot))
+                    .then_some(port as u16)
+            })
+            .expect("the slot has an owner")
+    };
+    let from = masters
+        .iter()
+        .find(|m| m.1 == owner)
+        .expect("owner")
+        .clone();
+    let to = masters
+        .iter()
+        .find(|m| m.1 != owner)
+        .expect("another master")
+        .clone();
+    move_slot(slot, &from, &to).await;
+    let answer = store.cached(&lookups).await;
+    let again = store.cached(&lookups).await;
+    // Put the slot back before asserting, so the cluster is as it was whatever happens.
+    move_slot(slot, &to, &from).await;
+    assert_eq!(answer.unwrap(), expected, "the look-up that met MOVED");
+    assert_eq!(again.unwrap(), expected, "the look-up over the re-read map");
+    assert_eq!(
+        store.cached(&lookups).await.unwrap(),
+        expected,
+        "after the slot moved back"
+    );
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
