@@ -356,3 +356,100 @@ impl Drop for InFlight<'_> {
         self.0.dec();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn has_line(page: &str, line: &str) -> bool {
+        page.lines().any(|l| l == line)
+    }
+
+    #[test]
+    fn every_metric_keeps_its_name_and_type_from_the_first_scrape() {
+        let metrics = WorkerMetrics::new(["open"]);
+        metrics.refusal(Queue::Auth, &Reason::Forbidden);
+        metrics.webhook_call(Duration::from_millis(3), Some(WebhookFailure::Timeout));
+        let page = metrics.render(None);
+        for (name, kind) in [
+            ("porter_worker_tasks_total", "counter"),
+            ("porter_worker_refusals_total", "counter"),
+            ("porter_worker_redelivered_tasks_total", "counter"),
+            ("porter_worker_task_duration_seconds", "histogram"),
+            ("porter_worker_tasks_in_flight", "gauge"),
+            ("porter_worker_concurrency_limit", "gauge"),
+            ("porter_worker_webhook_duration_seconds", "histogram"),
+            ("porter_worker_webhook_failures_total", "counter"),
+            ("porter_worker_store_errors_total", "counter"),
+            ("porter_worker_broker_connected", "gauge"),
+        ] {
+            assert!(
+                has_line(&page, &format!("# TYPE {name} {kind}")),
+                "{name} {kind}:\n{page}"
+            );
+        }
+        for queue in ["auth", "auth/high"] {
+            for outcome in TaskOutcome::ALL {
+                let line = format!(
+                    "porter_worker_tasks_total{{queue=\"{queue}\",outcome=\"{}\"}} 0",
+                    outcome.label()
+                );
+                assert!(has_line(&page, &line), "{line}");
+            }
+        }
+        assert!(has_line(
+            &page,
+            r#"porter_worker_webhook_failures_total{kind="timeout"} 1"#
+        ));
+        assert!(!page.contains("# EOF"), "{page}");
+    }
+
+    #[test]
+    fn labels_stay_few_whatever_the_tasks_say() {
+        let metrics = WorkerMetrics::new(["open"]);
+        metrics.refusal(Queue::Auth, &Reason::Application("no such seat 1".into()));
+        metrics.refusal(Queue::Auth, &Reason::Application("no such seat 2".into()));
+        metrics.refusal(Queue::AuthHigh, &Reason::ClaimMismatch("tenant".into()));
+        metrics.task_duration("open", Duration::from_millis(1));
+        metrics.task_duration("made-up-rule", Duration::from_millis(1));
+        let page = metrics.render(None);
+        for line in [
+            r#"porter_worker_refusals_total{queue="auth",reason="application"} 2"#,
+            r#"porter_worker_refusals_total{queue="auth/high",reason="claim_mismatch"} 1"#,
+            r#"porter_worker_task_duration_seconds_count{rule="open"} 1"#,
+            r#"porter_worker_task_duration_seconds_count{rule="unknown"} 1"#,
+        ] {
+            assert!(has_line(&page, line), "missing `{line}` in:\n{page}");
+        }
+        assert!(!page.contains("seat"), "{page}");
+        assert!(!page.contains("made-up-rule"), "{page}");
+    }
+
+    #[test]
+    fn the_sources_counts_and_connection_are_mirrored_and_in_flight_tasks_counted() {
+        let metrics = WorkerMetrics::default();
+        let source = SourceStatus::default();
+        source.set_connected(true);
+        source.count_unauthenticated(Queue::AuthHigh);
+        source.count_unauthenticated(Queue::AuthHigh);
+        let held = metrics.in_flight();
+        let page = metrics.render(Some(&source));
+        assert!(
+            has_line(&page, "porter_worker_broker_connected 1"),
+            "{page}"
+        );
+        assert!(has_line(&page, "porter_worker_tasks_in_flight 1"), "{page}");
+        assert!(has_line(
+            &page,
+            r#"porter_worker_tasks_total{queue="auth/high",outcome="unauthenticated"} 2"#
+        ));
+        drop(held);
+        source.set_connected(false);
+        let page = metrics.render(Some(&source));
+        assert!(
+            has_line(&page, "porter_worker_broker_connected 0"),
+            "{page}"
+        );
+        assert!(has_line(&page, "porter_worker_tasks_in_flight 0"), "{page}");
+    }
+}

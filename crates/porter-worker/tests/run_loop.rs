@@ -1,5 +1,6 @@
 //! The worker's run loop in process: deadlines, time limits, reply-then-ack, failed replies,
-//! malformed and foreign tasks, the concurrency bound and the drain on shutdown.
+//! malformed and foreign tasks, the concurrency bound, the give-up on tasks delivered too
+//! often, the hand-back before the drain on shutdown, and what the metrics count.
 //!
 //! Each test drives `Worker::run` with a scripted source and reads the journal of what the
 //! source, the responders and the store saw. Time is tokio's paused clock, so a time limit
@@ -7,15 +8,20 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use porter_core::policy::Policy;
+use porter_core::routing::Queue;
 use porter_core::wire::Task;
 use porter_store::Store;
+use porter_worker::WorkerMetrics;
+use porter_worker::metrics::TaskOutcome;
 use porter_worker::registry::Registry;
+use porter_worker::runner::GIVE_UP_AFTER;
 use support::{
-    Delivery, Gate, Journal, ScriptedSource, Step, gateway_task, policy, recorded_store, settle,
-    within_an_hour, worker,
+    Delivery, Gate, Journal, ScriptedSource, Step, StopSwitch, gateway_task, policy,
+    recorded_store, settle, within_an_hour, worker,
 };
 
 /// `team` channels need a membership in the store; `open` ones let anyone in.
@@ -282,8 +288,8 @@ async fn never_more_than_the_concurrency_bound_run_at_once() {
 
     settle().await;
     assert_eq!(gate.inside(), BOUND, "the bound was not used or not kept");
-    // It may hold one delivery waiting for a slot, but does not take the whole queue.
-    assert!(journal.pulled() <= BOUND + 1, "pulled {}", journal.pulled());
+    // A task is taken only with a free slot: none waits in the loop.
+    assert_eq!(journal.pulled(), BOUND);
 
     for released in 1..=TASKS {
         gate.open(1);
@@ -297,5 +303,166 @@ async fn never_more_than_the_concurrency_bound_run_at_once() {
     assert_eq!(gate.most_inside(), BOUND);
     for tag in &tags {
         assert_eq!(journal.reply(tag)["ok"], true);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_while_every_slot_is_busy_hands_back_before_the_drain() {
+    const BOUND: usize = 2;
+    let journal = Journal::default();
+    let policy = policy(POLICY);
+    let gate = Gate::new();
+    let switch = StopSwitch::new();
+    let source = ScriptedSource::held_open(
+        ["first", "second", "waiting"].map(|tag| Delivery::of(open_task(&policy, tag))),
+        &journal,
+        &switch,
+    );
+    let worker = worker(&policy, recorded_store(&journal), gate.registry(), BOUND);
+    let run = tokio::spawn(async move { worker.run(source).await });
+
+    settle().await;
+    assert_eq!(gate.inside(), BOUND);
+    assert_eq!(journal.pulled(), BOUND, "{:?}", journal.steps());
+
+    // The signal comes while the loop waits for a slot, not inside the source.
+    switch.stop();
+    settle().await;
+    assert!(journal.steps().contains(&Step::StoppedConsuming));
+    assert_eq!(journal.count(|s| matches!(s, Step::Acked(_))), 0);
+    assert!(!run.is_finished(), "returned with tasks in hand");
+
+    gate.open(BOUND);
+    within_an_hour(run).await.unwrap();
+    let steps = journal.steps();
+    assert_eq!(steps.last(), Some(&Step::Shutdown), "{steps:?}");
+    let stopped_at = steps
+        .iter()
+        .position(|s| *s == Step::StoppedConsuming)
+        .unwrap();
+    let first_ack = steps
+        .iter()
+        .position(|s| matches!(s, Step::Acked(_)))
+        .unwrap();
+    assert!(
+        stopped_at < first_ack,
+        "handed back after the drain: {steps:?}"
+    );
+    // The third was never taken: it stays with the source, to be handed back.
+    assert!(journal.of("waiting").is_empty(), "{steps:?}");
+    for tag in ["first", "second"] {
+        assert_eq!(journal.reply(tag)["ok"], true);
+    }
+    assert_eq!(journal.count(|s| *s == Step::StoppedConsuming), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_delivered_too_often_is_refused_without_running() {
+    let journal = Journal::default();
+    let policy = policy(POLICY);
+    let store = recorded_store(&journal);
+    store
+        .inner
+        .add_member("private-team@1", "alice")
+        .await
+        .unwrap();
+    let metrics = Arc::new(WorkerMetrics::new(["team", "open"]));
+    let source = ScriptedSource::new(
+        [
+            Delivery::of(team_task(&policy, "poison", "alice")).redelivered(Some(GIVE_UP_AFTER)),
+            Delivery::of(team_task(&policy, "retried", "alice"))
+                .redelivered(Some(GIVE_UP_AFTER - 1)),
+            // A classic queue: redelivered, but no count to give up on.
+            Delivery::of(team_task(&policy, "classic", "alice")).redelivered(None),
+        ],
+        &journal,
+    );
+
+    within_an_hour(
+        worker(&policy, store, Registry::builtin(), 1)
+            .with_metrics(metrics.clone())
+            .run(source),
+    )
+    .await;
+
+    let poison = journal.reply("poison");
+    assert_eq!(poison["ok"], false);
+    assert_eq!(poison["reason"], "internal_error");
+    assert!(journal.steps().contains(&Step::Acked("poison".into())));
+    assert_eq!(journal.reply("retried")["ok"], true);
+    assert_eq!(journal.reply("classic")["ok"], true);
+    // Only the two that ran asked the store.
+    assert_eq!(journal.store_calls(), 2, "{:?}", journal.steps());
+    assert_eq!(metrics.task_count(Queue::Auth, TaskOutcome::GaveUp), 1);
+    assert_eq!(metrics.task_count(Queue::Auth, TaskOutcome::Allowed), 2);
+    let page = metrics.render(None);
+    assert!(
+        page.lines()
+            .any(|l| l == r#"porter_worker_redelivered_tasks_total{queue="auth"} 3"#),
+        "{page}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_outcome_is_counted_once_by_queue_reason_and_rule() {
+    let journal = Journal::default();
+    let policy = policy(POLICY);
+    let store = recorded_store(&journal);
+    store
+        .inner
+        .add_member("private-team@1", "alice")
+        .await
+        .unwrap();
+    let gate = Gate::new();
+    let metrics = Arc::new(WorkerMetrics::new(["team", "open"]));
+    let source = ScriptedSource::new(
+        [
+            Delivery::of(team_task(&policy, "member", "alice")),
+            Delivery::of(team_task(&policy, "stranger", "mallory")),
+            Delivery::of(team_task(&policy, "late", "alice")).past_deadline(),
+            Delivery::malformed("garbage", "expected value"),
+            Delivery::of(open_task(&policy, "stuck")).time_limit(Duration::from_millis(100)),
+        ],
+        &journal,
+    );
+    let worker = worker(&policy, store, gate.registry(), 1).with_metrics(metrics.clone());
+    // The gate holds the allowed tasks in the authorizer: it lets the member through and
+    // keeps the open one until its time limit.
+    gate.open(1);
+
+    within_an_hour(worker.run(source)).await;
+
+    assert_eq!(journal.reply("member")["ok"], true);
+    assert_eq!(journal.reply("stranger")["reason"], "forbidden");
+    assert_eq!(journal.reply("stuck")["reason"], "time limit exceeded");
+    for (outcome, count) in [
+        (TaskOutcome::Allowed, 1),
+        (TaskOutcome::Refused, 1),
+        (TaskOutcome::Expired, 1),
+        (TaskOutcome::Malformed, 1),
+        (TaskOutcome::TimeLimitExceeded, 1),
+        (TaskOutcome::GaveUp, 0),
+    ] {
+        assert_eq!(
+            metrics.task_count(Queue::Auth, outcome),
+            count,
+            "{outcome:?}"
+        );
+        assert_eq!(metrics.task_count(Queue::AuthHigh, outcome), 0);
+    }
+    let page = metrics.render(None);
+    for line in [
+        r#"porter_worker_refusals_total{queue="auth",reason="forbidden"} 1"#,
+        // The two team tasks that ran, and the one cut off under `open`.
+        r#"porter_worker_task_duration_seconds_count{rule="team"} 2"#,
+        r#"porter_worker_task_duration_seconds_count{rule="open"} 1"#,
+        "porter_worker_tasks_in_flight 0",
+        "porter_worker_concurrency_limit 1",
+        "porter_worker_broker_connected 0",
+    ] {
+        assert!(
+            page.lines().any(|l| l == line),
+            "missing `{line}` in:\n{page}"
+        );
     }
 }

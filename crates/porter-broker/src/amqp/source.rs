@@ -365,3 +365,49 @@ impl Responder for AmqpResponder {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::{AMQPValue, FieldTable};
+
+    use super::*;
+
+    fn with_header(value: AMQPValue) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(DELIVERY_COUNT_HEADER.into(), value);
+        BasicProperties::default().with_headers(headers)
+    }
+
+    #[test]
+    fn the_quorum_queues_delivery_count_is_read_whatever_integer_type_carries_it() {
+        for value in [
+            AMQPValue::LongLongInt(3),
+            AMQPValue::LongInt(3),
+            AMQPValue::LongUInt(3),
+            AMQPValue::ShortUInt(3),
+            AMQPValue::ShortShortUInt(3),
+        ] {
+            assert_eq!(
+                delivery_count(&with_header(value.clone())),
+                Some(3),
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_count_on_a_classic_queue_or_from_a_header_that_is_not_a_count() {
+        assert_eq!(delivery_count(&BasicProperties::default()), None);
+        for value in [
+            AMQPValue::LongLongInt(-1),
+            AMQPValue::LongString("3".into()),
+            AMQPValue::Boolean(true),
+        ] {
+            assert_eq!(
+                delivery_count(&with_header(value.clone())),
+                None,
+                "{value:?}"
+            );
+        }
+    }
+}

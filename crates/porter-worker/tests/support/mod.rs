@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use porter_broker::{BrokerError, DeliveryHistory, Incoming, Responder, TaskSource, now_ms};
 use porter_core::channel::Channel;
 use porter_core::policy::Policy;
@@ -26,7 +27,7 @@ use porter_store::{Keys, StoreError};
 use porter_worker::registry::{Context, Receiver, Registry};
 use porter_worker::{Authorizer, Worker, WorkerConfig};
 use serde_json::Value;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 /// A time limit long enough never to fire in a test that is not about time limits.
 pub const NO_TIME_LIMIT: Duration = Duration::from_secs(24 * 3600);
@@ -46,6 +47,8 @@ pub enum Step {
     ReplyFailed(String),
     /// The responder acknowledged the delivery.
     Acked(String),
+    /// The worker told the source to stop consuming and hand back what it buffered.
+    StoppedConsuming,
     /// The worker shut the source down.
     Shutdown,
 }
@@ -172,10 +175,12 @@ impl Delivery {
     }
 }
 
-/// Hands out its deliveries in order, then reports that it has stopped.
+/// Hands out its deliveries in order, then reports that it has stopped; or, held open with a
+/// [`StopSwitch`], waits like a broker with an empty queue until the switch is thrown.
 pub struct ScriptedSource {
     deliveries: VecDeque<Delivery>,
     journal: Journal,
+    stop: Option<watch::Receiver<bool>>,
 }
 
 impl ScriptedSource {
@@ -183,14 +188,51 @@ impl ScriptedSource {
         ScriptedSource {
             deliveries: deliveries.into_iter().collect(),
             journal: journal.clone(),
+            stop: None,
         }
     }
+
+    /// A source that ends only when `switch` is thrown, as a signal stops a real one.
+    pub fn held_open(
+        deliveries: impl IntoIterator<Item = Delivery>,
+        journal: &Journal,
+        switch: &StopSwitch,
+    ) -> Self {
+        ScriptedSource {
+            stop: Some(switch.0.subscribe()),
+            ..ScriptedSource::new(deliveries, journal)
+        }
+    }
+}
+
+/// Stops a [`ScriptedSource::held_open`] source.
+pub struct StopSwitch(watch::Sender<bool>);
+
+impl StopSwitch {
+    pub fn new() -> StopSwitch {
+        StopSwitch(watch::channel(false).0)
+    }
+
+    pub fn stop(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 #[async_trait]
 impl TaskSource for ScriptedSource {
     async fn next(&mut self) -> Option<Incoming> {
+        if self.stop.as_ref().is_some_and(|stop| *stop.borrow()) {
+            self.journal.push(Step::SourceEnded);
+            return None;
+        }
         let Some(delivery) = self.deliveries.pop_front() else {
+            if let Some(stop) = &self.stop {
+                stopped(stop.clone()).await;
+            }
             self.journal.push(Step::SourceEnded);
             return None;
         };
@@ -208,6 +250,17 @@ impl TaskSource for ScriptedSource {
                 journal: self.journal.clone(),
             }),
         })
+    }
+
+    fn stopping(&self) -> BoxFuture<'static, ()> {
+        match &self.stop {
+            Some(stop) => Box::pin(stopped(stop.clone())),
+            None => Box::pin(std::future::pending()),
+        }
+    }
+
+    async fn stop_consuming(&mut self) {
+        self.journal.push(Step::StoppedConsuming);
     }
 
     async fn shutdown(&mut self) {
