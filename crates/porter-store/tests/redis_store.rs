@@ -227,7 +227,19 @@ fn store_on(target: Target, test: &str) -> RedisStore {
     let prefix = format!("porter-test.store.{test}.{}.{nanos}.", std::process::id());
     let url = match target {
         Target::Single => REDIS_URL.to_owned(),
-        Target::Cluster => cluster_url(),
+        Target::Cluster => {
+            let first = cluster_url()
+                .trim_start_matches("redis+cluster://")
+                .split(',')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            assert!(
+                std::net::TcpStream::connect(&first).is_ok(),
+                "no Redis Cluster node answers on {first}: start one with `scripts/cluster.sh up redis`"
+            );
+            cluster_url()
+        }
     };
     RedisStore::new(&url, Keys::new(prefix), 4).expect("a valid URL")
 }
