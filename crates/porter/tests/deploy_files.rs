@@ -848,6 +848,26 @@ fn the_production_secrets_example_has_the_keys_the_manifests_read() {
     );
 }
 
+/// The trigger metadata KEDA 2.16's rabbitmq scaler reads (keda.sh's rabbitmq-queue page).
+const RABBITMQ_SCALER_PARAMETERS: [&str; 16] = [
+    "host",
+    "hostFromEnv",
+    "protocol",
+    "mode",
+    "value",
+    "activationValue",
+    "queueName",
+    "vhostName",
+    "usernameFromEnv",
+    "passwordFromEnv",
+    "unsafeSsl",
+    "timeout",
+    "excludeUnacknowledged",
+    "useRegex",
+    "pageSize",
+    "operation",
+];
+
 #[test]
 fn keda_scales_workers_on_both_task_queues_with_the_deployments_prefix() {
     let mut scaled = 0;
@@ -906,6 +926,19 @@ fn keda_scales_workers_on_both_task_queues_with_the_deployments_prefix() {
             .expect("a numeric target");
         for trigger in triggers {
             assert_eq!(trigger["type"], "rabbitmq");
+            // The schema leaves a trigger's metadata free-form: check it against the
+            // parameters KEDA 2.16's rabbitmq scaler reads, so a misspelt one fails here.
+            for key in trigger["metadata"].as_object().expect("metadata").keys() {
+                assert!(
+                    RABBITMQ_SCALER_PARAMETERS.contains(&key.as_str()),
+                    "{dir}: the rabbitmq scaler has no parameter {key}"
+                );
+            }
+            let value: f64 = trigger["metadata"]["value"]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .expect("a numeric value");
+            assert!(value >= 1.0, "{dir}: a queue-length target per pod");
             assert_eq!(trigger["metadata"]["mode"], "QueueLength");
             assert_eq!(trigger["authenticationRef"]["name"], "porter-rabbitmq");
             let name = trigger["name"].as_str().expect("a named trigger");
