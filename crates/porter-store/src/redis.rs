@@ -837,3 +837,35 @@ mod url_tests {
         assert!(!text.contains(PASSWORD), "{text}");
     }
 }
+
+#[cfg(test)]
+mod outage_tests {
+    //! A Redis that accepts connections and never answers (hung, or a black hole): the first
+    //! call waits out the call timeout, the next ones fail at once (the breaker), instead of
+    //! each waiting a timeout of its own.
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_redis_that_hangs_costs_one_timeout_then_calls_fail_fast() {
+        // The kernel completes the handshake from the backlog; nothing ever reads or answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a local port");
+        let port = listener.local_addr().expect("its address").port();
+        let store = RedisStore::new(&format!("redis://127.0.0.1:{port}/"), Keys::default(), 1)
+            .expect("a well-formed URL");
+        let first = store.retained_events("private-a@1").await;
+        assert!(
+            matches!(first, Err(StoreError::Timeout | StoreError::Unavailable(_))),
+            "{first:?}"
+        );
+        for _ in 0..3 {
+            match store.retained_events("private-a@1").await {
+                Err(StoreError::Unavailable(text)) => {
+                    assert!(text.contains("failing fast"), "{text}")
+                }
+                other => panic!("expected a fast failure, got {other:?}"),
+            }
+        }
+        drop(listener);
+    }
+}
