@@ -1146,6 +1146,28 @@ fn autoscalers_own_the_replica_counts() {
 }
 
 #[test]
+fn the_ingress_routes_only_the_client_api() {
+    let objects = render("deploy/k8s/base");
+    let ingress = object(&objects, "Ingress", "porter-gateway").expect("the Ingress example");
+    let mut paths = Vec::new();
+    for rule in ingress["spec"]["rules"].as_array().expect("rules") {
+        for path in rule["http"]["paths"].as_array().expect("paths") {
+            assert_eq!(path["backend"]["service"]["name"], "porter-gateway");
+            paths.push(path["path"].as_str().expect("a path").to_owned());
+        }
+    }
+    assert!(paths.contains(&"/pusher".to_owned()), "{paths:?}");
+    for path in &paths {
+        for internal in ["/metrics", "/healthz", "/readyz", "/admin"] {
+            assert!(
+                !internal.starts_with(path.as_str()),
+                "the Ingress routes {path}, which reaches {internal}: keep it inside the cluster"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_policy_change_rolls_the_pods() {
     for dir in KUSTOMIZATIONS {
         let objects = render(dir);
