@@ -54,7 +54,7 @@ pub enum TaskOutcome {
     Malformed,
     /// Dropped by the source: it did not authenticate under the task keys.
     Unauthenticated,
-    /// Delivered too many times: refused without running (see `runner::GIVE_UP_AFTER`).
+    /// Delivered too many times: refused without running (see `runner::GIVE_UP_DELIVERY_COUNT`).
     GaveUp,
 }
 

@@ -29,11 +29,18 @@ const DEFAULT_TIME_LIMIT: Duration = Route::DEFAULT.time_limit;
 /// Why: a task whose authorization kills the worker that runs it (a crash, an out-of-memory
 /// kill) is never acknowledged, so the broker hands it to the next worker, which it kills
 /// too. Only quorum queues count deliveries (`x-delivery-count`), and they drop a message
-/// past the queue's `x-delivery-limit` without a word; giving up below that limit answers the
+/// past the queue's `x-delivery-limit` (`porter_broker::amqp::QUORUM_DELIVERY_LIMIT`, above
+/// this) without a word; giving up below that limit answers the
 /// gateway (`internal_error`, logged with the task id and the count) instead of leaving its
 /// channel to time out. Three earlier deliveries leave room for what is not the task's fault:
 /// each hand-back of a drain and each lost connection also counts as a delivery.
-pub const GIVE_UP_AFTER: u64 = 3;
+pub const GIVE_UP_DELIVERY_COUNT: u64 = 3;
+
+// The worker must give up before the broker drops the task silently.
+const _: () = assert!(
+    (GIVE_UP_DELIVERY_COUNT as i64) < porter_broker::amqp::QUORUM_DELIVERY_LIMIT,
+    "GIVE_UP_DELIVERY_COUNT must stay below the quorum queues' x-delivery-limit"
+);
 
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerConfig {
@@ -192,9 +199,9 @@ pub async fn handle(authorizer: &Authorizer, metrics: &WorkerMetrics, incoming: 
     .await;
 }
 
-/// Whether a task has been delivered too often to run ([`GIVE_UP_AFTER`]).
+/// Whether a task has been delivered too often to run ([`GIVE_UP_DELIVERY_COUNT`]).
 fn gives_up(history: DeliveryHistory) -> bool {
     history
         .previous_deliveries
-        .is_some_and(|count| count >= GIVE_UP_AFTER)
+        .is_some_and(|count| count >= GIVE_UP_DELIVERY_COUNT)
 }

@@ -18,7 +18,7 @@ use porter_store::Store;
 use porter_worker::WorkerMetrics;
 use porter_worker::metrics::TaskOutcome;
 use porter_worker::registry::Registry;
-use porter_worker::runner::GIVE_UP_AFTER;
+use porter_worker::runner::GIVE_UP_DELIVERY_COUNT;
 use support::{
     Delivery, Gate, Journal, ScriptedSource, Step, StopSwitch, gateway_task, policy,
     recorded_store, settle, within_an_hour, worker,
@@ -369,9 +369,10 @@ async fn a_task_delivered_too_often_is_refused_without_running() {
     let metrics = Arc::new(WorkerMetrics::new(["team", "open"]));
     let source = ScriptedSource::new(
         [
-            Delivery::of(team_task(&policy, "poison", "alice")).redelivered(Some(GIVE_UP_AFTER)),
+            Delivery::of(team_task(&policy, "poison", "alice"))
+                .redelivered(Some(GIVE_UP_DELIVERY_COUNT)),
             Delivery::of(team_task(&policy, "retried", "alice"))
-                .redelivered(Some(GIVE_UP_AFTER - 1)),
+                .redelivered(Some(GIVE_UP_DELIVERY_COUNT - 1)),
             // A classic queue: redelivered, but no count to give up on.
             Delivery::of(team_task(&policy, "classic", "alice")).redelivered(None),
         ],
