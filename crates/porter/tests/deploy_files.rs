@@ -1442,30 +1442,6 @@ fn gateway_source() -> String {
     all
 }
 
-/// Starts a worker of the deployment with its listener on `port`.
-fn worker_with_listener(deployment: &common::Deployment, port: u16) -> common::Proc {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_porter"));
-    command
-        .args(["worker", "--concurrency", "16", "--prefetch", "16"])
-        .args(["--http-listen", &format!("127.0.0.1:{port}")])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "warn")
-        .env("AMQP_URL", common::AMQP_URL)
-        .env("REDIS_URL", common::REDIS_URL)
-        .env("PORTER_QUEUE_PREFIX", &deployment.prefix)
-        .env("PORTER_KEY_PREFIX", &deployment.prefix)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
-    if let Some(policy) = &deployment.policy {
-        command.env("PORTER_POLICY", policy);
-    }
-    common::Proc {
-        child: command.spawn().expect("start worker"),
-        name: "worker".into(),
-    }
-}
-
 const METRICS_POLICY: &str = r#"
 [[rule]]
 name = "presence"
@@ -1497,7 +1473,8 @@ async fn dashboard_and_alerts_name_only_what_porter_exposes() {
         .with_policy(&METRICS_POLICY.replace("PORT", &hook.to_string()));
     let _gateway = deployment.gateway();
     let worker_port = common::free_port();
-    let _worker = worker_with_listener(&deployment, worker_port);
+    let listen = format!("127.0.0.1:{worker_port}");
+    let _worker = deployment.worker_with(&["--http-listen", &listen]);
     deployment.wait_ready().await;
     let client = reqwest::Client::new();
     let worker_url = |path: &str| format!("http://127.0.0.1:{worker_port}{path}");
