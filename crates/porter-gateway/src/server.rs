@@ -39,7 +39,9 @@ pub fn bind(
     workers: Option<usize>,
     edge: EdgeLimits,
 ) -> io::Result<Server> {
-    let builder = Server::build().max_concurrent_connections(edge.max_connections);
+    let builder = Server::build()
+        .max_concurrent_connections(edge.max_connections)
+        .shutdown_timeout(drain_seconds(&state));
     let builder = match workers {
         Some(workers) => builder.workers(workers.max(1)),
         None => builder,
@@ -81,6 +83,20 @@ pub fn bind(
         .and_then(http)
     })?;
     Ok(builder.run())
+}
+
+/// How long a stopping gateway lets requests in hand finish: the longest batch deadline
+/// (the largest `expires` of the policy plus the grace), rounded up, and a second to write
+/// the answer. actix's default of 30 s would cut off a policy whose `expires` is longer.
+fn drain_seconds(state: &AppState) -> u64 {
+    let longest = state
+        .policy
+        .rules()
+        .iter()
+        .map(|rule| rule.route.expires)
+        .max()
+        .unwrap_or_default();
+    (longest + state.config.grace).as_secs_f64().ceil() as u64 + 1
 }
 
 /// Audits and counts a refusal like the app's own protection refusals: a `porter::audit` line
