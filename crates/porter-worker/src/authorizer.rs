@@ -71,7 +71,14 @@ impl Authorizer {
             store: self.store.as_ref(),
             webhooks: &self.webhooks,
         };
-        decide(&rule.allow, &facts, &mut verdict).await?;
+        decide(&rule.allow, &facts, &mut verdict)
+            .await
+            .inspect_err(|reason| {
+                // The decision logs its store failure; here it is only counted.
+                if *reason == Reason::StoreUnavailable {
+                    self.metrics.store_error();
+                }
+            })?;
 
         let cx = Context {
             task,
@@ -86,6 +93,10 @@ impl Authorizer {
             tracing::warn!(channel = %task.channel, %error, "store failed while gathering data");
             crate::registry::refusal_for(&error)
         })?;
+        if cx.is_partial() {
+            // Optional data left out because the store did not answer: a store error too.
+            self.metrics.store_error();
+        }
         if channel.kind.is_presence() && data.user_id.is_none() {
             return Err(Reason::Unauthenticated);
         }

@@ -184,8 +184,21 @@ async fn the_listener_reports_health_readiness_and_counts_over_real_services() {
         "{body}"
     );
 
-    let (status, page) = get(&format!("http://{listen}/metrics")).await;
-    assert_eq!(status, 200);
+    // A task leaves the in-flight count once acked, just after its reply went out.
+    let metrics_url = format!("http://{listen}/metrics");
+    let page = eventually(
+        "the tasks in flight to be acked",
+        Duration::from_secs(10),
+        || {
+            let metrics_url = metrics_url.clone();
+            async move {
+                let (status, page) = get(&metrics_url).await;
+                (status == 200 && sample(&page, "porter_worker_tasks_in_flight") == Some(0.0))
+                    .then_some(page)
+            }
+        },
+    )
+    .await;
     for (series, value) in [
         (
             r#"porter_worker_tasks_total{queue="auth",outcome="allowed"}"#,
@@ -268,6 +281,11 @@ async fn the_listener_reports_health_readiness_and_counts_over_real_services() {
     let (_, page) = get(&format!("http://{listen}/metrics")).await;
     let series = format!(r#"porter_worker_refusals_total{{queue="auth",reason="{reason}"}}"#);
     assert_eq!(sample(&page, &series), Some(1.0), "{series} in:\n{page}");
+    assert_eq!(
+        sample(&page, "porter_worker_store_errors_total"),
+        Some(1.0),
+        "{page}"
+    );
 
     // SIGTERM: the worker drains (nothing in hand) and exits cleanly, listener and all.
     let exit = worker
