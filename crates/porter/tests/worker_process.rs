@@ -403,3 +403,41 @@ async fn a_worker_stopped_under_load_loses_no_channel() {
         )
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_or_taken_listen_address_is_exit_code_2_and_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a local port");
+    let taken = taken.local_addr().expect("its address").to_string();
+    for (address, expected) in [
+        ("nonsense", "is not an IP:PORT address"),
+        ("127.0.0.1:99999", "is not an IP:PORT address"),
+        (taken.as_str(), "cannot listen on"),
+    ] {
+        let deployment = Deployment::new("listen-address").capture_logs();
+        let mut worker = deployment.worker_with(&["--http-listen", address]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = worker.child.try_wait().expect("wait for the worker") {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{address}: the worker kept running"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(status.code(), Some(2), "{address}");
+        let logs = deployment.captured_logs();
+        let lines: Vec<&str> = logs
+            .lines()
+            .filter(|line| !line.starts_with("==> "))
+            .collect();
+        assert_eq!(lines.len(), 1, "{address}: {lines:#?}");
+        assert!(
+            lines[0].contains("--http-listen"),
+            "{address}: {}",
+            lines[0]
+        );
+        assert!(lines[0].contains(expected), "{address}: {}", lines[0]);
+    }
+}
