@@ -1,7 +1,8 @@
 //! `porter worker` as a process over the real RabbitMQ and Redis: its listener
-//! (`--http-listen`: `/healthz`, `/readyz`, `/metrics`) and its drain on SIGTERM under load.
+//! (`--http-listen`: `/healthz`, `/readyz`, `/metrics`, and a bad address), its drain on SIGTERM
+//! under load, and its give-up on a task a quorum queue delivered too often.
 //!
-//! Both tests are in one binary: every `tests/*.rs` file links the whole workspace, which
+//! All in one binary: every `tests/*.rs` file links the whole workspace, which
 //! costs tens of seconds on the 2-core CI machine.
 
 mod common;
@@ -10,6 +11,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use porter_broker::amqp::{AmqpClient, AmqpConfig, QueueType};
+use porter_broker::{Outgoing, TaskClient, now_ms};
+use porter_core::channel::ChannelKind;
+use porter_core::routing::Route;
+use porter_core::task_auth::TaskAuth;
+use porter_core::wire::{FORMAT_VERSION, Task};
 use serde_json::Value;
 
 /// Allowed by anyone, refused to non-members, and decided by the test's webhook by path.
@@ -440,4 +447,134 @@ async fn a_bad_or_taken_listen_address_is_exit_code_2_and_one_line() {
         );
         assert!(lines[0].contains(expected), "{address}: {}", lines[0]);
     }
+}
+
+/// Takes the task waiting in `queue` and hands it back `times` times, as workers that die
+/// holding it would; returns the `x-delivery-count` the broker put on the last one.
+async fn hand_back(queue: &str, times: usize) -> Option<lapin::types::AMQPValue> {
+    use lapin::options::{BasicGetOptions, BasicNackOptions};
+    let properties = lapin::ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    let connection = lapin::Connection::connect(AMQP_URL, properties)
+        .await
+        .expect("connect to RabbitMQ");
+    let channel = connection.create_channel().await.expect("a channel");
+    let mut count = None;
+    for _ in 0..times {
+        let message = eventually("the task in its queue", Duration::from_secs(10), || {
+            let channel = channel.clone();
+            async move {
+                channel
+                    .basic_get(queue, BasicGetOptions { no_ack: false })
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        })
+        .await;
+        count = message
+            .delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|headers| headers.inner().get("x-delivery-count").cloned());
+        let requeue = BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        };
+        message.delivery.acker.nack(requeue).await.expect("nack");
+    }
+    let _ = connection.close(200, "test done").await;
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_delivered_too_often_on_a_quorum_queue_is_answered_without_running() {
+    let deployment = Deployment::new("give-up")
+        .with_policy(LISTENER_POLICY)
+        .with_env("PORTER_QUEUE_TYPE", "quorum");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let client = AmqpClient::start(
+        AmqpConfig {
+            url: AMQP_URL.into(),
+            queue_prefix: deployment.prefix.clone(),
+            reply_mode: Default::default(),
+            task_auth: TaskAuth::off(),
+            queue_type: QueueType::Quorum,
+        },
+        stop.clone(),
+    );
+    assert!(client.wait_ready(Duration::from_secs(10)).await);
+    let task = Task {
+        v: FORMAT_VERSION,
+        id: uuid::Uuid::new_v4().to_string(),
+        channel: "private-open@1".into(),
+        channel_type: ChannelKind::Private,
+        feature: "open".into(),
+        object_id: Some("1".into()),
+        rule: "open".into(),
+        captures: Default::default(),
+        client_id: None,
+        user_id: None,
+        claims: Default::default(),
+        dry_run: false,
+    };
+    let waiter = client.pending().register(&task.id);
+    let route = Route {
+        expires: Duration::from_secs(60),
+        ..Route::DEFAULT
+    };
+    client
+        .publish(&[Outgoing {
+            task: &task,
+            route,
+            deadline_ms: now_ms() + 60_000,
+        }])
+        .await
+        .expect("publish");
+
+    // Three deliveries that were never acknowledged: the next one carries the count 3.
+    let queue = format!("{}auth", deployment.prefix);
+    let last_seen = hand_back(&queue, 3).await;
+    assert!(
+        matches!(
+            last_seen,
+            Some(lapin::types::AMQPValue::LongLongInt(2) | lapin::types::AMQPValue::LongInt(2))
+        ),
+        "the third delivery counts two before it: {last_seen:?}"
+    );
+
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _worker = deployment.worker_with(&["--http-listen", &listen]);
+    let reply = waiter
+        .wait_until(tokio::time::Instant::now() + Duration::from_secs(20))
+        .await
+        .expect("the worker answers the task");
+    assert_eq!(
+        reply.reason.map(|r| r.to_string()).as_deref(),
+        Some("internal_error")
+    );
+    let (_, page) = get(&format!("http://{listen}/metrics")).await;
+    for (series, value) in [
+        (
+            r#"porter_worker_tasks_total{queue="auth",outcome="gave_up"}"#,
+            1.0,
+        ),
+        (
+            r#"porter_worker_tasks_total{queue="auth",outcome="allowed"}"#,
+            0.0,
+        ),
+        (
+            r#"porter_worker_redelivered_tasks_total{queue="auth"}"#,
+            1.0,
+        ),
+        (
+            r#"porter_worker_task_duration_seconds_count{rule="open"}"#,
+            0.0,
+        ),
+    ] {
+        assert_eq!(sample(&page, series), Some(value), "{series} in:\n{page}");
+    }
+    client.close().await;
 }
