@@ -83,16 +83,18 @@ token=$("$bin" token --sub soak-user --name Soak)
 
 declare -A first max last
 samples=0
-end=$((SECONDS + seconds))
+start=$SECONDS
+end=$((start + seconds))
 while [ $SECONDS -lt $end ]; do
     sleep "$interval"
-    line="rss_kib t=${SECONDS}s"
+    elapsed=$((SECONDS - start))
+    line="rss_kib t=${elapsed}s"
     for name in gateway worker1 worker2; do
         pid=${!name}
         value=$(rss "$pid")
         line+=" $name=$value"
         last[$name]=$value
-        if [ $SECONDS -ge "$warmup" ] && [ -z "${first[$name]:-}" ]; then first[$name]=$value; fi
+        if [ "$elapsed" -ge "$warmup" ] && [ -z "${first[$name]:-}" ]; then first[$name]=$value; fi
         if [ "$value" -gt "${max[$name]:-0}" ]; then max[$name]=$value; fi
     done
     samples=$((samples + 1))
