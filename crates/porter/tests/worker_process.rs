@@ -350,6 +350,7 @@ async fn a_worker_stopped_under_load_loses_no_channel() {
 
     let client = reqwest::Client::new();
     let mut requests = Vec::with_capacity(LOAD_REQUESTS);
+    let mut draining = None;
     for i in 0..LOAD_REQUESTS {
         let channel = format!("private-slow@{i}");
         let socket_id = format!("{i}.1");
@@ -366,8 +367,37 @@ async fn a_worker_stopped_under_load_loses_no_channel() {
         if i == STOP_AFTER {
             // Mid-load: the worker holds running tasks and keeps getting new ones.
             stopped.signal_term();
+            // While it drains it is alive but not ready: it no longer consumes.
+            let readyz = format!("http://{listen_a}/readyz");
+            draining = Some(tokio::spawn(async move {
+                eventually(
+                    "the draining worker's /readyz",
+                    Duration::from_secs(20),
+                    || {
+                        let readyz = readyz.clone();
+                        async move {
+                            match get_json(&readyz).await {
+                                (503, body) => Some(Some(body)),
+                                // Gone already: the drain ended before a probe saw it.
+                                (0, _) => Some(None),
+                                _ => None,
+                            }
+                        }
+                    },
+                )
+                .await
+            }));
         }
         tokio::time::sleep(LOAD_INTERVAL).await;
+    }
+    if let Some(body) = draining.expect("the worker was stopped").await.unwrap() {
+        assert_eq!(body["consuming"], false, "{body}");
+        assert_eq!(
+            body["not_ready"],
+            serde_json::json!(["consuming"]),
+            "{body}"
+        );
+        eprintln!("draining worker's /readyz: {body}");
     }
 
     let mut lost = Vec::new();
