@@ -505,7 +505,14 @@ fn private_data_says_which_servers_accept_it() {
             ("presence", None),
         ]
     );
-    assert_eq!(under(PrivateData::Signed)[1], ("default", Some(PrivateData::Signed)));
-    assert!(PrivateData::Signed.accepted_by().contains("sockudo and soketi refuse"));
+    assert_eq!(
+        under(PrivateData::Signed)[1],
+        ("default", Some(PrivateData::Signed))
+    );
+    assert!(
+        PrivateData::Signed
+            .accepted_by()
+            .contains("sockudo and soketi refuse")
+    );
     assert!(PrivateData::Events.accepted_by().starts_with("every"));
 }
