@@ -206,11 +206,8 @@ if wait_healthy "http://127.0.0.1:$port/readyz" && wait_healthy "http://127.0.0.
         --include-path-regex '^/admin' \
         -H "Authorization: Bearer $admin_token" \
         --exclude-checks positive_data_acceptance
-    # unsupported_method left out: the listener answers another method on its paths 404
-    # not_found where the gateway answers 405 method_not_allowed (reported; restore the check
-    # once it answers 405).
     schemathesis "porter worker --http-listen" docs/openapi-worker.yaml \
-        "http://127.0.0.1:$worker_port" --exclude-checks unsupported_method
+        "http://127.0.0.1:$worker_port"
 else
     fail "porter gateway or worker never became ready (is RabbitMQ on 5672 and Redis on 6379 up?)"
 fi

@@ -8,7 +8,9 @@
 //!   consuming, so it turns not ready before it exits.
 //! - `/metrics`: [`WorkerMetrics::render`], in the Prometheus text format.
 //!
-//! Anything else answers 404 with `{"error": "not_found"}`.
+//! Another method on those paths answers 405 with `Allow: GET` and
+//! `{"error": "method_not_allowed"}`, as the gateway does; any other path 404 with
+//! `{"error": "not_found"}`.
 //!
 //! The server has one HTTP worker thread and does not listen to signals itself: the worker's
 //! own SIGTERM handling stops the task loop, and the listener keeps answering (`/readyz` 503)
@@ -53,9 +55,9 @@ impl Listener {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(health.clone())
-                .route("/healthz", web::get().to(healthz))
-                .route("/readyz", web::get().to(readyz))
-                .route("/metrics", web::get().to(metrics))
+                .service(get_only("/healthz").route(web::get().to(healthz)))
+                .service(get_only("/readyz").route(web::get().to(readyz)))
+                .service(get_only("/metrics").route(web::get().to(metrics)))
                 .default_service(web::to(not_found))
         })
         .workers(1)
@@ -113,6 +115,17 @@ async fn metrics(health: web::Data<Health>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(CONTENT_TYPE)
         .body(health.metrics.render(Some(&health.source)))
+}
+
+/// A path served to `GET` only: any other method is answered 405.
+fn get_only(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+async fn method_not_allowed() -> HttpResponse {
+    HttpResponse::MethodNotAllowed()
+        .insert_header(("Allow", "GET"))
+        .json(json!({ "error": "method_not_allowed" }))
 }
 
 async fn not_found() -> HttpResponse {

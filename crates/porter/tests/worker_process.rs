@@ -147,6 +147,16 @@ async fn the_listener_reports_health_readiness_and_counts_over_real_services() {
     );
     let (status, body) = get_json(&format!("http://{listen}/nowhere")).await;
     assert_eq!((status, &body["error"]), (404, &Value::from("not_found")));
+    // Another method on a served path: 405 naming the one allowed, as the gateway answers.
+    let wrong = reqwest::Client::new()
+        .post(format!("http://{listen}/metrics"))
+        .send()
+        .await
+        .expect("POST /metrics");
+    assert_eq!(wrong.status(), 405);
+    assert_eq!(wrong.headers()["allow"], "GET");
+    let body: Value = wrong.json().await.expect("JSON body");
+    assert_eq!(body["error"], "method_not_allowed");
     let (_, page) = get(&format!("http://{listen}/metrics")).await;
     assert_eq!(
         sample(&page, "porter_worker_broker_connected"),
