@@ -8,6 +8,12 @@
 //! letting their channels wait out the deadline, then declares a new reply queue on the next
 //! connection.
 //!
+//! On quorum task queues the publishing channel is in confirm mode, and a batch the broker has
+//! not confirmed within [`CONFIRM_TIMEOUT`] (or refused) counts as a lost connection too: a
+//! channel opened while a queue's leader had just died, before the surviving nodes noticed,
+//! was seen to swallow every later publish (RabbitMQ 3.10, `kill -9` of the leader's node), so
+//! only a new channel recovers. Classic queues keep unconfirmed publishing, as before.
+//!
 //! Tasks are signed with the configured task keys; every reply goes through
 //! [`Pending::deliver`], which drops and counts what does not authenticate.
 
@@ -17,7 +23,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use porter_core::reason::Reason;
@@ -28,7 +37,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{AmqpConfig, BACKOFF_START, ReplyMode, back_off, connect, declare_task_queue};
+use super::{
+    AmqpConfig, BACKOFF_START, QueueType, ReplyMode, back_off, connect, declare_task_queue,
+};
+
+/// How long the broker may take to confirm a batch of tasks on quorum queues (a Raft commit on a
+/// majority: milliseconds) before the publishing channel counts as stuck and is replaced.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 use crate::auth::{DIRECT_REPLY_TO, reply_message, signature, signed_task};
 use crate::{BrokerError, Delivery, Outgoing, Pending, TaskClient, queue_name};
 
@@ -198,6 +213,11 @@ async fn connect_client(
 ) -> Result<(Arc<Connection>, Live, Consumer), BrokerError> {
     let connection = Arc::new(connect("gateway", &inner.config).await?);
     let channel = connection.create_channel().await?;
+    if inner.config.queue_type == QueueType::Quorum {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+    }
     for queue in Queue::ALL {
         declare_task_queue(
             &channel,
@@ -265,6 +285,39 @@ fn task_properties(outgoing: &Outgoing<'_>, reply_to: &ShortString) -> BasicProp
         .with_headers(headers)
 }
 
+/// Replaces the connection if the broker does not confirm a batch in time, or refuses it: the
+/// tasks in flight are then answered at once by the supervisor instead of timing out.
+async fn watch_confirms(
+    inner: Arc<ClientInner>,
+    connection: Arc<Connection>,
+    confirms: Vec<PublisherConfirm>,
+) {
+    let stuck =
+        match tokio::time::timeout(CONFIRM_TIMEOUT, futures_util::future::join_all(confirms)).await
+        {
+            Err(_) => Some("not confirmed in time"),
+            Ok(results) => results
+                .iter()
+                .any(|result| !matches!(result, Ok(Confirmation::Ack(_))))
+                .then_some("refused"),
+        };
+    let Some(stuck) = stuck else { return };
+    // Only the connection the tasks went out on: a later one may be healthy.
+    let current = inner
+        .live
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        .is_some_and(|live| Arc::ptr_eq(&live.connection, &connection));
+    if current {
+        warn!(
+            publish = stuck,
+            "the broker did not take published tasks; reconnecting"
+        );
+        mark_broken(&inner);
+    }
+}
+
 async fn read_replies(mut consumer: Consumer, pending: &Pending, auth: &TaskAuth) {
     while let Some(delivery) = consumer.next().await {
         let Ok(delivery) = delivery else { return };
@@ -318,11 +371,22 @@ impl TaskClient for AmqpClient {
                     properties,
                 )
             });
+        let mut confirms = Vec::with_capacity(tasks.len());
         for result in futures_util::future::join_all(publishes).await {
-            if let Err(error) = result {
-                self.mark_broken();
-                return Err(error.into());
+            match result {
+                Ok(confirm) => confirms.push(confirm),
+                Err(error) => {
+                    self.mark_broken();
+                    return Err(error.into());
+                }
             }
+        }
+        if self.inner.config.queue_type == QueueType::Quorum {
+            tokio::spawn(watch_confirms(
+                self.inner.clone(),
+                live.connection.clone(),
+                confirms,
+            ));
         }
         Ok(())
     }
