@@ -154,6 +154,25 @@ fn node_of_connection(needle: &str) -> Option<usize> {
     })
 }
 
+/// The test's task queues as RabbitMQ sees them (printed with the figures).
+fn queue_state(prefix: &str) -> String {
+    try_ctl(&[
+        "list_queues",
+        "--no-table-headers",
+        "name",
+        "leader",
+        "online",
+        "consumers",
+        "messages_ready",
+        "messages_unacknowledged",
+    ])
+    .unwrap_or_default()
+    .lines()
+    .filter(|line| line.contains(prefix) || line.contains("amq.gen"))
+    .collect::<Vec<_>>()
+    .join("; ")
+}
+
 /// The node leading a quorum queue.
 fn quorum_leader(queue: &str) -> Option<usize> {
     ctl(&[
@@ -480,6 +499,26 @@ async fn under_load(
     (answers, fault_at)
 }
 
+/// Signed/failed channels per second from a second before the fault: `+1s 120/3 …`.
+fn timeline(answers: &[Answer], fault_at: Duration) -> String {
+    let mut seconds: std::collections::BTreeMap<i64, (usize, usize)> = Default::default();
+    for answer in answers {
+        let second = (answer.at.as_millis() as i64 - fault_at.as_millis() as i64).div_euclid(1000);
+        let entry = seconds.entry(second).or_default();
+        if answer.got == Got::Signed {
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
+        }
+    }
+    seconds
+        .into_iter()
+        .filter(|(second, _)| *second >= -1)
+        .map(|(second, (signed, failed))| format!("{second:+}s {signed}/{failed}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Checks that the load was served before the fault and again at its end, and prints the
 /// figures.
 fn report(test: &str, answers: &[Answer], fault_at: Duration) -> Figures {
@@ -490,6 +529,7 @@ fn report(test: &str, answers: &[Answer], fault_at: Duration) -> Figures {
     assert!(before > 0, "{test}: nothing was signed before the fault");
     let figures = figures(answers, fault_at);
     let end = answers.iter().map(|a| a.at).max().unwrap_or_default();
+    println!("TIMELINE {test}: {}", timeline(answers, fault_at));
     assert!(
         answers
             .iter()
@@ -555,6 +595,12 @@ async fn killing_the_gateways_node_fails_its_tasks_at_once_and_the_gateway_moves
         move || kill_node(node),
     )
     .await;
+    println!("QUEUES {}", queue_state(&deployment.prefix));
+    println!(
+        "RUNS {} webhook calls for {} answers; killed node {node}",
+        runs.lock().unwrap().values().sum::<u32>(),
+        answers.len()
+    );
     let figures = report("kill -9 of the gateway's node", &answers, fault_at);
     assert!(
         figures.by_reason.keys().all(|r| matches!(
@@ -652,6 +698,7 @@ async fn stopping_the_quorum_leader_loses_no_task() {
         move || stop_node(leader),
     )
     .await;
+    println!("QUEUES {}", queue_state(&deployment.prefix));
     let figures = report("stop of the quorum leader", &answers, fault_at);
     let new_leader = quorum_leader(&queue).expect("a new leader");
     assert_ne!(new_leader, leader, "another node leads the queue");
