@@ -58,17 +58,17 @@ fn output_lines(deployment: &Deployment) -> Vec<String> {
 #[test]
 fn malformed_urls_are_refused_at_start_up_in_one_line_without_the_password() {
     let cases: [(&str, &str, &str); 5] = [
-        // A list: lapin would take the rest as the vhost, which RabbitMQ echoes.
+        // A list of nodes whose second is not a URL: named by its place, never quoted.
         (
             "AMQP_URL",
-            "amqp://u:SECRETPW@127.0.0.1:1/x,amqp://v:OTHERPW@h:2",
-            "comma",
+            "amqp://u:SECRETPW@127.0.0.1:1/x,amqp:v:OTHERPW@h:2",
+            "node 2 of 2 is not a valid AMQP URL",
         ),
-        // The same list with a first URI that reaches the broker.
+        // The same with a first node that reaches the broker, and an empty third.
         (
             "AMQP_URL",
-            "amqp://guest:guest@127.0.0.1:5672/x,amqp://v:OTHERPW@h:2",
-            "comma",
+            "amqp://guest:guest@127.0.0.1:5672/x,amqp://v:OTHERPW@h:2,",
+            "node 3 of 3 is empty",
         ),
         ("AMQP_URL", "amqp://u:SECRETPW@[::1", "not a valid AMQP URL"),
         ("AMQP_URL", "amqp:u:SECRETPW@h", "not a valid AMQP URL"),
