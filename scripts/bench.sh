@@ -38,13 +38,13 @@ cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     # The task queues are durable: remove this run's (rabbitmqctl reads stdin, hence </dev/null).
     rabbitmqctl list_queues -q --no-table-headers name 2>/dev/null </dev/null | grep -F "$prefix" |
-        while read -r queue; do rabbitmqctl delete_queue "$queue" >/dev/null 2>&1 </dev/null || true; done
+        while read -r queue; do rabbitmqctl delete_queue "$queue" >/dev/null 2>&1 </dev/null || true; done || true
     redis-cli --scan --pattern "$prefix*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
     if [ -n "${cluster_up:-}" ]; then
         ./scripts/cluster.sh ctl rabbitmq 1 list_queues -q --no-table-headers name 2>/dev/null </dev/null |
             grep -F "$prefix" | while read -r queue; do
                 ./scripts/cluster.sh ctl rabbitmq 1 delete_queue "$queue" >/dev/null 2>&1 </dev/null || true
-            done
+            done || true
         for redis_port in $cluster_redis_ports; do
             redis-cli -p "$redis_port" --scan --pattern "$prefix*" 2>/dev/null |
                 xargs -r -n 1 redis-cli -c -p "$redis_port" del >/dev/null 2>&1 || true
