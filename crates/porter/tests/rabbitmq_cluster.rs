@@ -856,3 +856,57 @@ async fn quorum_task_queues_keep_expiration_and_deadline() {
     );
     client.close().await;
 }
+
+/// Runs `porter <role>` with `env` until it exits (it must, at once) and returns its exit code
+/// and stderr.
+fn refused_start(role: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_porter"));
+    command
+        .arg(role)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PUSHER_KEY", KEY)
+        .env("PUSHER_SECRET", SECRET)
+        .stdin(std::process::Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start porter");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("poll porter").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("porter {role} did not refuse its settings: it kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("porter's output");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Operator input of the cluster settings: a bad queue type or a bad node of the list stops
+/// gateway and worker with exit code 2 and one line, which never quotes a password. Needs no
+/// cluster (nothing connects).
+#[test]
+fn bad_cluster_settings_are_one_line_and_exit_2() {
+    let list = "amqp://u:FIRSTPW@127.0.0.1:5701/%2f,amqp://u:SECOND PW@127.0.0.1:5702/%2f";
+    for role in ["gateway", "worker"] {
+        let (code, stderr) = refused_start(role, &[("PORTER_QUEUE_TYPE", "qourum")]);
+        assert_eq!(code, Some(2), "{role}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{role}: {stderr}");
+        assert!(stderr.contains("PORTER_QUEUE_TYPE"), "{role}: {stderr}");
+
+        let (code, stderr) = refused_start(role, &[("AMQP_URL", list)]);
+        assert_eq!(code, Some(2), "{role}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{role}: {stderr}");
+        assert!(stderr.contains("node 2 of 2"), "{role}: {stderr}");
+        assert!(!stderr.contains("PW"), "{role}: {stderr}");
+    }
+}
