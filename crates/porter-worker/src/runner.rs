@@ -32,9 +32,11 @@ const DEFAULT_TIME_LIMIT: Duration = Route::DEFAULT.time_limit;
 /// past the queue's `x-delivery-limit` (`porter_broker::amqp::QUORUM_DELIVERY_LIMIT`, above
 /// this) without a word; giving up below that limit answers the
 /// gateway (`internal_error`, logged with the task id and the count) instead of leaving its
-/// channel to time out. Three earlier deliveries leave room for what is not the task's fault:
-/// each hand-back of a drain and each lost connection also counts as a delivery.
-pub const GIVE_UP_DELIVERY_COUNT: u64 = 3;
+/// channel to time out. Six earlier deliveries leave room for what is not the task's fault:
+/// each hand-back of a drain and each lost connection also counts as a delivery, and a node
+/// loss on a cluster measured counts of 3-4 on healthy tasks (docs/reliability.md, "Clusters").
+/// A poison task circles at most until its `expiration` (seconds) anyway.
+pub const GIVE_UP_DELIVERY_COUNT: u64 = 6;
 
 // The worker must give up before the broker drops the task silently.
 const _: () = assert!(

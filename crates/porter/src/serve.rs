@@ -28,16 +28,14 @@ use porter_gateway::{AppState, GatewayConfig};
 use porter_store::memory::MemoryStore;
 use porter_store::redis::RedisStore;
 use porter_store::{Keys, Store};
-use porter_worker::registry::Registry;
 use porter_worker::listener::{Health, Listener};
+use porter_worker::registry::Registry;
 use porter_worker::{Authorizer, Worker, WorkerConfig, WorkerMetrics};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Backends, Credentials, DevArgs, GatewayArgs, HttpArgs, WorkerArgs};
-use crate::tools::{
-    load_policy, mint, private_data_compatibility, private_data_default, signer,
-};
+use crate::tools::{load_policy, mint, private_data_compatibility, private_data_default, signer};
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

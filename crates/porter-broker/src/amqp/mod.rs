@@ -59,7 +59,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Past it RabbitMQ drops the task: no dead-letter queue, because a task is worth nothing once
 /// its `expiration` (seconds) has passed and nobody would drain such a queue. The gateway's
 /// channel then answers `timeout` at its deadline.
-pub const QUORUM_DELIVERY_LIMIT: i64 = 5;
+pub const QUORUM_DELIVERY_LIMIT: i64 = 10;
 
 /// Where to connect and which queues to use.
 #[derive(Clone)]
