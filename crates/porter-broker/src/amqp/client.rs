@@ -40,12 +40,12 @@ use tracing::{debug, info, warn};
 use super::{
     AmqpConfig, BACKOFF_START, QueueType, ReplyMode, back_off, connect, declare_task_queue,
 };
+use crate::auth::{DIRECT_REPLY_TO, reply_message, signature, signed_task};
+use crate::{BrokerError, Delivery, Outgoing, Pending, TaskClient, queue_name};
 
 /// How long the broker may take to confirm a batch of tasks on quorum queues (a Raft commit on a
 /// majority: milliseconds) before the publishing channel counts as stuck and is replaced.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
-use crate::auth::{DIRECT_REPLY_TO, reply_message, signature, signed_task};
-use crate::{BrokerError, Delivery, Outgoing, Pending, TaskClient, queue_name};
 
 /// The gateway's connection: publishes tasks, consumes its reply queue.
 #[derive(Clone)]
