@@ -49,14 +49,11 @@ pub fn bind(
     let shutdown = builder.graceful_shutdown_signal();
     let observer: Arc<dyn RefusalObserver> = Arc::new(Audited(state.clone()));
     let builder = builder.bind("porter-gateway", listen, move || {
-        let state = state.clone();
         let shutdown = shutdown.clone();
-        let app = move || {
-            App::new()
-                .app_data(state.clone())
-                .app_data(edge)
-                .configure(|cfg| crate::configure(cfg, &state.policy))
-        };
+        let app = App::new()
+            .app_data(state.clone())
+            .app_data(edge)
+            .configure(|cfg| crate::configure(cfg, &state.policy));
         let http = HttpService::build()
             .client_request_timeout(edge.head_timeout)
             .client_disconnect_timeout(edge.disconnect_timeout)
@@ -66,7 +63,7 @@ pub fn bind(
                 async move { shutdown.notified().await }
             })
             .h1(map_config(
-                actix_service::IntoServiceFactory::into_factory(app())
+                actix_service::IntoServiceFactory::into_factory(app)
                     .map_err(|error: actix_web::Error| error.error_response()),
                 |()| AppConfig::default(),
             ));
