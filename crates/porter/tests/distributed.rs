@@ -14,12 +14,7 @@ mod task_auth;
 use std::time::{Duration, Instant};
 
 use common::*;
-use porter_broker::amqp::{AmqpClient, AmqpConfig};
-use porter_broker::{Outgoing, TaskClient, now_ms};
-use porter_core::channel::ChannelKind;
-use porter_core::routing::Route;
-use porter_core::task_auth::TaskAuth;
-use porter_core::wire::{FORMAT_VERSION, Task};
+use porter_broker::now_ms;
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 
@@ -196,44 +191,15 @@ async fn expired_tasks_are_not_run_and_slow_authorizers_are_cut_off() {
 
     // A task published with a deadline already past is answered `expired` without running.
     let stop = tokio_util::sync::CancellationToken::new();
-    let client = AmqpClient::start(
-        AmqpConfig {
-            url: AMQP_URL.into(),
-            queue_prefix: deployment.prefix.clone(),
-            reply_mode: Default::default(),
-            task_auth: TaskAuth::off(),
-            queue_type: Default::default(),
-        },
+    let client = task_client(
+        AMQP_URL,
+        &deployment.prefix,
+        Default::default(),
         stop.clone(),
-    );
-    assert!(client.wait_ready(Duration::from_secs(10)).await);
-    let task = Task {
-        v: FORMAT_VERSION,
-        id: uuid::Uuid::new_v4().to_string(),
-        channel: "private-feed@1".into(),
-        channel_type: ChannelKind::Private,
-        feature: "feed".into(),
-        object_id: Some("1".into()),
-        rule: "private".into(),
-        captures: Default::default(),
-        client_id: None,
-        user_id: None,
-        claims: Default::default(),
-        dry_run: false,
-    };
-    let waiter = client.pending().register(&task.id);
-    let route = Route {
-        expires: Duration::from_secs(5),
-        ..Route::DEFAULT
-    };
-    client
-        .publish(&[Outgoing {
-            task: &task,
-            route,
-            deadline_ms: now_ms() - 1000,
-        }])
-        .await
-        .unwrap();
+    )
+    .await;
+    let task = private_task("private-feed@1", "private");
+    let waiter = publish_one(&client, &task, Duration::from_secs(5), now_ms() - 1000).await;
     let reply = waiter
         .wait_until(tokio::time::Instant::now() + Duration::from_secs(5))
         .await

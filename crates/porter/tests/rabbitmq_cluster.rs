@@ -18,12 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use porter_broker::amqp::{AmqpClient, AmqpConfig, QueueType};
-use porter_broker::{Outgoing, TaskClient, now_ms};
-use porter_core::channel::ChannelKind;
-use porter_core::routing::Route;
-use porter_core::task_auth::TaskAuth;
-use porter_core::wire::{FORMAT_VERSION, Task};
+use porter_broker::amqp::QueueType;
+use porter_broker::now_ms;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -717,24 +713,6 @@ async fn stopping_the_quorum_leader_loses_no_task() {
     );
 }
 
-/// A task for the `load` rule.
-fn load_task(channel: &str) -> Task {
-    Task {
-        v: FORMAT_VERSION,
-        id: uuid::Uuid::new_v4().to_string(),
-        channel: channel.into(),
-        channel_type: ChannelKind::Private,
-        feature: "load".into(),
-        object_id: channel.split('@').nth(1).map(str::to_owned),
-        rule: "load".into(),
-        captures: Default::default(),
-        client_id: None,
-        user_id: None,
-        claims: Default::default(),
-        dry_run: false,
-    }
-}
-
 fn messages_in(queue: &str) -> Option<u64> {
     try_ctl(&["list_queues", "--no-table-headers", "name", "messages"])?
         .lines()
@@ -757,17 +735,7 @@ async fn quorum_task_queues_keep_expiration_and_deadline() {
         prefix: deployment.prefix.clone(),
     };
     let stop = CancellationToken::new();
-    let client = AmqpClient::start(
-        AmqpConfig {
-            url: urls.clone(),
-            queue_prefix: deployment.prefix.clone(),
-            reply_mode: Default::default(),
-            task_auth: TaskAuth::off(),
-            queue_type: QueueType::Quorum,
-        },
-        stop.clone(),
-    );
-    assert!(client.wait_ready(Duration::from_secs(10)).await);
+    let client = task_client(&urls, &deployment.prefix, QueueType::Quorum, stop.clone()).await;
     let queue = format!("{}auth", deployment.prefix);
     assert!(
         quorum_leader(&queue).is_some(),
@@ -775,20 +743,9 @@ async fn quorum_task_queues_keep_expiration_and_deadline() {
     );
 
     // No worker yet: the task waits in the queue until its expiration drops it.
-    let stale = load_task("private-load@stale");
-    let stale_waiter = client.pending().register(&stale.id);
-    let short = Route {
-        expires: Duration::from_millis(300),
-        ..Route::DEFAULT
-    };
-    client
-        .publish(&[Outgoing {
-            task: &stale,
-            route: short,
-            deadline_ms: now_ms() + 300,
-        }])
-        .await
-        .unwrap();
+    let stale = private_task("private-load@stale", "load");
+    let stale_waiter =
+        publish_one(&client, &stale, Duration::from_millis(300), now_ms() + 300).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _worker = deployment.worker();
     // The worker's consumer reaches the queue's head: an expired message is dropped there.
@@ -799,20 +756,8 @@ async fn quorum_task_queues_keep_expiration_and_deadline() {
     .await;
 
     // A live task runs: the worker is consuming.
-    let live = load_task("private-load@live");
-    let live_waiter = client.pending().register(&live.id);
-    let route = Route {
-        expires: Duration::from_secs(5),
-        ..Route::DEFAULT
-    };
-    client
-        .publish(&[Outgoing {
-            task: &live,
-            route,
-            deadline_ms: now_ms() + 5000,
-        }])
-        .await
-        .unwrap();
+    let live = private_task("private-load@live", "load");
+    let live_waiter = publish_one(&client, &live, Duration::from_secs(5), now_ms() + 5000).await;
     let reply = live_waiter
         .wait_until(tokio::time::Instant::now() + Duration::from_secs(15))
         .await
@@ -820,16 +765,8 @@ async fn quorum_task_queues_keep_expiration_and_deadline() {
     assert!(reply.ok, "{reply:?}");
 
     // Past its deadline header (its expiration still far): answered `expired`, not run.
-    let late = load_task("private-load@late");
-    let late_waiter = client.pending().register(&late.id);
-    client
-        .publish(&[Outgoing {
-            task: &late,
-            route,
-            deadline_ms: now_ms() - 1000,
-        }])
-        .await
-        .unwrap();
+    let late = private_task("private-load@late", "load");
+    let late_waiter = publish_one(&client, &late, Duration::from_secs(5), now_ms() - 1000).await;
     let reply = late_waiter
         .wait_until(tokio::time::Instant::now() + Duration::from_secs(10))
         .await

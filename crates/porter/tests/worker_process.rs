@@ -11,12 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use porter_broker::amqp::{AmqpClient, AmqpConfig, QueueType};
-use porter_broker::{Outgoing, TaskClient, now_ms};
-use porter_core::channel::ChannelKind;
-use porter_core::routing::Route;
-use porter_core::task_auth::TaskAuth;
-use porter_core::wire::{FORMAT_VERSION, Task};
+use porter_broker::amqp::QueueType;
+use porter_broker::now_ms;
 use porter_worker::runner::GIVE_UP_DELIVERY_COUNT;
 use serde_json::Value;
 
@@ -536,44 +532,15 @@ async fn a_task_delivered_too_often_on_a_quorum_queue_is_answered_without_runnin
         .with_policy(LISTENER_POLICY)
         .with_env("PORTER_QUEUE_TYPE", "quorum");
     let stop = tokio_util::sync::CancellationToken::new();
-    let client = AmqpClient::start(
-        AmqpConfig {
-            url: AMQP_URL.into(),
-            queue_prefix: deployment.prefix.clone(),
-            reply_mode: Default::default(),
-            task_auth: TaskAuth::off(),
-            queue_type: QueueType::Quorum,
-        },
+    let client = task_client(
+        AMQP_URL,
+        &deployment.prefix,
+        QueueType::Quorum,
         stop.clone(),
-    );
-    assert!(client.wait_ready(Duration::from_secs(10)).await);
-    let task = Task {
-        v: FORMAT_VERSION,
-        id: uuid::Uuid::new_v4().to_string(),
-        channel: "private-open@1".into(),
-        channel_type: ChannelKind::Private,
-        feature: "open".into(),
-        object_id: Some("1".into()),
-        rule: "open".into(),
-        captures: Default::default(),
-        client_id: None,
-        user_id: None,
-        claims: Default::default(),
-        dry_run: false,
-    };
-    let waiter = client.pending().register(&task.id);
-    let route = Route {
-        expires: Duration::from_secs(60),
-        ..Route::DEFAULT
-    };
-    client
-        .publish(&[Outgoing {
-            task: &task,
-            route,
-            deadline_ms: now_ms() + 60_000,
-        }])
-        .await
-        .expect("publish");
+    )
+    .await;
+    let task = private_task("private-open@1", "open");
+    let waiter = publish_one(&client, &task, Duration::from_secs(60), now_ms() + 60_000).await;
 
     // GIVE_UP_DELIVERY_COUNT deliveries that were never acknowledged: the next one carries
     // that count.

@@ -481,3 +481,75 @@ pub fn close_connections_of(prefix: &str) -> usize {
     }
     closed
 }
+
+/// A gateway's task client of the test's own, on the queues of `prefix` (of type
+/// `queue_type`) at `url`, without task keys, once it is connected.
+pub async fn task_client(
+    url: &str,
+    prefix: &str,
+    queue_type: porter_broker::amqp::QueueType,
+    stop: tokio_util::sync::CancellationToken,
+) -> porter_broker::amqp::AmqpClient {
+    let client = porter_broker::amqp::AmqpClient::start(
+        porter_broker::amqp::AmqpConfig {
+            url: url.into(),
+            queue_prefix: prefix.into(),
+            reply_mode: Default::default(),
+            task_auth: porter_core::task_auth::TaskAuth::off(),
+            queue_type,
+        },
+        stop,
+    );
+    assert!(
+        client.wait_ready(Duration::from_secs(10)).await,
+        "the test's task client connects"
+    );
+    client
+}
+
+/// The task a gateway publishes for an anonymous caller on `channel`, a private channel named
+/// `private-{feature}@{object_id}`, matched by `rule`.
+pub fn private_task(channel: &str, rule: &str) -> porter_core::wire::Task {
+    let name = channel
+        .strip_prefix("private-")
+        .expect("a private channel's name");
+    let (feature, object_id) = name.split_once('@').unwrap_or((name, ""));
+    porter_core::wire::Task {
+        v: porter_core::wire::FORMAT_VERSION,
+        id: uuid::Uuid::new_v4().to_string(),
+        channel: channel.into(),
+        channel_type: porter_core::channel::ChannelKind::Private,
+        feature: feature.into(),
+        object_id: (!object_id.is_empty()).then(|| object_id.to_owned()),
+        rule: rule.into(),
+        captures: Default::default(),
+        client_id: None,
+        user_id: None,
+        claims: Default::default(),
+        dry_run: false,
+    }
+}
+
+/// Publishes `task` with the expiration `expires` and the deadline `deadline_ms` (unix ms),
+/// registered before it goes out, and returns its waiter.
+pub async fn publish_one(
+    client: &impl porter_broker::TaskClient,
+    task: &porter_core::wire::Task,
+    expires: Duration,
+    deadline_ms: u64,
+) -> porter_broker::PendingReply {
+    let waiter = client.pending().register(&task.id);
+    let route = porter_core::routing::Route {
+        expires,
+        ..porter_core::routing::Route::DEFAULT
+    };
+    client
+        .publish(&[porter_broker::Outgoing {
+            task,
+            route,
+            deadline_ms,
+        }])
+        .await
+        .expect("publish the task");
+    waiter
+}
