@@ -20,7 +20,7 @@ use porter_worker::metrics::TaskOutcome;
 use porter_worker::registry::Registry;
 use porter_worker::runner::GIVE_UP_DELIVERY_COUNT;
 use support::{
-    Delivery, Gate, Journal, ScriptedSource, Step, StopSwitch, gateway_task, policy,
+    Delivery, Gate, Journal, RecordedStore, ScriptedSource, Step, StopSwitch, gateway_task, policy,
     recorded_store, settle, within_an_hour, worker,
 };
 
@@ -45,16 +45,22 @@ fn open_task(policy: &Policy, id: &str) -> Task {
     gateway_task(policy, id, "private-open@1", None)
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_task_past_its_deadline_is_expired_without_running() {
-    let journal = Journal::default();
-    let policy = policy(POLICY);
-    let store = recorded_store(&journal);
+/// A recorded store in which `alice` is a member of the team channel `team_task` asks about.
+async fn team_store(journal: &Journal) -> Arc<RecordedStore> {
+    let store = recorded_store(journal);
     store
         .inner
         .add_member("private-team@1", "alice")
         .await
-        .unwrap();
+        .expect("the memory store adds a member");
+    store
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_past_its_deadline_is_expired_without_running() {
+    let journal = Journal::default();
+    let policy = policy(POLICY);
+    let store = team_store(&journal).await;
     let source = ScriptedSource::new(
         [
             Delivery::of(team_task(&policy, "late", "alice")).past_deadline(),
@@ -128,12 +134,7 @@ async fn a_webhook_that_never_answers_is_cut_off_by_the_time_limit() {
 async fn each_task_is_acked_only_after_its_reply_allowed_or_refused() {
     let journal = Journal::default();
     let policy = policy(POLICY);
-    let store = recorded_store(&journal);
-    store
-        .inner
-        .add_member("private-team@1", "alice")
-        .await
-        .unwrap();
+    let store = team_store(&journal).await;
     let source = ScriptedSource::new(
         [
             Delivery::of(team_task(&policy, "allowed", "alice")),
@@ -224,12 +225,7 @@ async fn a_malformed_task_is_answered_internal_error_under_its_correlation_id() 
 async fn a_task_in_an_unknown_format_version_is_refused_without_running() {
     let journal = Journal::default();
     let policy = policy(POLICY);
-    let store = recorded_store(&journal);
-    store
-        .inner
-        .add_member("private-team@1", "alice")
-        .await
-        .unwrap();
+    let store = team_store(&journal).await;
     let future_task = Task {
         v: 99,
         ..team_task(&policy, "from-the-future", "alice")
@@ -360,12 +356,7 @@ async fn a_stop_while_every_slot_is_busy_hands_back_before_the_drain() {
 async fn a_task_delivered_too_often_is_refused_without_running() {
     let journal = Journal::default();
     let policy = policy(POLICY);
-    let store = recorded_store(&journal);
-    store
-        .inner
-        .add_member("private-team@1", "alice")
-        .await
-        .unwrap();
+    let store = team_store(&journal).await;
     let metrics = Arc::new(WorkerMetrics::new(["team", "open"]));
     let source = ScriptedSource::new(
         [
@@ -408,12 +399,7 @@ async fn a_task_delivered_too_often_is_refused_without_running() {
 async fn each_outcome_is_counted_once_by_queue_reason_and_rule() {
     let journal = Journal::default();
     let policy = policy(POLICY);
-    let store = recorded_store(&journal);
-    store
-        .inner
-        .add_member("private-team@1", "alice")
-        .await
-        .unwrap();
+    let store = team_store(&journal).await;
     let gate = Gate::new();
     let metrics = Arc::new(WorkerMetrics::new(["team", "open"]));
     let source = ScriptedSource::new(
