@@ -27,19 +27,13 @@ bin=${PORTER_BIN:-target/release/porter}
 bench=target/release/porter-bench
 prefix="porter-bench.$$."
 port=18181
-export AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f REDIS_URL=redis://127.0.0.1:6379/
-export PORTER_QUEUE_PREFIX=$prefix PORTER_KEY_PREFIX=$prefix RUST_LOG=warn
-export PUSHER_APP_ID=100000 PUSHER_KEY=278d425bdf160c739803 PUSHER_SECRET=7ad3773142a6692b25b8
-export PUSHER_ENCRYPTION_MASTER_KEY_BASE64=BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=
-export PORTER_JWT_SECRET=bench-secret
+. scripts/lib/local-run.sh
+run_environment "$prefix" bench-secret
 
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    # The task queues are durable: remove this run's (rabbitmqctl reads stdin, hence </dev/null).
-    rabbitmqctl list_queues -q --no-table-headers name 2>/dev/null </dev/null | grep -F "$prefix" |
-        while read -r queue; do rabbitmqctl delete_queue "$queue" >/dev/null 2>&1 </dev/null || true; done || true
-    redis-cli --scan --pattern "$prefix*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
+    remove_run_data "$prefix"
     if [ -n "${cluster_up:-}" ]; then
         ./scripts/cluster.sh ctl rabbitmq 1 list_queues -q --no-table-headers name 2>/dev/null </dev/null |
             grep -F "$prefix" | while read -r queue; do
@@ -57,11 +51,9 @@ services=()
 beam=$(pgrep -o beam.smp || true); [ -n "$beam" ] && services+=(--pid rabbitmq=$beam)
 redis=$(pgrep -o redis-server || true); [ -n "$redis" ] && services+=(--pid redis=$redis)
 
-wait_ready() {
-    for _ in $(seq 100); do
-        curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break
-        sleep 0.1
-    done
+# The gateway on $port ready, and a second for its workers' consumers to settle.
+gateway_ready() {
+    wait_ready "http://127.0.0.1:$port"
     sleep 1
 }
 
@@ -88,7 +80,7 @@ distributed() {
     "$bin" worker --concurrency 128 --prefetch 256 & local w1=$!
     "$bin" worker --concurrency 128 --prefetch 256 & local w2=$!
     pids+=("$gateway" "$w1" "$w2")
-    wait_ready
+    gateway_ready
     watch=(--pid gateway=$gateway --pid worker1=$w1 --pid worker2=$w2 "${services[@]}")
     label="${distributed_label:-distributed}/$mode${PORTER_TASK_KEYS:+/signed}" load "$@"
     kill "$gateway" "$w1" "$w2"; wait "$gateway" "$w1" "$w2" 2>/dev/null || true
@@ -130,7 +122,7 @@ for suite in "${suites[@]}"; do
         ;;
     dev)
         "$bin" dev --listen 127.0.0.1:$port >/dev/null & dev=$!; pids+=("$dev")
-        wait_ready
+        gateway_ready
         watch=(--pid dev=$dev --jwt-secret porter-dev-secret)
         label=dev load miss10 hit10 single
         kill "$dev"; wait "$dev" 2>/dev/null || true

@@ -23,18 +23,14 @@ bench=target/release/porter-bench
 prefix="porter-soak.$$."
 port=18191
 out=$(mktemp -d)
-export AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f REDIS_URL=redis://127.0.0.1:6379/
-export PORTER_QUEUE_PREFIX=$prefix PORTER_KEY_PREFIX=$prefix RUST_LOG=warn
-export PUSHER_APP_ID=100000 PUSHER_KEY=278d425bdf160c739803 PUSHER_SECRET=7ad3773142a6692b25b8
-export PORTER_JWT_SECRET=soak-secret
+. scripts/lib/local-run.sh
+run_environment "$prefix" soak-secret
 
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rabbitmqctl list_queues -q --no-table-headers name 2>/dev/null </dev/null | grep -F "$prefix" |
-        while read -r queue; do rabbitmqctl delete_queue "$queue" >/dev/null 2>&1 </dev/null || true; done
-    redis-cli --scan --pattern "$prefix*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
+    remove_run_data "$prefix"
     rm -rf "$out"
 }
 trap cleanup EXIT
@@ -43,7 +39,7 @@ trap cleanup EXIT
 "$bin" worker --concurrency 128 --prefetch 256 & worker1=$!
 "$bin" worker --concurrency 128 --prefetch 256 & worker2=$!
 pids+=("$gateway" "$worker1" "$worker2")
-for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
+wait_ready "http://127.0.0.1:$port"
 
 rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 url="http://127.0.0.1:$port"
