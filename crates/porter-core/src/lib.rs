@@ -7,6 +7,8 @@
 //! - [`channel`]: Pusher channel and socket id validation, and the parts of a channel name.
 //! - [`endpoint`]: scoped-token endpoints a policy declares (the hotel guest chat).
 //! - [`pattern`]: channel name patterns with named captures, and templates.
+//! - [`publish`]: events published through Porter's copy of Pusher's HTTP API, and the
+//!   message that carries an accepted request to the workers.
 //! - [`policy`]: the rules that decide, per channel, who may subscribe, what rides along,
 //!   where the task goes and whether the result may be cached.
 //! - [`routing`]: queues, time limits and expiry of a task.
@@ -21,6 +23,7 @@ pub mod channel;
 pub mod endpoint;
 pub mod pattern;
 pub mod policy;
+pub mod publish;
 pub mod reason;
 pub mod routing;
 pub mod signing;
