@@ -8,13 +8,18 @@
 //!   one exclusive reply queue per gateway, reconnection with backoff).
 //! - [`local`]: an in-process channel pair for `porter dev` and unit tests.
 //!
+//! Accepted publications (Pusher HTTP API publishes) travel on a separate, durable events
+//! queue through an [`events::EventSink`]: over AMQP, or [`local_events`] in process.
+//!
 //! Over AMQP, tasks and replies are signed with the keys of `porter_core::task_auth`
 //! (`auth.rs` reads the signed properties); a worker never runs a task that does not
 //! authenticate, and a reply reaches its waiter only through [`Pending::deliver`].
 
 pub mod amqp;
 mod auth;
+pub mod events;
 pub mod local;
+pub mod local_events;
 pub mod pending;
 pub mod session;
 
