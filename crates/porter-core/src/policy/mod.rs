@@ -21,11 +21,13 @@ pub(crate) mod endpoint;
 mod error;
 mod fields;
 mod parse;
+mod publish;
 mod rule;
 mod webhook_url;
 
 use endpoint::{Endpoint, pinned_constraints};
 pub use error::{MatchError, PolicyError};
+pub use publish::{DEFAULT_RETAIN_TTL, EventPattern, MAX_RETAIN_TTL, Owner, PublishSpec};
 pub use rule::{
     Allow, CacheScope, CacheSpec, DataSpec, MAX_CACHE_TTL, MAX_DURATION, MIN_DURATION, PrivateData,
     Rule, UserInfoSource,

@@ -11,6 +11,7 @@ use super::error::{PolicyError, field_error, one_line};
 use super::fields::{
     parse_allow, parse_cache, parse_data, parse_duration, string_list, webhook_timeouts,
 };
+use super::publish::parse_publish;
 use super::rule::{CacheScope, CacheSpec, DataSpec, PrivateData, Rule, UserInfoSource};
 use crate::pattern::{Constraints, Pattern, PatternError, template_names};
 use crate::routing::{Queue, Route};
@@ -73,6 +74,9 @@ const RULE_FIELDS: &[&str] = &[
     "data",
     "cache",
     "private_data",
+    "retain",
+    "retain_ttl",
+    "owner",
 ];
 
 fn parse_rule(
@@ -249,6 +253,8 @@ fn parse_rule(
         Some(_) => return Err(err("private_data", "must be `events` or `signed`".into())),
     };
 
+    let publish = parse_publish(table, &capture_names, data.events).map_err(|(f, m)| err(f, m))?;
+
     let rule = Rule {
         name,
         patterns,
@@ -258,6 +264,7 @@ fn parse_rule(
         data,
         cache,
         private_data,
+        publish,
     };
     check_member_templates(&rule).map_err(|(f, m)| err(f, m))?;
     check_cache(&rule).map_err(|m| err("cache", m))?;

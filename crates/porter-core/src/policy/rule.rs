@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
+use super::publish::PublishSpec;
 use super::webhook_url::WebhookUrl;
 use crate::channel::ChannelKind;
 use crate::pattern::{Constraints, Pattern, template_names};
@@ -301,6 +302,8 @@ pub struct Rule {
     pub data: DataSpec,
     pub cache: Option<CacheSpec>,
     pub private_data: Option<PrivateData>,
+    /// What happens to events published to the rule's channels (`retain`, `owner`).
+    pub publish: PublishSpec,
 }
 
 impl Rule {

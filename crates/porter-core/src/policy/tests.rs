@@ -45,8 +45,67 @@ fn default_policy_reproduces_the_replaced_systems_routing() {
     );
     assert_eq!(
         explain(&policy, "private-campaign@3"),
-        ("private".into(), Route::DEFAULT, true)
+        ("private-campaign".into(), Route::DEFAULT, true)
     );
+}
+
+#[test]
+fn default_policy_retains_the_stream_and_campaign_events_and_fans_out_user_channels() {
+    // Seed 000: `attatch_retained_events` for `private-stream` and `private-campaign`.
+    let policy = Policy::default();
+    let publish = |channel: &str| policy.match_name(channel).unwrap().rule.publish.clone();
+    for channel in [
+        "private-stream@42",
+        "private-encrypted-stream@42",
+        "private-campaign@3",
+    ] {
+        let spec = publish(channel);
+        assert!(spec.retains("stream.online"), "{channel}");
+        assert!(spec.retains("goal.progress.updated"), "{channel}");
+        assert_eq!(spec.retain_ttl, Duration::from_secs(86_400), "{channel}");
+    }
+    for channel in ["private-user@7", "private-goal@1", "presence-stream@42"] {
+        assert!(!publish(channel).retains("stream.online"), "{channel}");
+    }
+    let user = policy.match_name("private-user@7").unwrap();
+    let owner = user
+        .rule
+        .publish
+        .owner
+        .as_ref()
+        .expect("user channels have an owner");
+    assert_eq!(owner.from_captures(&user.captures).as_deref(), Some("7"));
+    assert_eq!(publish("private-stream@42").owner, None);
+}
+
+#[test]
+fn publish_fields_are_checked_in_the_rule() {
+    let rule = |extra: &str| {
+        format!(
+            "[[rule]]\nname = \"r\"\npattern = \"private-x@{{object_id}}\"\nallow = \"anyone\"\n{extra}"
+        )
+    };
+    let error = Policy::from_toml(&rule("retain = [\"*\"]"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("rule #1 `r`: field `retain`:") && error.contains("data.events = true"),
+        "{error}"
+    );
+    let error = Policy::from_toml(&rule("owner = \"{feature}\""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("rule #1 `r`: field `owner`:") && error.contains("`{feature}`"),
+        "{error}"
+    );
+    let policy = Policy::from_toml(&rule(
+        "data = { events = true }\nretain = [\"a.*\"]\nretain_ttl = 5",
+    ))
+    .unwrap();
+    let spec = &policy.rules()[0].publish;
+    assert!(spec.retains("a.b") && !spec.retains("b.a"));
+    assert_eq!(spec.retain_ttl, Duration::from_secs(5));
 }
 
 #[test]
