@@ -15,6 +15,13 @@ use crate::reason::Reason;
 /// The wire format version this build speaks.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// The format version of a [`TaskKind::Signin`] task. A channel task stays at
+/// [`FORMAT_VERSION`], so workers of every release decide it; a signin task is a version
+/// newer, so a worker from before user authentication refuses it as an unknown format
+/// (`internal_error`) instead of reading it as a channel subscription (its `kind` would be
+/// an unknown field, ignored).
+pub const SIGNIN_FORMAT_VERSION: u32 = 2;
+
 /// AMQP header: unix milliseconds after which a worker must not run the task.
 pub const HEADER_DEADLINE_MS: &str = "x-deadline-ms";
 /// AMQP header: how long the authorizer may run, in milliseconds.
@@ -28,7 +35,38 @@ fn format_version() -> u32 {
     FORMAT_VERSION
 }
 
-/// One channel to authorize (gateway → worker).
+/// What a task asks a worker to decide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// A channel subscription: what every task was before there were kinds (the default,
+    /// and never written, so a channel task reads as it always did).
+    #[default]
+    Channel,
+    /// Pusher user authentication (`POST /pusher/user-auth`), decided by the policy's
+    /// `[signin]` section. The channel fields are empty (`channel`, `feature`) and not read;
+    /// `rule` is [`SIGNIN_RULE`].
+    Signin,
+}
+
+impl TaskKind {
+    pub fn is_channel(&self) -> bool {
+        *self == TaskKind::Channel
+    }
+
+    /// The format version a task of this kind is written in.
+    pub fn format_version(self) -> u32 {
+        match self {
+            TaskKind::Channel => FORMAT_VERSION,
+            TaskKind::Signin => SIGNIN_FORMAT_VERSION,
+        }
+    }
+}
+
+/// The `rule` of a signin task (and its label in logs and metrics): the policy section.
+pub const SIGNIN_RULE: &str = "[signin]";
+
+/// One channel to authorize, or one user to sign in (gateway → worker).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     #[serde(default = "format_version")]
@@ -53,6 +91,17 @@ pub struct Task {
     /// claims the real caller does not have grant nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// What to decide; absent (a channel) in every task of format 1.
+    #[serde(default, skip_serializing_if = "TaskKind::is_channel")]
+    pub kind: TaskKind,
+}
+
+impl Task {
+    /// Whether this build understands the task: its version is the one its kind is written
+    /// in. A task of a newer format, or a kind that claims an older one, is refused.
+    pub fn is_understood(&self) -> bool {
+        self.v == self.kind.format_version()
+    }
 }
 
 /// A retained event handed to a subscriber of a private channel.
@@ -73,6 +122,9 @@ pub struct AuthData {
     pub user_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_info: Option<Value>,
+    /// The user ids of a signed-in user's watchlist (user authentication only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watchlist: Option<Vec<String>>,
 }
 
 /// The outcome of one task (worker → gateway).
@@ -138,11 +190,40 @@ mod tests {
             user_id: Some("7".into()),
             claims: serde_json::Map::new(),
             dry_run: false,
+            kind: TaskKind::Channel,
         };
         let json = serde_json::to_string(&task).unwrap();
         assert!(json.contains(r#""channel_type":"presence""#));
         assert!(!json.contains("socket"));
         assert_eq!(serde_json::from_str::<Task>(&json).unwrap(), task);
+        // A channel task is written exactly as before kinds existed.
+        assert!(!json.contains("kind"), "{json}");
+        assert!(task.is_understood());
+    }
+
+    #[test]
+    fn a_signin_task_is_a_newer_format_that_old_workers_refuse() {
+        let channel = r#"{"v": 1, "id": "t", "channel": "private-a@1", "channel_type": "private",
+            "feature": "a", "object_id": "1", "rule": "r", "client_id": null, "user_id": "7"}"#;
+        let old: Task = serde_json::from_str(channel).unwrap();
+        assert_eq!(old.kind, TaskKind::Channel, "no kind reads as a channel");
+        assert!(old.is_understood());
+
+        let mut signin = old.clone();
+        signin.kind = TaskKind::Signin;
+        signin.v = TaskKind::Signin.format_version();
+        let json = serde_json::to_value(&signin).unwrap();
+        assert_eq!(json["kind"], "signin");
+        assert_eq!(json["v"], SIGNIN_FORMAT_VERSION);
+        assert!(signin.is_understood());
+        // What a worker from before kinds checks: only its own version.
+        assert_ne!(signin.v, 1, "an old worker would read it as a channel");
+        // A signin that claims format 1 is not understood either.
+        signin.v = FORMAT_VERSION;
+        assert!(!signin.is_understood());
+        // A kind this build does not know is a malformed task, not a channel.
+        let unknown = channel.replace(r#""v": 1"#, r#""v": 1, "kind": "teleport""#);
+        assert!(serde_json::from_str::<Task>(&unknown).is_err());
     }
 
     #[test]

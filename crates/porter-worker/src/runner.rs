@@ -156,8 +156,8 @@ pub async fn handle(authorizer: &Authorizer, metrics: &WorkerMetrics, incoming: 
                     TaskOutcome::GaveUp,
                 )
             }
-            Ok(task) if task.v != porter_core::wire::FORMAT_VERSION => {
-                warn!(version = task.v, "task in an unknown format version");
+            Ok(task) if !task.is_understood() => {
+                warn!(version = task.v, kind = ?task.kind, "task in an unknown format version");
                 (
                     Reply::refused(id.clone(), Reason::Internal),
                     TaskOutcome::Malformed,

@@ -9,7 +9,8 @@
 //! This file holds the [`Policy`] and its matching; the rule types are in `rule.rs`, the
 //! errors in `error.rs`, the scoped-token endpoints in `endpoint.rs` (public through the
 //! crate's `endpoint` module), webhook URL templates in `webhook_url.rs`, and the TOML reading
-//! in `parse.rs` and `fields.rs`.
+//! in `parse.rs` and `fields.rs`. The `[signin]` section (Pusher user authentication) is in
+//! `signin.rs`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,6 +24,7 @@ mod fields;
 mod parse;
 mod publish;
 mod rule;
+mod signin;
 mod webhook_url;
 
 use endpoint::{Endpoint, pinned_constraints};
@@ -32,6 +34,7 @@ pub use rule::{
     Allow, CacheScope, CacheSpec, DataSpec, MAX_CACHE_TTL, MAX_DURATION, MIN_DURATION, PrivateData,
     Rule, UserInfoSource,
 };
+pub use signin::Signin;
 pub use webhook_url::{RenderError, WebhookUrl, WebhookUrlError};
 
 /// The TOML of the built-in policy (the feature catalogue of the system Porter replaces).
@@ -50,6 +53,8 @@ pub struct Policy {
     rules: Vec<Rule>,
     /// Scoped-token endpoints (`[[endpoint]]`); their rules are served only by them.
     endpoints: Vec<Endpoint>,
+    /// Pusher user authentication (`[signin]`); `None` refuses it.
+    signin: Option<Signin>,
 }
 
 impl Default for Policy {
@@ -91,8 +96,18 @@ impl Policy {
 
     /// Parses a TOML policy document.
     pub fn from_toml(source: &str) -> Result<Policy, PolicyError> {
-        let (rules, endpoints) = parse::parse_policy(source)?;
-        Ok(Policy { rules, endpoints })
+        let (rules, endpoints, signin) = parse::parse_policy(source)?;
+        Ok(Policy {
+            rules,
+            endpoints,
+            signin,
+        })
+    }
+
+    /// Who may sign in with Pusher user authentication, and what rides along; `None` when
+    /// the policy has no `[signin]` section (user authentication is refused).
+    pub fn signin(&self) -> Option<&Signin> {
+        self.signin.as_ref()
     }
 
     /// The scoped-token endpoints the gateway registers.

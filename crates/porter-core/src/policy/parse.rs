@@ -13,18 +13,22 @@ use super::fields::{
 };
 use super::publish::parse_publish;
 use super::rule::{CacheScope, CacheSpec, DataSpec, PrivateData, Rule, UserInfoSource};
+use super::signin::{Signin, parse_signin};
 use crate::pattern::{Constraints, Pattern, PatternError, template_names};
 use crate::routing::{Queue, Route};
 
-/// Parses a TOML policy document into its rules and endpoints.
-pub(super) fn parse_policy(source: &str) -> Result<(Vec<Rule>, Vec<Endpoint>), PolicyError> {
+/// What a policy document holds: its rules, scoped-token endpoints and `[signin]` section.
+pub(super) type Parsed = (Vec<Rule>, Vec<Endpoint>, Option<Signin>);
+
+/// Parses a TOML policy document into its rules, endpoints and `[signin]` section.
+pub(super) fn parse_policy(source: &str) -> Result<Parsed, PolicyError> {
     let document: toml::Table = source
         .parse()
         .map_err(|e: toml::de::Error| PolicyError::Syntax(one_line(e.message())))?;
     for key in document.keys() {
-        if key != "rule" && key != "endpoint" {
+        if key != "rule" && key != "endpoint" && key != "signin" {
             return Err(PolicyError::Document(format!(
-                "unknown top-level key `{}` (expected `[[rule]]` and `[[endpoint]]` tables)",
+                "unknown top-level key `{}` (expected `[[rule]]` and `[[endpoint]]` tables and a `[signin]` table)",
                 one_line(key)
             )));
         }
@@ -60,7 +64,8 @@ pub(super) fn parse_policy(source: &str) -> Result<(Vec<Rule>, Vec<Endpoint>), P
         None => Vec::new(),
         Some(raw) => parse_endpoints(raw, &rules)?,
     };
-    Ok((rules, endpoints))
+    let signin = document.get("signin").map(parse_signin).transpose()?;
+    Ok((rules, endpoints, signin))
 }
 
 const RULE_FIELDS: &[&str] = &[
