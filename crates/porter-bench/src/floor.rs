@@ -109,6 +109,7 @@ async fn closed_loop(client: AmqpClient, measure_from: Instant, until: Instant) 
             user_id: None,
             claims: serde_json::Map::new(),
             dry_run: false,
+            coalesce: false,
             kind: porter_core::wire::TaskKind::Channel,
         };
         let waiter = client.pending().register(&task.id);

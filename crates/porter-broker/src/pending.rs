@@ -13,7 +13,9 @@
 //! [`Pending::deliver`] is the only way in, for every transport: it verifies a reply's
 //! signature (`porter_core::task_auth`) before it reads the body, binds a signed reply to the
 //! correlation id it was signed for, and drops and counts what does not authenticate. So the
-//! gateway signs nothing for a reply that a broker user forged.
+//! gateway signs nothing for a reply that a broker user forged. A coalesced message (several
+//! replies in one, [`Pending::deliver_batch`]) is opened and each reply inside goes through
+//! [`Pending::deliver`] with its own correlation id and signature, as if it had come alone.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use porter_core::reason::Reason;
 use porter_core::task_auth::{Authenticity, Message, ReplyMessage, TaskAuth, Unauthenticated};
-use porter_core::wire::Reply;
+use porter_core::wire::{Reply, ReplyBatch};
 use tokio::sync::oneshot;
 
 /// Shards spread the lock over cores; task ids are random so any hash spreads well.
@@ -123,6 +125,31 @@ impl Pending {
         } else {
             Delivery::Unclaimed
         }
+    }
+
+    /// Hands each reply of a coalesced message ([`ReplyBatch`], AMQP `type`
+    /// [`REPLY_BATCH_TYPE`](porter_core::wire::REPLY_BATCH_TYPE)) to its waiter through
+    /// [`Pending::deliver`], each verified on its own for its own correlation id: what one
+    /// forged or tampered entry costs is that entry. `Err` when the message is not a batch at all
+    /// (nothing in it delivered).
+    pub fn deliver_batch(
+        &self,
+        auth: &TaskAuth,
+        body: &[u8],
+    ) -> Result<Vec<Delivery>, serde_json::Error> {
+        let batch: ReplyBatch<'_> = serde_json::from_slice(body)?;
+        Ok(batch
+            .replies
+            .iter()
+            .map(|entry| {
+                let message = ReplyMessage {
+                    correlation_id: entry.correlation_id.as_deref(),
+                    body: entry.body.get().as_bytes(),
+                };
+                let signature = entry.signature.as_deref().map(str::as_bytes);
+                self.deliver(auth, message, signature)
+            })
+            .collect())
     }
 
     /// Hands a reply to its waiter. Returns false (and counts it) when nobody waits.
@@ -428,6 +455,120 @@ mod tests {
             Some(Reason::parse("no"))
         );
         assert_eq!(pending.fail_all(&Reason::BrokerUnavailable), 0);
+    }
+
+    /// A coalesced message as a worker writes it: each entry signed by `signer` for its own
+    /// correlation id.
+    fn batch(signer: &TaskAuth, entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let raws: Vec<Box<serde_json::value::RawValue>> = entries
+            .iter()
+            .map(|(_, body)| {
+                serde_json::value::RawValue::from_string(String::from_utf8(body.to_vec()).unwrap())
+                    .unwrap()
+            })
+            .collect();
+        let replies = entries
+            .iter()
+            .zip(&raws)
+            .map(|((cid, _), raw)| {
+                let message = message(cid, raw.get().as_bytes());
+                porter_core::wire::BatchedReply {
+                    correlation_id: Some((*cid).into()),
+                    signature: signer.sign(&Message::Reply(message)).map(Into::into),
+                    body: raw,
+                }
+            })
+            .collect();
+        let batch = ReplyBatch {
+            v: porter_core::wire::FORMAT_VERSION,
+            replies,
+        };
+        serde_json::to_vec(&batch).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_batch_reaches_each_waiter_and_each_entry_is_verified_on_its_own() {
+        let pending = Pending::new();
+        let gateway = auth(Mode::Require, KEY);
+        let (a, b, c) = (
+            pending.register("a"),
+            pending.register("b"),
+            pending.register("c"),
+        );
+        let body_a = body("a", "7");
+        let body_b = body("b", "8");
+        // A worker's batch: a and b signed for themselves.
+        let good = batch(&gateway, &[("a", &body_a), ("b", &body_b)]);
+        let outcomes = pending.deliver_batch(&gateway, &good).unwrap();
+        assert!(
+            matches!(outcomes[..], [Delivery::Delivered, Delivery::Delivered]),
+            "{outcomes:?}"
+        );
+        assert_eq!(received_user(a).await.as_deref(), Some("7"));
+        assert_eq!(received_user(b).await.as_deref(), Some("8"));
+
+        // A forger's batch for c: unsigned, another key, a's real signature moved onto c's
+        // body, and a body naming c under a signature for b.
+        let forged = body("c", "admin");
+        let mut entries = batch(&TaskAuth::off(), &[("c", &forged)]);
+        let outcomes = pending.deliver_batch(&gateway, &entries).unwrap();
+        assert!(matches!(
+            outcomes[..],
+            [Delivery::Unauthenticated(Unauthenticated::Unsigned)]
+        ));
+        entries = batch(&auth(Mode::Require, OTHER_KEY), &[("c", &forged)]);
+        let outcomes = pending.deliver_batch(&gateway, &entries).unwrap();
+        assert!(matches!(
+            outcomes[..],
+            [Delivery::Unauthenticated(Unauthenticated::UnknownKey)]
+        ));
+        let text = String::from_utf8(good.clone()).unwrap();
+        let moved = text.replacen(
+            &String::from_utf8(body_a.clone()).unwrap(),
+            &String::from_utf8(body("c", "admin")).unwrap(),
+            1,
+        );
+        let moved = moved.replacen(r#""cid":"a""#, r#""cid":"c""#, 1);
+        let outcomes = pending.deliver_batch(&gateway, moved.as_bytes()).unwrap();
+        assert!(
+            matches!(
+                outcomes[..],
+                [
+                    Delivery::Unauthenticated(Unauthenticated::BadSignature),
+                    Delivery::Unclaimed
+                ]
+            ),
+            "{outcomes:?}"
+        );
+        entries = batch(&gateway, &[("b", &forged)]);
+        let outcomes = pending.deliver_batch(&gateway, &entries).unwrap();
+        assert!(matches!(outcomes[..], [Delivery::WrongTask]));
+        assert_eq!(pending.unauthenticated(), 4);
+        assert_eq!(pending.len(), 1, "c still waits");
+
+        // Not a batch at all: nothing delivered, an error to log.
+        assert!(pending.deliver_batch(&gateway, b"[1,2]").is_err());
+        assert!(pending.deliver_batch(&gateway, &body("c", "7")).is_err());
+
+        let real = body("c", "9");
+        let outcomes = pending
+            .deliver_batch(&gateway, &batch(&gateway, &[("c", &real)]))
+            .unwrap();
+        assert!(matches!(outcomes[..], [Delivery::Delivered]));
+        assert_eq!(received_user(c).await.as_deref(), Some("9"));
+    }
+
+    #[tokio::test]
+    async fn a_single_reply_from_an_old_worker_still_reaches_a_coalescing_gateway() {
+        // Literally what a worker from before coalescing publishes: one reply, its own message.
+        let pending = Pending::new();
+        let waiter = pending.register("t1");
+        let old = br#"{"v":1,"id":"t1","ok":true,"data":{"user_id":"7"}}"#;
+        assert!(matches!(
+            pending.deliver(&TaskAuth::off(), message("t1", old), None),
+            Delivery::Delivered
+        ));
+        assert_eq!(received_user(waiter).await.as_deref(), Some("7"));
     }
 
     #[test]

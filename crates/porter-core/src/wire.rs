@@ -4,10 +4,12 @@
 //! never the Pusher secret. Both messages carry a format version `v` so that gateways and
 //! workers of different releases can refuse what they do not understand instead of guessing.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::channel::ChannelKind;
 use crate::reason::Reason;
@@ -21,6 +23,10 @@ pub const FORMAT_VERSION: u32 = 1;
 /// (`internal_error`) instead of reading it as a channel subscription (its `kind` would be
 /// an unknown field, ignored).
 pub const SIGNIN_FORMAT_VERSION: u32 = 2;
+
+/// The AMQP `type` of a reply message that carries a [`ReplyBatch`]; a message without it is
+/// one [`Reply`].
+pub const REPLY_BATCH_TYPE: &str = "porter.reply-batch";
 
 /// AMQP header: unix milliseconds after which a worker must not run the task.
 pub const HEADER_DEADLINE_MS: &str = "x-deadline-ms";
@@ -91,6 +97,11 @@ pub struct Task {
     /// claims the real caller does not have grant nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// The gateway reads coalesced replies ([`ReplyBatch`]): a worker may answer this task in
+    /// one message together with other tasks for the same reply queue. Absent (a gateway from
+    /// before coalescing) it is false, and the task gets a reply message of its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub coalesce: bool,
     /// What to decide; absent (a channel) in every task of format 1.
     #[serde(default, skip_serializing_if = "TaskKind::is_channel")]
     pub kind: TaskKind,
@@ -171,6 +182,45 @@ impl Reply {
     }
 }
 
+/// Several replies for one reply queue in one message (worker → gateway, AMQP `type`
+/// [`REPLY_BATCH_TYPE`]), sent only for tasks whose gateway set [`Task::coalesce`].
+///
+/// Each entry is exactly what a reply message of its own would carry: the correlation id of
+/// the task it answers, the value of its signature header, and its body as the bytes that were
+/// signed ([`RawValue`] keeps them as sent). So each entry is verified on its own, for its own
+/// task, and the envelope itself needs no signature: it decides nothing.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReplyBatch<'a> {
+    #[serde(default = "format_version")]
+    pub v: u32,
+    #[serde(borrow)]
+    pub replies: Vec<BatchedReply<'a>>,
+}
+
+/// One reply inside a [`ReplyBatch`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BatchedReply<'a> {
+    /// The correlation id of the task it answers (a single reply's AMQP `correlation_id`).
+    #[serde(
+        borrow,
+        rename = "cid",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub correlation_id: Option<Cow<'a, str>>,
+    /// What a single reply's `x-porter-signature` header would hold; absent when unsigned.
+    #[serde(
+        borrow,
+        rename = "sig",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub signature: Option<Cow<'a, str>>,
+    /// The [`Reply`], byte for byte as signed.
+    #[serde(borrow)]
+    pub body: &'a RawValue,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +240,7 @@ mod tests {
             user_id: Some("7".into()),
             claims: serde_json::Map::new(),
             dry_run: false,
+            coalesce: false,
             kind: TaskKind::Channel,
         };
         let json = serde_json::to_string(&task).unwrap();
@@ -248,5 +299,54 @@ mod tests {
             serde_json::json!({"v": 1, "id": "b", "ok": false, "reason": "expired"})
         );
         assert_eq!(no.into_result(), Err(Reason::Expired));
+    }
+
+    /// A task as a gateway from before coalescing writes it, literally.
+    const OLD_TASK: &str = r#"{"v":1,"id":"t1","channel":"private-a@1","channel_type":"private",
+        "feature":"a","object_id":"1","rule":"r","captures":{},"client_id":null,"user_id":"7",
+        "claims":{}}"#;
+
+    #[test]
+    fn a_task_from_an_old_gateway_asks_for_single_replies() {
+        let task: Task = serde_json::from_str(OLD_TASK).unwrap();
+        assert!(!task.coalesce);
+        // And such a task is written as before: no new field.
+        assert!(!serde_json::to_string(&task).unwrap().contains("coalesce"));
+    }
+
+    #[test]
+    fn an_old_worker_reads_a_coalescing_task_as_before() {
+        /// The task of a worker from before coalescing: the same fields, without `coalesce`.
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct OldWorkerTask {
+            v: u32,
+            id: String,
+            channel: String,
+            rule: String,
+            user_id: Option<String>,
+        }
+        let mut task: Task = serde_json::from_str(OLD_TASK).unwrap();
+        task.coalesce = true;
+        let json = serde_json::to_string(&task).unwrap();
+        assert!(json.contains(r#""coalesce":true"#), "{json}");
+        let old: OldWorkerTask = serde_json::from_str(&json).unwrap();
+        assert_eq!((old.v, old.id.as_str()), (FORMAT_VERSION, "t1"));
+    }
+
+    #[test]
+    fn a_reply_batch_keeps_each_body_byte_for_byte() {
+        // Spacing and key order as a worker signed them: the bytes must come back unchanged.
+        let text = r#"{"v":1,"replies":[{"cid":"a","sig":"k:1","body":{"v":1, "id":"a","ok":true}},{"cid":"b","body":{"id":"b","ok":false,"reason":"expired"}}]}"#;
+        let batch: ReplyBatch<'_> = serde_json::from_str(text).unwrap();
+        assert_eq!(batch.replies.len(), 2);
+        let first = &batch.replies[0];
+        assert_eq!(first.correlation_id.as_deref(), Some("a"));
+        assert_eq!(first.signature.as_deref(), Some("k:1"));
+        assert_eq!(first.body.get(), r#"{"v":1, "id":"a","ok":true}"#);
+        assert_eq!(batch.replies[1].signature, None);
+        let reply: Reply = serde_json::from_str(batch.replies[1].body.get()).unwrap();
+        assert_eq!(reply.into_result(), Err(Reason::Expired));
+        assert_eq!(serde_json::to_string(&batch).unwrap(), text);
     }
 }

@@ -35,6 +35,7 @@ pub fn task_for(p: &Prepared<'_>, identity: &Identity, dry_run: bool) -> Task {
         user_id: identity.user_id.clone(),
         claims: identity.claims.clone(),
         dry_run,
+        coalesce: true,
         kind: porter_core::wire::TaskKind::Channel,
     }
 }

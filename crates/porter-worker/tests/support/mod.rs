@@ -343,6 +343,7 @@ pub fn gateway_task(policy: &Policy, id: &str, channel: &str, user: Option<&str>
         user_id: user.map(str::to_owned),
         claims: serde_json::Map::new(),
         dry_run: false,
+        coalesce: false,
         kind: porter_core::wire::TaskKind::Channel,
     }
 }

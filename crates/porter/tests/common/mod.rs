@@ -527,6 +527,7 @@ pub fn private_task(channel: &str, rule: &str) -> porter_core::wire::Task {
         user_id: None,
         claims: Default::default(),
         dry_run: false,
+        coalesce: false,
         kind: porter_core::wire::TaskKind::Channel,
     }
 }
