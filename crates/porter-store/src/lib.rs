@@ -11,6 +11,8 @@ pub mod observed;
 pub mod presence;
 pub mod ratelimit;
 pub mod redis;
+pub mod retained;
+pub mod session_index;
 
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ use thiserror::Error;
 
 pub use presence::PresenceEvent;
 pub use ratelimit::{Quota, RateCheck, RateDecision};
+pub use retained::RetainStamp;
 
 /// How long a presence-channel membership counts after its `member_added`: a safety net for
 /// `member_removed` webhooks that never arrive (see [`presence`]).
@@ -60,7 +63,9 @@ pub enum StoreError {
 /// carry a hash tag, so they hash to one slot: a user's `online`, `presence-joined` and
 /// `presence-left` keys end in `{<user>}` (one `EXISTS`, one presence script), and every
 /// rate-limit bucket is under `ratelimit:{ratelimit}:` (one GCRA script charges all the buckets
-/// of a request). Every other name, and every name on a single Redis, is as it always was.
+/// of a request); a channel's `retained` and `retained-at` hashes end in `{<channel>}` (one
+/// retain script), and a user's session index in `{<user>}`. Every other name, and every name
+/// on a single Redis, is as it always was.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
@@ -130,7 +135,25 @@ impl Keys {
 
     /// Hash of retained events: event name → JSON data.
     pub fn retained(&self, channel: &str) -> String {
-        format!("{}retained:{channel}", self.prefix)
+        // Tagged on a cluster like a user's keys, for the retain script (see [`retained`]).
+        self.of_user("retained:", channel)
+    }
+
+    /// Hash of the stamps of published retained events: event name →
+    /// `accepted_ms:expires_ms:publication_id` (see [`retained`]).
+    pub fn retained_stamps(&self, channel: &str) -> String {
+        self.of_user("retained-at:", channel)
+    }
+
+    /// Sorted set of a user's live session ids, scored by the unix ms they last until at
+    /// most (see [`session_index`]).
+    pub fn user_sessions(&self, user_id: &str) -> String {
+        self.of_user("sessions-of:", user_id)
+    }
+
+    /// The user id that owns a channel, for rules with `owner = "store"`.
+    pub fn owner(&self, channel: &str) -> String {
+        format!("{}owner:{channel}", self.prefix)
     }
 
     /// Set of user ids allowed by `member` rules.
@@ -270,6 +293,25 @@ pub trait Store: Send + Sync + 'static {
         user_id: &str,
         fields: &[(String, String)],
     ) -> Result<(), StoreError>;
+    /// Retains a published event's data for `ttl`, unless the data held for the event came
+    /// from a newer publication (see [`retained`]): `false` then, and nothing changes.
+    async fn retain_event(
+        &self,
+        channel: &str,
+        event: &str,
+        data: &str,
+        stamp: RetainStamp<'_>,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// The user id stored as a channel's owner (`owner = "store"` rules).
+    async fn channel_owner(&self, channel: &str) -> Result<Option<String>, StoreError>;
+    /// Sets (or, with `None`, clears) a channel's owner.
+    async fn set_channel_owner(
+        &self,
+        channel: &str,
+        user_id: Option<&str>,
+    ) -> Result<(), StoreError>;
 
     /// Online = heartbeating (the `online` key is live) or in any presence channel.
     async fn is_online(&self, user_id: &str) -> Result<bool, StoreError>;
@@ -326,6 +368,18 @@ pub trait Store: Send + Sync + 'static {
     async fn cap_session(&self, session_id: &str, ttl: Duration) -> Result<(), StoreError>;
     /// Deletes a session (its token was revoked or has expired).
     async fn forget_session(&self, session_id: &str) -> Result<(), StoreError>;
+    /// Adds a session to its user's index of live sessions for at most `until` (its token's
+    /// remaining life): see [`session_index`].
+    async fn index_session(
+        &self,
+        user_id: &str,
+        session_id: &str,
+        until: Duration,
+    ) -> Result<(), StoreError>;
+    /// Removes a session from its user's index (it ended).
+    async fn unindex_session(&self, user_id: &str, session_id: &str) -> Result<(), StoreError>;
+    /// The user's sessions that still exist; the index entries of ended ones are removed.
+    async fn live_sessions(&self, user_id: &str) -> Result<Vec<String>, StoreError>;
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
@@ -348,10 +402,14 @@ mod tests {
             cluster.rate_limit("user:7"),
             "p:ratelimit:{ratelimit}:user:7"
         );
-        for name in ["channel-data-v2:", "retained:", "members:", "session:"] {
+        assert_eq!(single.retained("c"), "p:retained:c");
+        assert_eq!(cluster.retained("c"), "p:retained:{c}");
+        assert_eq!(cluster.retained_stamps("c"), "p:retained-at:{c}");
+        assert_eq!(cluster.user_sessions("7"), "p:sessions-of:{7}");
+        for name in ["channel-data-v2:", "owner:", "members:", "session:"] {
             let (a, b) = match name {
                 "channel-data-v2:" => (single.channel_data("c"), cluster.channel_data("c")),
-                "retained:" => (single.retained("c"), cluster.retained("c")),
+                "owner:" => (single.owner("c"), cluster.owner("c")),
                 "members:" => (single.members("c"), cluster.members("c")),
                 _ => (single.session("s"), cluster.session("s")),
             };

@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::{
-    CacheLookup, Lookup, PresenceEvent, RateCheck, RateDecision, Revocation, Store, StoreError,
+    CacheLookup, Lookup, PresenceEvent, RateCheck, RateDecision, RetainStamp, Revocation, Store,
+    StoreError,
 };
 
 /// Sees each store call, by method name, before it runs.
@@ -68,6 +69,48 @@ impl<S: Store, O: Observer> Store for Observed<S, O> {
     ) -> Result<(), StoreError> {
         self.observer.before("clear_retained_events")?;
         self.inner.clear_retained_events(channel, event).await
+    }
+    async fn retain_event(
+        &self,
+        channel: &str,
+        event: &str,
+        data: &str,
+        stamp: RetainStamp<'_>,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.observer.before("retain_event")?;
+        self.inner
+            .retain_event(channel, event, data, stamp, ttl)
+            .await
+    }
+    async fn channel_owner(&self, channel: &str) -> Result<Option<String>, StoreError> {
+        self.observer.before("channel_owner")?;
+        self.inner.channel_owner(channel).await
+    }
+    async fn set_channel_owner(
+        &self,
+        channel: &str,
+        user_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.observer.before("set_channel_owner")?;
+        self.inner.set_channel_owner(channel, user_id).await
+    }
+    async fn index_session(
+        &self,
+        user_id: &str,
+        session_id: &str,
+        until: Duration,
+    ) -> Result<(), StoreError> {
+        self.observer.before("index_session")?;
+        self.inner.index_session(user_id, session_id, until).await
+    }
+    async fn unindex_session(&self, user_id: &str, session_id: &str) -> Result<(), StoreError> {
+        self.observer.before("unindex_session")?;
+        self.inner.unindex_session(user_id, session_id).await
+    }
+    async fn live_sessions(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        self.observer.before("live_sessions")?;
+        self.inner.live_sessions(user_id).await
     }
     async fn is_member(&self, channel: &str, user_id: &str) -> Result<bool, StoreError> {
         self.observer.before("is_member")?;

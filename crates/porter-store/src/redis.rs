@@ -37,9 +37,11 @@ use tokio::sync::OnceCell;
 
 use crate::presence::PRESENCE_SCRIPT;
 use crate::ratelimit::GCRA_SCRIPT;
+use crate::retained::RETAIN_SCRIPT;
+use crate::session_index::{INDEX_SCRIPT, now_ms};
 use crate::{
     CacheLookup, Keys, Lookup, PRESENCE_CHANNELS_TTL, PresenceEvent, RateCheck, RateDecision,
-    Revocation, Store, StoreError, revocation_expiry,
+    RetainStamp, Revocation, Store, StoreError, revocation_expiry,
 };
 use breaker::Breaker;
 use shards::{ShardMap, SharedMap, group_by_shard};
@@ -59,6 +61,10 @@ pub struct RedisStore {
     gcra: Arc<redis::Script>,
     /// The presence-membership script (see `crate::presence`).
     presence: Arc<redis::Script>,
+    /// The retain script of published events (see `crate::retained`).
+    retain: Arc<redis::Script>,
+    /// The session index script (see `crate::session_index`).
+    index: Arc<redis::Script>,
 }
 
 struct Shared {
@@ -222,6 +228,8 @@ impl RedisStore {
             keys,
             gcra: Arc::new(redis::Script::new(GCRA_SCRIPT)),
             presence: Arc::new(redis::Script::new(PRESENCE_SCRIPT)),
+            retain: Arc::new(redis::Script::new(RETAIN_SCRIPT)),
+            index: Arc::new(redis::Script::new(INDEX_SCRIPT)),
         })
     }
 
@@ -513,10 +521,65 @@ impl Store for RedisStore {
         channel: &str,
         event: Option<&str>,
     ) -> Result<(), StoreError> {
-        let key = self.keys.retained(channel);
+        // The stamps go too (one slot on a cluster: see `Keys::retained`), so a cleared
+        // event is not held against an older publication.
+        let keys = [
+            self.keys.retained(channel),
+            self.keys.retained_stamps(channel),
+        ];
+        let mut pipe = redis::pipe();
+        pipe.atomic();
         match event {
             Some(event) => {
-                self.run(&key, async |c| c.hdel::<_, _, ()>(&key, event).await)
+                pipe.hdel(&keys[0], event).ignore();
+                pipe.hdel(&keys[1], event).ignore();
+            }
+            None => {
+                pipe.del(&keys).ignore();
+            }
+        }
+        self.run(&keys[0], async |c| pipe.query_async(c).await)
+            .await
+    }
+
+    async fn retain_event(
+        &self,
+        channel: &str,
+        event: &str,
+        data: &str,
+        stamp: RetainStamp<'_>,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.keys.retained(channel);
+        let mut invocation = self.retain.prepare_invoke();
+        invocation
+            .key(&key)
+            .key(self.keys.retained_stamps(channel))
+            .arg(event)
+            .arg(data)
+            .arg(stamp.accepted_ms)
+            .arg(stamp.publication_id)
+            .arg(ttl.as_millis().max(1) as u64);
+        let written: u8 = self
+            .run(&key, async |c| invocation.invoke_async(c).await)
+            .await?;
+        Ok(written == 1)
+    }
+
+    async fn channel_owner(&self, channel: &str) -> Result<Option<String>, StoreError> {
+        let key = self.keys.owner(channel);
+        self.run(&key, async |c| c.get(&key).await).await
+    }
+
+    async fn set_channel_owner(
+        &self,
+        channel: &str,
+        user_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.owner(channel);
+        match user_id {
+            Some(user) => {
+                self.run(&key, async |c| c.set::<_, _, ()>(&key, user).await)
                     .await
             }
             None => self.run(&key, async |c| c.del::<_, ()>(&key).await).await,
@@ -781,6 +844,65 @@ impl Store for RedisStore {
         self.run(&key, async |c| c.del::<_, i64>(&key).await)
             .await
             .map(drop)
+    }
+
+    async fn index_session(
+        &self,
+        user_id: &str,
+        session_id: &str,
+        until: Duration,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.user_sessions(user_id);
+        let now = now_ms();
+        let mut invocation = self.index.prepare_invoke();
+        invocation
+            .key(&key)
+            .arg(session_id)
+            .arg(now + until.as_millis().max(1) as u64)
+            .arg(now);
+        self.run(&key, async |c| invocation.invoke_async::<u8>(c).await)
+            .await
+            .map(drop)
+    }
+
+    async fn unindex_session(&self, user_id: &str, session_id: &str) -> Result<(), StoreError> {
+        let key = self.keys.user_sessions(user_id);
+        self.run(&key, async |c| c.zrem::<_, _, ()>(&key, session_id).await)
+            .await
+    }
+
+    async fn live_sessions(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        let key = self.keys.user_sessions(user_id);
+        let now = now_ms();
+        let indexed: Vec<String> = self
+            .run(&key, async |c| {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(&key)
+                    .arg(format!("({now}"))
+                    .arg("+inf")
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        // A session's key lives in its own slot: one EXISTS each (a user has few sessions).
+        let mut live = Vec::with_capacity(indexed.len());
+        let mut ended = Vec::new();
+        for id in indexed {
+            let session = self.keys.session(&id);
+            let exists: bool = self
+                .run(&session, async |c| c.exists(&session).await)
+                .await?;
+            if exists {
+                live.push(id);
+            } else {
+                ended.push(id);
+            }
+        }
+        if !ended.is_empty() {
+            self.run(&key, async |c| c.zrem::<_, _, ()>(&key, &ended).await)
+                .await?;
+        }
+        Ok(live)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

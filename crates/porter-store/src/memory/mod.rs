@@ -11,9 +11,10 @@ use tokio::time::Instant;
 
 use crate::presence;
 use crate::ratelimit::gcra;
+use crate::retained;
 use crate::{
     CacheLookup, Keys, Lookup, PRESENCE_CHANNELS_TTL, PresenceEvent, RateCheck, RateDecision,
-    Revocation, Store, StoreError, revocation_expiry,
+    RetainStamp, Revocation, Store, StoreError, revocation_expiry,
 };
 
 enum Value {
@@ -132,6 +133,39 @@ impl MemoryStore {
     fn delete(&self, key: &str) {
         self.data().remove(key);
     }
+
+    /// Takes a hash out of the map (empty when absent), to be put back by [`Self::put_hash`].
+    fn take_hash(data: &mut HashMap<String, Entry>, key: &str) -> BTreeMap<String, String> {
+        match Self::live(data, key).map(|e| &mut e.value) {
+            Some(Value::Hash(h)) => std::mem::take(h),
+            _ => BTreeMap::new(),
+        }
+    }
+
+    /// Puts a hash back with an expiry; an empty hash does not exist, as in Redis.
+    fn put_hash(
+        data: &mut HashMap<String, Entry>,
+        key: String,
+        hash: BTreeMap<String, String>,
+        expires: Option<Instant>,
+    ) {
+        if hash.is_empty() {
+            data.remove(&key);
+        } else {
+            data.insert(
+                key,
+                Entry {
+                    value: Value::Hash(hash),
+                    expires,
+                },
+            );
+        }
+    }
+
+    /// The expiry an entry has now, to keep it when it is put back.
+    fn expiry_of(data: &HashMap<String, Entry>, key: &str) -> Option<Instant> {
+        data.get(key).and_then(|e| e.expires)
+    }
 }
 
 #[async_trait]
@@ -178,17 +212,100 @@ impl Store for MemoryStore {
         channel: &str,
         event: Option<&str>,
     ) -> Result<(), StoreError> {
-        let key = self.keys.retained(channel);
-        match event {
-            None => self.delete(&key),
-            Some(event) => {
-                if let Some(Entry {
-                    value: Value::Hash(h),
-                    ..
-                }) = Self::live(&mut self.data(), &key)
-                {
-                    h.remove(event);
+        let mut data = self.data();
+        for key in [
+            self.keys.retained(channel),
+            self.keys.retained_stamps(channel),
+        ] {
+            match event {
+                None => {
+                    data.remove(&key);
                 }
+                Some(event) => {
+                    if let Some(Entry {
+                        value: Value::Hash(h),
+                        ..
+                    }) = Self::live(&mut data, &key)
+                    {
+                        h.remove(event);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn retain_event(
+        &self,
+        channel: &str,
+        event: &str,
+        value: &str,
+        stamp: RetainStamp<'_>,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let (retained_key, stamps_key) = (
+            self.keys.retained(channel),
+            self.keys.retained_stamps(channel),
+        );
+        let mut data = self.data();
+        self.sweep_if_due(&mut data);
+        let (previous_retained, previous_stamps) = (
+            Self::expiry_of(&data, &retained_key),
+            Self::expiry_of(&data, &stamps_key),
+        );
+        let mut retained_hash = Self::take_hash(&mut data, &retained_key);
+        let mut stamps = Self::take_hash(&mut data, &stamps_key);
+        // Stamps count on the store's monotonic clock, in ms, as Redis's on its own.
+        let now_ms = clock_us() / 1000;
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let outcome = retained::apply(
+            &mut retained_hash,
+            &mut stamps,
+            event,
+            value,
+            stamp,
+            ttl_ms,
+            now_ms,
+        );
+        let (retained_expires, stamps_expires) = if outcome.written {
+            let at = Some(Instant::now() + Duration::from_millis(outcome.expires_ms - now_ms));
+            (at, at)
+        } else {
+            (previous_retained, previous_stamps)
+        };
+        Self::put_hash(&mut data, retained_key, retained_hash, retained_expires);
+        Self::put_hash(&mut data, stamps_key, stamps, stamps_expires);
+        Ok(outcome.written)
+    }
+
+    async fn channel_owner(&self, channel: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            match Self::live(&mut self.data(), &self.keys.owner(channel)).map(|e| &e.value) {
+                Some(Value::Text(user)) => Some(user.clone()),
+                _ => None,
+            },
+        )
+    }
+
+    async fn set_channel_owner(
+        &self,
+        channel: &str,
+        user_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.owner(channel);
+        let mut data = self.data();
+        match user_id {
+            Some(user) => {
+                data.insert(
+                    key,
+                    Entry {
+                        value: Value::Text(user.to_owned()),
+                        expires: None,
+                    },
+                );
+            }
+            None => {
+                data.remove(&key);
             }
         }
         Ok(())
@@ -436,6 +553,57 @@ impl Store for MemoryStore {
     async fn forget_session(&self, session_id: &str) -> Result<(), StoreError> {
         self.data().remove(&self.keys.session(session_id));
         Ok(())
+    }
+
+    async fn index_session(
+        &self,
+        user_id: &str,
+        session_id: &str,
+        until: Duration,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.user_sessions(user_id);
+        let mut data = self.data();
+        let now_ms = clock_us() / 1000;
+        let mut index = Self::take_hash(&mut data, &key);
+        index.retain(|_, end| end.parse::<u64>().is_ok_and(|end| end > now_ms));
+        index.insert(
+            session_id.to_owned(),
+            (now_ms + until.as_millis().max(1) as u64).to_string(),
+        );
+        let last = index
+            .values()
+            .filter_map(|end| end.parse::<u64>().ok())
+            .max()
+            .unwrap_or(now_ms);
+        let expires = Instant::now() + Duration::from_millis(last.saturating_sub(now_ms));
+        Self::put_hash(&mut data, key, index, Some(expires));
+        Ok(())
+    }
+
+    async fn unindex_session(&self, user_id: &str, session_id: &str) -> Result<(), StoreError> {
+        if let Some(Entry {
+            value: Value::Hash(index),
+            ..
+        }) = Self::live(&mut self.data(), &self.keys.user_sessions(user_id))
+        {
+            index.remove(session_id);
+        }
+        Ok(())
+    }
+
+    async fn live_sessions(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        let key = self.keys.user_sessions(user_id);
+        let mut data = self.data();
+        let now_ms = clock_us() / 1000;
+        let expires = Self::expiry_of(&data, &key);
+        let mut index = Self::take_hash(&mut data, &key);
+        index.retain(|id, end| {
+            end.parse::<u64>().is_ok_and(|end| end > now_ms)
+                && Self::live(&mut data, &self.keys.session(id)).is_some()
+        });
+        let live = index.keys().cloned().collect();
+        Self::put_hash(&mut data, key, index, expires);
+        Ok(live)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
