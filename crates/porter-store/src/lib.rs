@@ -166,6 +166,12 @@ impl Keys {
         format!("{}user:{user_id}", self.prefix)
     }
 
+    /// Set of the user ids a user watches (Pusher user authentication's `watchlist`). On a
+    /// cluster it carries the user's hash tag, like the online keys.
+    pub fn watchlist(&self, user_id: &str) -> String {
+        self.of_user("watchlist:", user_id)
+    }
+
     /// The global presence flag of a user, with a TTL.
     pub fn online(&self, user_id: &str) -> String {
         self.of_user("online:", user_id)
@@ -313,6 +319,18 @@ pub trait Store: Send + Sync + 'static {
         user_id: Option<&str>,
     ) -> Result<(), StoreError>;
 
+    /// Replaces a user's info hash with `fields` in one atomic step; no fields deletes it.
+    async fn replace_user_info(
+        &self,
+        user_id: &str,
+        fields: &[(String, String)],
+    ) -> Result<(), StoreError>;
+
+    /// The user ids a user watches, sorted.
+    async fn watchlist(&self, user_id: &str) -> Result<Vec<String>, StoreError>;
+    /// Replaces a user's watchlist in one atomic step; an empty list deletes it.
+    async fn replace_watchlist(&self, user_id: &str, watched: &[String]) -> Result<(), StoreError>;
+
     /// Online = heartbeating (the `online` key is live) or in any presence channel.
     async fn is_online(&self, user_id: &str) -> Result<bool, StoreError>;
     async fn set_online(&self, user_id: &str, ttl: Duration) -> Result<(), StoreError>;
@@ -396,6 +414,8 @@ mod tests {
         assert_eq!(single.online("7"), "p:online:7");
         assert_eq!(single.rate_limit("user:7"), "p:ratelimit:user:7");
         assert_eq!(cluster.online("7"), "p:online:{7}");
+        assert_eq!(single.watchlist("7"), "p:watchlist:7");
+        assert_eq!(cluster.watchlist("7"), "p:watchlist:{7}");
         assert_eq!(cluster.presence_channels("7"), "p:presence-joined:{7}");
         assert_eq!(cluster.presence_left("7"), "p:presence-left:{7}");
         assert_eq!(

@@ -136,6 +136,22 @@ impl<S: Store, O: Observer> Store for Observed<S, O> {
         self.observer.before("set_user_info")?;
         self.inner.set_user_info(user_id, fields).await
     }
+    async fn replace_user_info(
+        &self,
+        user_id: &str,
+        fields: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        self.observer.before("replace_user_info")?;
+        self.inner.replace_user_info(user_id, fields).await
+    }
+    async fn watchlist(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        self.observer.before("watchlist")?;
+        self.inner.watchlist(user_id).await
+    }
+    async fn replace_watchlist(&self, user_id: &str, watched: &[String]) -> Result<(), StoreError> {
+        self.observer.before("replace_watchlist")?;
+        self.inner.replace_watchlist(user_id, watched).await
+    }
     async fn is_online(&self, user_id: &str) -> Result<bool, StoreError> {
         self.observer.before("is_online")?;
         self.inner.is_online(user_id).await

@@ -627,6 +627,38 @@ impl Store for RedisStore {
         .await
     }
 
+    async fn replace_user_info(
+        &self,
+        user_id: &str,
+        fields: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let key = self.keys.user(user_id);
+        // One key, so one slot: DEL and HSET in one MULTI, never a half-replaced hash.
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(&key).ignore();
+        if !fields.is_empty() {
+            pipe.hset_multiple(&key, fields).ignore();
+        }
+        self.run(&key, async |c| pipe.query_async(c).await).await
+    }
+
+    async fn watchlist(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        let key = self.keys.watchlist(user_id);
+        let mut watched: Vec<String> = self.run(&key, async |c| c.smembers(&key).await).await?;
+        watched.sort();
+        Ok(watched)
+    }
+
+    async fn replace_watchlist(&self, user_id: &str, watched: &[String]) -> Result<(), StoreError> {
+        let key = self.keys.watchlist(user_id);
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(&key).ignore();
+        if !watched.is_empty() {
+            pipe.sadd(&key, watched).ignore();
+        }
+        self.run(&key, async |c| pipe.query_async(c).await).await
+    }
+
     async fn is_online(&self, user_id: &str) -> Result<bool, StoreError> {
         // An empty hash does not exist in Redis, so one EXISTS over both keys answers
         // "heartbeating or in any presence channel".

@@ -54,6 +54,7 @@ on_both!(
     revocations_keep_their_whole_ttl_or_no_expiry_past_any_ttl,
     a_batch_look_up_reads_every_slot_and_sees_revocations,
     sessions_slide_and_are_only_ever_shortened,
+    user_info_and_watchlists_are_replaced_whole,
 );
 
 /// A plain connection to one node of the cluster, by port.
@@ -589,4 +590,31 @@ async fn sessions_slide_and_are_only_ever_shortened(target: Target) {
             .unwrap(),
         None
     );
+}
+
+/// The admin API's replacements of a user's info and watchlist: atomic, whole, and an empty
+/// one deletes the key (a user id with braces keeps its watchlist in one slot too).
+async fn user_info_and_watchlists_are_replaced_whole(target: Target) {
+    let store = store_on(target, "watchlist");
+    let field = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    let ids = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    for user in ["7", "a{b}c"] {
+        store
+            .set_user_info(user, &[field("name", "Ann"), field("age", "3")])
+            .await
+            .unwrap();
+        store
+            .replace_user_info(user, &[field("name", "Bo")])
+            .await
+            .unwrap();
+        assert_eq!(store.user_info(user).await.unwrap(), [field("name", "Bo")]);
+        store.replace_user_info(user, &[]).await.unwrap();
+        assert_eq!(store.user_info(user).await.unwrap(), []);
+
+        store.replace_watchlist(user, &ids(&["9", "8"])).await.unwrap();
+        store.replace_watchlist(user, &ids(&["b", "a"])).await.unwrap();
+        assert_eq!(store.watchlist(user).await.unwrap(), ids(&["a", "b"]));
+        store.replace_watchlist(user, &[]).await.unwrap();
+        assert_eq!(store.watchlist(user).await.unwrap(), Vec::<String>::new());
+    }
 }

@@ -361,6 +361,53 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn replace_user_info(
+        &self,
+        user_id: &str,
+        fields: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let hash: BTreeMap<String, String> = fields.iter().cloned().collect();
+        let key = self.keys.user(user_id);
+        let mut data = self.data();
+        if hash.is_empty() {
+            data.remove(&key);
+        } else {
+            data.insert(
+                key,
+                Entry {
+                    value: Value::Hash(hash),
+                    expires: None,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn watchlist(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        let key = self.keys.watchlist(user_id);
+        Ok(match Self::live(&mut self.data(), &key).map(|e| &e.value) {
+            Some(Value::Set(s)) => s.iter().cloned().collect(),
+            _ => Vec::new(),
+        })
+    }
+
+    async fn replace_watchlist(&self, user_id: &str, watched: &[String]) -> Result<(), StoreError> {
+        let key = self.keys.watchlist(user_id);
+        let mut data = self.data();
+        if watched.is_empty() {
+            data.remove(&key);
+        } else {
+            data.insert(
+                key,
+                Entry {
+                    value: Value::Set(watched.iter().cloned().collect()),
+                    expires: None,
+                },
+            );
+        }
+        Ok(())
+    }
+
     async fn is_online(&self, user_id: &str) -> Result<bool, StoreError> {
         let mut data = self.data();
         let heartbeat = Self::live(&mut data, &self.keys.online(user_id)).is_some();

@@ -279,3 +279,35 @@ async fn expired_entries_are_swept_as_the_map_grows() {
     store.put_cached("fresh", "ANNON", "{}", ttl).await.unwrap();
     assert_eq!(store.data().len(), 1);
 }
+
+#[tokio::test]
+async fn user_info_and_watchlists_are_replaced_whole_and_deleted_when_empty() {
+    let store = MemoryStore::default();
+    let field = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    store
+        .set_user_info("7", &[field("name", "Ann"), field("age", "3")])
+        .await
+        .unwrap();
+    store
+        .replace_user_info("7", &[field("name", "Bo")])
+        .await
+        .unwrap();
+    assert_eq!(store.user_info("7").await.unwrap(), [field("name", "Bo")]);
+    store.replace_user_info("7", &[]).await.unwrap();
+    assert_eq!(store.user_info("7").await.unwrap(), []);
+
+    let ids = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(store.watchlist("7").await.unwrap(), Vec::<String>::new());
+    store
+        .replace_watchlist("7", &ids(&["9", "8"]))
+        .await
+        .unwrap();
+    store
+        .replace_watchlist("7", &ids(&["b", "a"]))
+        .await
+        .unwrap();
+    assert_eq!(store.watchlist("7").await.unwrap(), ids(&["a", "b"]));
+    assert_eq!(store.watchlist("8").await.unwrap(), Vec::<String>::new());
+    store.replace_watchlist("7", &[]).await.unwrap();
+    assert_eq!(store.watchlist("7").await.unwrap(), Vec::<String>::new());
+}
