@@ -15,6 +15,11 @@
 //! - The session remembers the token's hash and `jti`: revoking the token ends its sessions;
 //!   the first use that finds the revocation deletes the session.
 //! - Session ids are 128-bit random (UUID v4) hex strings and never appear in a log line.
+//! - Every session is in its user's index of live sessions (`Store::index_session`) until its
+//!   token's end at the latest, so a published event for the user reaches its exchange; the
+//!   index is written before the session, so a session never exists unindexed, and a session
+//!   that ends is taken out (an index entry of a session deleted elsewhere, e.g. on a
+//!   revocation, is dropped by the next read, which checks that the session still exists).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -155,6 +160,11 @@ impl Sessions {
             warn!(error = %redact(&error.to_string(), &id), "could not declare a session exchange");
             return Err(IdentityError::BrokerUnavailable);
         }
+        // Indexed until its token's end, which the session never outlives.
+        if let Err(error) = self.store.index_session(&user_id, &id, remaining).await {
+            warn!(%error, "could not index a session");
+            return Err(IdentityError::StoreUnavailable);
+        }
         let record = SessionRecord {
             user_id,
             claims,
@@ -190,6 +200,9 @@ impl Sessions {
             // The token has ended: so has the session, whatever its sliding TTL says.
             if let Err(error) = self.store.forget_session(id).await {
                 warn!(%error, "could not delete an ended session");
+            }
+            if let Err(error) = self.store.unindex_session(&record.user_id, id).await {
+                warn!(%error, "could not take an ended session out of its user's index");
             }
             return Err(IdentityError::InvalidSession);
         };
@@ -310,6 +323,25 @@ mod tests {
             sessions.resume(&other).await.unwrap_err().code(),
             "invalid_session"
         );
+    }
+
+    #[tokio::test]
+    async fn a_session_is_in_its_users_index_while_it_lives() {
+        let store = Arc::new(porter_store::memory::MemoryStore::default());
+        let sessions = memory_sessions(store.clone());
+        let id = sessions
+            .open(
+                "7".into(),
+                claims_until(now_secs() + 600),
+                Credential::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.live_sessions("7").await.unwrap(), [id.clone()]);
+        assert!(store.live_sessions("8").await.unwrap().is_empty());
+        // It ends (deleted, as a revocation does): no longer listed.
+        store.forget_session(&id).await.unwrap();
+        assert!(store.live_sessions("7").await.unwrap().is_empty());
     }
 
     fn memory_sessions(store: Arc<porter_store::memory::MemoryStore>) -> Sessions {
