@@ -7,7 +7,7 @@ use porter_core::cache::{CachedDecision, RuleStamps};
 use porter_core::channel::Channel;
 use porter_core::policy::Policy;
 use porter_core::reason::Reason;
-use porter_core::wire::{AuthData, Task};
+use porter_core::wire::{AuthData, Task, TaskKind};
 use porter_store::Store;
 
 use crate::decision::{Facts, Verdict, decide};
@@ -46,13 +46,36 @@ impl Authorizer {
         self
     }
 
-    /// The rule names of the policy, for the metrics' `rule` label.
+    /// The rule names of the policy, for the metrics' `rule` label; `[signin]` when the
+    /// policy has that section.
     pub fn rule_names(&self) -> impl Iterator<Item = &str> {
-        self.policy.rules().iter().map(|rule| rule.name.as_str())
+        let signin = self
+            .policy
+            .signin()
+            .map(|_| porter_core::wire::SIGNIN_RULE);
+        self.policy
+            .rules()
+            .iter()
+            .map(|rule| rule.name.as_str())
+            .chain(signin)
     }
 
     /// Decides a task: the data to sign, or the refusal reason.
     pub async fn authorize(&self, task: &Task) -> Result<AuthData, Reason> {
+        if task.kind == TaskKind::Signin {
+            let facts = Facts {
+                task,
+                store: self.store.as_ref(),
+                webhooks: &self.webhooks,
+            };
+            return crate::signin::sign_in(self.policy.signin(), &facts)
+                .await
+                .inspect_err(|reason| {
+                    if *reason == Reason::StoreUnavailable {
+                        self.metrics.store_error();
+                    }
+                });
+        }
         let channel = Channel::parse(&task.channel).map_err(|e| e.reason())?;
         // The gateway names the rule it matched; the worker's policy must agree on it, so a
         // rolling deploy with differing policies refuses instead of guessing.

@@ -7,6 +7,9 @@
 //! and drains what it holds on shutdown: it stops consuming first, so the tasks it has not
 //! started go back to the queue at once, then finishes the ones it runs.
 //!
+//! A signin task (Pusher user authentication) is decided by [`signin`] with the policy's
+//! `[signin]` section instead of a channel's rule.
+//!
 //! [`metrics`] is the recorder the runner, the authorizer and the webhook client write into;
 //! [`listener`] serves it with `/healthz` and `/readyz` (`porter worker --http-listen`).
 //!
@@ -19,6 +22,7 @@ pub mod listener;
 pub mod metrics;
 pub mod registry;
 pub mod runner;
+pub mod signin;
 pub mod webhook;
 
 pub use authorizer::Authorizer;

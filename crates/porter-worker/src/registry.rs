@@ -128,8 +128,9 @@ pub fn refusal_for(error: &StoreError) -> Reason {
     }
 }
 
-/// Stored event data is JSON; anything else is handed over as a string.
-fn event_data(raw: String) -> Value {
+/// Stored event data (and user info values) are JSON; anything else is handed over as a
+/// string.
+pub(crate) fn event_data(raw: String) -> Value {
     serde_json::from_str(&raw).unwrap_or(Value::String(raw))
 }
 
