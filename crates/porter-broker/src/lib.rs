@@ -17,11 +17,13 @@
 
 pub mod amqp;
 mod auth;
+pub mod event_source;
 pub mod events;
 pub mod local;
 pub mod local_events;
 pub mod pending;
 pub mod session;
+pub mod session_publish;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
