@@ -354,6 +354,9 @@ pub trait Store: Send + Sync + 'static {
     /// Whether an id was seen by [`Store::first_sighting`] within its TTL, without marking
     /// it: to check for a replay before applying, and mark only once applied.
     async fn sighted(&self, id: &str) -> Result<bool, StoreError>;
+    /// Removes the mark [`Store::first_sighting`] set: what it marked did not happen after all
+    /// (a publish the broker did not take), so a retry of it must be accepted.
+    async fn forget_sighting(&self, id: &str) -> Result<(), StoreError>;
 
     /// Reads cache entries and checks revocations in ONE round trip, so that checking a
     /// caller's token costs an authorization nothing extra.

@@ -184,6 +184,10 @@ impl<S: Store, O: Observer> Store for Observed<S, O> {
         self.observer.before("sighted")?;
         self.inner.sighted(id).await
     }
+    async fn forget_sighting(&self, id: &str) -> Result<(), StoreError> {
+        self.observer.before("forget_sighting")?;
+        self.inner.forget_sighting(id).await
+    }
     async fn lookup(
         &self,
         cache: &[CacheLookup<'_>],

@@ -750,6 +750,11 @@ impl Store for RedisStore {
         self.run(&key, async |c| c.exists(&key).await).await
     }
 
+    async fn forget_sighting(&self, id: &str) -> Result<(), StoreError> {
+        let key = self.keys.seen(id);
+        self.run(&key, async |c| c.del(&key).await).await
+    }
+
     async fn lookup(
         &self,
         cache: &[CacheLookup<'_>],

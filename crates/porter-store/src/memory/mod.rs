@@ -525,6 +525,11 @@ impl Store for MemoryStore {
         Ok(Self::live(&mut self.data(), &self.keys.seen(id)).is_some())
     }
 
+    async fn forget_sighting(&self, id: &str) -> Result<(), StoreError> {
+        self.data().remove(&self.keys.seen(id));
+        Ok(())
+    }
+
     async fn lookup(
         &self,
         cache: &[CacheLookup<'_>],
