@@ -8,7 +8,8 @@ use actix_web::web;
 use porter_core::policy::Policy;
 
 use crate::handlers::{
-    admin, batch_authenticate, health, presence, pusher_auth, revoke, scoped, sessions,
+    admin, admin_users, batch_authenticate, health, presence, pusher_auth, revoke, scoped,
+    sessions, user_auth,
 };
 use crate::http::limits::MAX_BODY;
 use crate::middleware;
@@ -39,6 +40,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, policy: &Policy) {
             web::resource("/pusher/auth")
                 .name("auth")
                 .route(web::post().to(pusher_auth::pusher_auth)),
+        )
+        .service(
+            web::resource("/pusher/user-auth")
+                .name("user-auth")
+                .route(web::post().to(user_auth::user_auth)),
         )
         .service(
             web::resource("/presence/heartbeat")
@@ -122,6 +128,20 @@ fn admin_scope() -> actix_web::Scope<
             web::resource(format!("{channel}/events"))
                 .name("admin-events")
                 .route(web::delete().to(admin::clear_events)),
+        )
+        .service(
+            web::resource("/users/{user_id}/info")
+                .name("admin-user-info")
+                .route(web::get().to(admin_users::get_info))
+                .route(web::put().to(admin_users::put_info))
+                .route(web::delete().to(admin_users::delete_info)),
+        )
+        .service(
+            web::resource("/users/{user_id}/watchlist")
+                .name("admin-user-watchlist")
+                .route(web::get().to(admin_users::get_watchlist))
+                .route(web::put().to(admin_users::put_watchlist))
+                .route(web::delete().to(admin_users::delete_watchlist)),
         )
         .service(
             web::resource("/decision")

@@ -115,6 +115,16 @@ fn admin_requests() -> Vec<test::TestRequest> {
         test::TestRequest::post()
             .uri("/admin/tokens/revoke")
             .set_json(json!({"jti": "x"})),
+        test::TestRequest::get().uri("/admin/users/7/info"),
+        test::TestRequest::put()
+            .uri("/admin/users/7/info")
+            .set_json(json!({"name": "Ann"})),
+        test::TestRequest::delete().uri("/admin/users/7/info"),
+        test::TestRequest::get().uri("/admin/users/7/watchlist"),
+        test::TestRequest::put()
+            .uri("/admin/users/7/watchlist")
+            .set_json(json!(["8"])),
+        test::TestRequest::delete().uri("/admin/users/7/watchlist"),
     ]
 }
 

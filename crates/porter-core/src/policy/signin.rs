@@ -199,11 +199,20 @@ mod tests {
         for (section, field) in [
             ("", "allow"),
             ("allow = \"member\"", "allow"),
-            ("allow = { any_of = [\"authenticated\", \"member\"] }", "allow"),
+            (
+                "allow = { any_of = [\"authenticated\", \"member\"] }",
+                "allow",
+            ),
             ("allow = \"owner\"", "allow"),
             ("allow = { claims = { sub = \"id\" } }", "allow"),
-            ("allow = \"authenticated\"\nuser_info = \"claims\"", "user_info"),
-            ("allow = \"authenticated\"\nwatchlist = \"yes\"", "watchlist"),
+            (
+                "allow = \"authenticated\"\nuser_info = \"claims\"",
+                "user_info",
+            ),
+            (
+                "allow = \"authenticated\"\nwatchlist = \"yes\"",
+                "watchlist",
+            ),
             ("allow = \"authenticated\"\nqueue = \"fast\"", "queue"),
             ("allow = \"authenticated\"\nexpires = 0", "expires"),
             ("allow = \"authenticated\"\ncache = true", "cache"),

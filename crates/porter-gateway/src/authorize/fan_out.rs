@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use porter_broker::{Outgoing, TaskClient, now_ms};
+use porter_core::routing::Route;
 use porter_core::wire::{FORMAT_VERSION, Task};
 use porter_identity::Identity;
 use tracing::warn;
@@ -80,6 +81,16 @@ pub struct FanOut<'a> {
 impl FanOut<'_> {
     /// Publishes one task per channel of `jobs` and waits for their verdicts, in order.
     pub async fn run(&self, jobs: &[(&Prepared<'_>, Task)]) -> Result<Vec<Verdict>, NotPublished> {
+        let routed: Vec<(Route, &Task)> = jobs
+            .iter()
+            .map(|(p, task)| (p.matched.rule.route, task))
+            .collect();
+        self.run_routed(&routed).await
+    }
+
+    /// Publishes each task on its route and waits for their verdicts, in order: the one
+    /// publishing path for channel tasks ([`FanOut::run`]) and signin tasks alike.
+    pub async fn run_routed(&self, jobs: &[(Route, &Task)]) -> Result<Vec<Verdict>, NotPublished> {
         if !self.tasks.is_ready() {
             return Err(NotPublished::Broker);
         }
@@ -91,7 +102,7 @@ impl FanOut<'_> {
             .ok_or(NotPublished::Overloaded)?;
         let longest = jobs
             .iter()
-            .map(|(p, _)| p.matched.rule.route.expires)
+            .map(|(route, _)| route.expires)
             .max()
             .unwrap_or_default();
         let started = Instant::now();
@@ -99,8 +110,7 @@ impl FanOut<'_> {
         let now = now_ms();
         let outgoing: Vec<Outgoing<'_>> = jobs
             .iter()
-            .map(|(p, task)| {
-                let route = p.matched.rule.route;
+            .map(|&(route, task)| {
                 Outgoing {
                     task,
                     route,

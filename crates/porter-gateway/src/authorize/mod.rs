@@ -8,6 +8,9 @@
 //!    batch deadline; no reply by then is a timeout;
 //! 4. sign what was allowed ([`sign`]), audit what was refused, one line per channel.
 //!
+//! Pusher user authentication goes the same way with one signin task and no cache
+//! ([`signin`]).
+//!
 //! Architecture Invariant: every authorization that carries a token or session checks the
 //! revocations in the same store round trip as its cache look-up (`Store::lookup`), and is
 //! refused (503) when that round trip fails, never served unchecked (`Authorizer::batch`).
@@ -15,6 +18,7 @@
 pub mod fan_out;
 pub mod outcome;
 pub mod sign;
+pub mod signin;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -33,7 +33,7 @@ fn channel_of(name: &str) -> Result<Channel<'_>, ApiError> {
     Channel::parse(name).map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))
 }
 
-fn checked_name<'a>(what: &'static str, value: &'a str) -> Result<&'a str, ApiError> {
+pub(super) fn checked_name<'a>(what: &'static str, value: &'a str) -> Result<&'a str, ApiError> {
     if value.is_empty() || value.len() > MAX_NAME || value.chars().any(char::is_control) {
         return Err(ApiError::bad_request(
             "invalid_name",
@@ -43,7 +43,7 @@ fn checked_name<'a>(what: &'static str, value: &'a str) -> Result<&'a str, ApiEr
     Ok(value)
 }
 
-fn store_failed(error: porter_store::StoreError) -> ApiError {
+pub(super) fn store_failed(error: porter_store::StoreError) -> ApiError {
     tracing::warn!(%error, "admin change failed in the store");
     ApiError::store_unavailable()
 }

@@ -5,14 +5,17 @@
 //! - [`batch_authenticate`]: `GET /pusher/batch-authenticate`, the batch endpoint.
 //! - [`pusher_auth`]: `POST /pusher/auth`, pusher-js's single request and the
 //!   `pusher-js-auth` plugin's batch.
+//! - [`user_auth`]: `POST /pusher/user-auth`, Pusher user authentication (`signin()`).
 //! - [`scoped`]: the policy's scoped-token endpoints (`[[endpoint]]`, e.g. guest chat).
 //! - [`sessions`]: `POST /auth`, opening a session.
 //! - [`revoke`]: `POST /admin/tokens/revoke`.
 //! - [`presence`]: `POST /presence/heartbeat` and `POST /pusher/webhook`.
 //! - [`admin`]: members, retained events and decisions under `/admin`.
+//! - [`admin_users`]: a user's info and watchlist under `/admin/users`.
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
 
 pub mod admin;
+pub mod admin_users;
 pub mod batch_authenticate;
 pub mod health;
 pub mod presence;
@@ -20,6 +23,7 @@ pub mod pusher_auth;
 pub mod revoke;
 pub mod scoped;
 pub mod sessions;
+pub mod user_auth;
 
 use porter_core::channel::validate_socket_id;
 
