@@ -8,7 +8,7 @@ use actix_web::web;
 use porter_core::policy::Policy;
 
 use crate::handlers::{
-    admin, admin_users, batch_authenticate, health, presence, pusher_auth, revoke, scoped,
+    admin, admin_users, batch_authenticate, health, presence, publish, pusher_auth, revoke, scoped,
     sessions, user_auth,
 };
 use crate::http::limits::MAX_BODY;
@@ -62,6 +62,19 @@ pub fn configure(cfg: &mut web::ServiceConfig, policy: &Policy) {
                 // The IP is charged before the token or email is looked at.
                 .wrap(from_fn(middleware::rate_limit::rate_limit_first))
                 .route(web::post().to(sessions::create)),
+        )
+        .service(
+            web::resource("/apps/{app_id}/events")
+                .name("publish-events")
+                // The IP is charged before the signature is checked.
+                .wrap(from_fn(middleware::rate_limit::rate_limit_first))
+                .route(web::post().to(publish::events)),
+        )
+        .service(
+            web::resource("/apps/{app_id}/batch_events")
+                .name("publish-batch-events")
+                .wrap(from_fn(middleware::rate_limit::rate_limit_first))
+                .route(web::post().to(publish::batch_events)),
         )
         .service(admin_scope())
         .service(

@@ -10,6 +10,7 @@
 //! - [`sessions`]: `POST /auth`, opening a session.
 //! - [`revoke`]: `POST /admin/tokens/revoke`.
 //! - [`presence`]: `POST /presence/heartbeat` and `POST /pusher/webhook`.
+//! - [`publish`]: `POST /apps/{app_id}/events` and `/batch_events`, Pusher's HTTP API.
 //! - [`admin`]: members, retained events and decisions under `/admin`.
 //! - [`admin_users`]: a user's info and watchlist under `/admin/users`.
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
@@ -19,6 +20,7 @@ pub mod admin_users;
 pub mod batch_authenticate;
 pub mod health;
 pub mod presence;
+pub mod publish;
 pub mod pusher_auth;
 pub mod revoke;
 pub mod scoped;
