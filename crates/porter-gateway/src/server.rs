@@ -24,6 +24,7 @@ use actix_web::{App, web};
 use tokio::net::TcpStream;
 
 use crate::audit::{self, Who};
+use crate::handlers::publish::Publishing;
 use crate::http::head_refusals::{HeadRefusal, ObservedIo, RefusalObserver};
 use crate::http::limits::EdgeLimits;
 use crate::state::AppState;
@@ -32,9 +33,11 @@ use crate::state::AppState;
 /// counted (`porter_protection_refusals_total{rule="request_head"}`).
 const RULE: &str = "request_head";
 
-/// Binds `listen` and returns the server, to be awaited.
+/// Binds `listen` and returns the server, to be awaited. `publishing` serves the publish
+/// endpoints (`crate::handlers::publish`); without it they answer 404.
 pub fn bind(
     state: web::Data<AppState>,
+    publishing: Option<web::Data<Publishing>>,
     listen: SocketAddr,
     workers: Option<usize>,
     edge: EdgeLimits,
@@ -50,8 +53,11 @@ pub fn bind(
     let observer: Arc<dyn RefusalObserver> = Arc::new(Audited(state.clone()));
     let builder = builder.bind("porter-gateway", listen, move || {
         let shutdown = shutdown.clone();
-        let app = App::new()
-            .app_data(state.clone())
+        let mut app = App::new().app_data(state.clone());
+        if let Some(publishing) = &publishing {
+            app = app.app_data(publishing.clone());
+        }
+        let app = app
             .app_data(edge)
             .configure(|cfg| crate::configure(cfg, &state.policy));
         let http = HttpService::build()

@@ -16,12 +16,14 @@ use anyhow::Context;
 use porter_broker::amqp::{
     AmqpClient, AmqpConfig, AmqpSource, QueueType, ReplyMode, check_url, redact_url,
 };
-use porter_broker::{TaskClient, local};
+use porter_broker::events::EventSink;
+use porter_broker::{TaskClient, local, local_events};
 use porter_core::cache::RuleStamps;
 use porter_core::policy::{Policy, PrivateData};
 use porter_core::routing::Queue;
 use porter_core::task_auth::{Mode, TaskAuth, TaskKeys};
 use porter_gateway::admin_guard::AdminGuard;
+use porter_gateway::handlers::publish::Publishing;
 use porter_gateway::http::limits::EdgeLimits;
 use porter_gateway::scoped_keys::ScopedKeys;
 use porter_gateway::{AppState, GatewayConfig};
@@ -186,15 +188,33 @@ fn app_state(
     }))
 }
 
+/// The publish endpoints' settings: the app's credentials (checked by [`signer`] already) and
+/// the events queue.
+fn publishing(
+    credentials: &Credentials,
+    sink: Arc<dyn EventSink>,
+) -> anyhow::Result<web::Data<Publishing>> {
+    let (Some(key), Some(secret)) = (&credentials.key, &credentials.secret) else {
+        anyhow::bail!("PUSHER_KEY and PUSHER_SECRET (or --key and --secret) are required");
+    };
+    Ok(web::Data::new(Publishing::new(
+        &credentials.app_id,
+        key,
+        porter_core::signing::Secret::new(secret.as_str()),
+        sink,
+    )))
+}
+
 /// Serves the gateway's app. `edge` bounds what a slow or idle client can hold: the body
 /// deadline (read by the app), the head deadline and the connections per worker (actix's).
 async fn serve_http(
     state: web::Data<AppState>,
+    publishing: Option<web::Data<Publishing>>,
     listen: std::net::SocketAddr,
     workers: Option<usize>,
     edge: EdgeLimits,
 ) -> anyhow::Result<()> {
-    let server = porter_gateway::server::bind(state, listen, workers, edge)
+    let server = porter_gateway::server::bind(state, publishing, listen, workers, edge)
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(%listen, "gateway listening");
     server.await.context("HTTP server failed")
@@ -236,7 +256,7 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         )?;
         crate::verifier::preload(&state.identity, &args.http).await?;
         let edge = args.http.protection.edge.limits();
-        let result = serve_http(state, args.listen, args.http.http_workers, edge).await;
+        let result = serve_http(state, None, args.listen, args.http.http_workers, edge).await;
         client.close().await;
         result
     })
@@ -434,6 +454,9 @@ pub fn dev(args: DevArgs) -> anyhow::Result<()> {
             actix_web::rt::spawn(async move { worker.run(source).await });
         }
         let state = app_state(&http, policy, Arc::new(client), store)?;
+        // Published events wait in memory for the events worker, which takes `event_receiver`.
+        let (events, event_receiver) = local_events::events_channel(local_events::DEFAULT_CAPACITY);
+        let publishing = publishing(&http.credentials, Arc::new(events))?;
 
         let mut claims = Map::new();
         claims.insert("sub".into(), Value::String("7".into()));
@@ -453,7 +476,14 @@ pub fn dev(args: DevArgs) -> anyhow::Result<()> {
         );
         println!("  curl -s -X POST -d 'socket_id=123.456&channel_name=private-user@7' {url}/pusher/auth");
         let edge = http.protection.edge.limits();
-        let result = serve_http(state, args.listen, http.http_workers, edge).await;
+        let result = serve_http(
+            state,
+            Some(publishing),
+            args.listen,
+            http.http_workers,
+            edge,
+        ).await;
+        drop(event_receiver);
         stop.cancel();
         result
     })
