@@ -7,10 +7,14 @@ build:
 	cargo build --workspace --all-targets --locked
 
 # Start Redis and RabbitMQ locally if they are not already running, and the loopback clusters
-# of scripts/cluster.sh (3 RabbitMQ nodes, a 6-node Redis Cluster) the failover tests use.
+# of scripts/cluster.sh (3 RabbitMQ nodes, a 6-node Redis Cluster) the failover tests use;
+# and the official Pusher JS SDKs of crates/porter/tests/js (npm ci, pinned by its lock file)
+# that the SDK tests run with node, unless installed.
 services:
 	./scripts/services.sh
 	./scripts/cluster.sh up
+	test -f crates/porter/tests/js/node_modules/pusher-js/package.json || \
+		(cd crates/porter/tests/js && npm ci --no-audit --no-fund)
 
 lint:
 	cargo fmt --all -- --check
