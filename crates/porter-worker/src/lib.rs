@@ -13,6 +13,9 @@
 //! [`metrics`] is the recorder the runner, the authorizer and the webhook client write into;
 //! [`listener`] serves it with `/healthz` and `/readyz` (`porter worker --http-listen`).
 //!
+//! [`publish`] applies published events (`porter worker --events`, and `porter dev`): retained
+//! state, the owner's session exchanges, and the upstream realtime servers.
+//!
 //! Architecture Invariant: a worker never sees the socket id or the Pusher secret; it returns
 //! data, and the gateway signs.
 
@@ -20,6 +23,7 @@ pub mod authorizer;
 pub mod decision;
 pub mod listener;
 pub mod metrics;
+pub mod publish;
 pub mod registry;
 pub mod runner;
 pub mod signin;

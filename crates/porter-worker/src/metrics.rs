@@ -28,6 +28,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::publish::metrics::PublishMetrics;
+
 /// The `Content-Type` of [`WorkerMetrics::render`]'s page.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
@@ -137,6 +139,8 @@ pub struct WorkerMetrics {
     webhook_failures: Family<OneLabel, Counter>,
     store_errors: Counter,
     broker_connected: Gauge,
+    /// Applying published events (`porter worker --events`).
+    publish: PublishMetrics,
 }
 
 impl Default for WorkerMetrics {
@@ -239,6 +243,9 @@ impl WorkerMetrics {
             broker_connected.clone(),
         );
 
+        let publish = PublishMetrics::default();
+        publish.register(&mut registry);
+
         WorkerMetrics {
             registry: Mutex::new(registry),
             tasks,
@@ -252,7 +259,13 @@ impl WorkerMetrics {
             webhook_failures,
             store_errors,
             broker_connected,
+            publish,
         }
+    }
+
+    /// The recorder of applying published events.
+    pub fn publish(&self) -> &PublishMetrics {
+        &self.publish
     }
 
     pub fn task(&self, queue: Queue, outcome: TaskOutcome) {

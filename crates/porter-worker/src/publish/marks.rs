@@ -1,0 +1,74 @@
+//! Marks of the steps applied for a publication, so that a redelivery (a worker died after
+//! applying, before acknowledging) applies each step at most once: `seen:publish:{id}:{step}`
+//! through the store's replay guard, set only once the step succeeded and checked before it
+//! runs. A step that fails is not marked and runs again on the next delivery.
+
+use std::time::Duration;
+
+use porter_store::{Store, StoreError};
+use sha2::{Digest, Sha256};
+
+/// How long a step's mark lasts: well past any redelivery (a requeue loop while the store
+/// or broker is away, or an operator moving dead letters back a day later).
+pub const MARK_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// One step of one publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark(String);
+
+impl Mark {
+    /// The retained-state step of the publication.
+    pub fn retained(publication_id: &str) -> Mark {
+        Mark(format!("publish:{publication_id}:retained"))
+    }
+
+    /// The delivery of event `index` to one session: by a digest of the session id, never
+    /// the id.
+    pub fn session(publication_id: &str, index: usize, session_id: &str) -> Mark {
+        Mark(format!(
+            "publish:{publication_id}:session:{index}:{}",
+            short_digest(session_id)
+        ))
+    }
+
+    /// The forwarding to one upstream base URL.
+    pub fn upstream(publication_id: &str, base: &str) -> Mark {
+        Mark(format!(
+            "publish:{publication_id}:upstream:{}",
+            short_digest(base)
+        ))
+    }
+
+    /// Whether the step was applied before.
+    pub async fn is_set(&self, store: &dyn Store) -> Result<bool, StoreError> {
+        store.sighted(&self.0).await
+    }
+
+    /// Records that the step was applied.
+    pub async fn set(&self, store: &dyn Store) -> Result<(), StoreError> {
+        store.first_sighting(&self.0, MARK_TTL).await.map(drop)
+    }
+}
+
+fn short_digest(text: &str) -> String {
+    hex::encode(&Sha256::digest(text.as_bytes())[..12])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_name_no_session_id_and_differ_by_step() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let mark = Mark::session("p1", 0, id);
+        assert!(!mark.0.contains(id), "{mark:?}");
+        assert_ne!(mark, Mark::session("p1", 1, id));
+        assert_ne!(mark, Mark::session("p2", 0, id));
+        assert_ne!(
+            Mark::upstream("p1", "http://a"),
+            Mark::upstream("p1", "http://b")
+        );
+        assert_ne!(Mark::retained("p1"), Mark::retained("p2"));
+    }
+}

@@ -1,0 +1,92 @@
+//! Step 2 of applying a publication: the owner's sessions. For each event whose channel's
+//! rule names an owner (`owner = "{object_id}"`, or `"store"`: the channel's owner in the
+//! store), the event goes to the exchange `data.<session-id>.published` of every live session
+//! of that user (the store's index, `Store::live_sessions`), with the routing key
+//! `{channel}.{event}` and the body `{"channel", "event", "data"}`.
+//!
+//! Each delivery is marked once sent ([`Mark::session`]), so a redelivered publication sends
+//! again only what did not go out. A session whose exchange is gone is skipped, not an error.
+
+use porter_broker::BrokerError;
+use porter_broker::session_publish::{SessionDelivery, SessionExchanges};
+use porter_core::channel::Channel;
+use porter_core::policy::{Owner, Policy};
+use porter_core::publish::{Publication, PublishedEvent};
+use porter_store::{Store, StoreError};
+use serde_json::json;
+use thiserror::Error;
+
+use super::marks::Mark;
+use super::metrics::PublishMetrics;
+
+/// Why a delivery to the sessions could not be made now.
+#[derive(Debug, Error)]
+pub enum FanOutError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// The routing key of an event on a session exchange: the proposal's hierarchical name.
+pub fn routing_key(event: &PublishedEvent) -> String {
+    format!("{}.{}", event.channel, event.name)
+}
+
+/// The message body a session receives.
+pub fn body(event: &PublishedEvent) -> Vec<u8> {
+    json!({ "channel": event.channel, "event": event.name, "data": event.data })
+        .to_string()
+        .into_bytes()
+}
+
+/// The user whose sessions receive the channel's events, if the rule names one.
+async fn owner_of(
+    store: &dyn Store,
+    policy: &Policy,
+    event: &PublishedEvent,
+) -> Result<Option<String>, StoreError> {
+    let Ok(channel) = Channel::parse(&event.channel) else {
+        return Ok(None);
+    };
+    let Ok(matched) = policy.match_channel(&channel) else {
+        return Ok(None);
+    };
+    match &matched.rule.publish.owner {
+        None => Ok(None),
+        Some(Owner::Store) => store.channel_owner(&channel.cache_name()).await,
+        Some(owner) => Ok(owner.from_captures(&matched.captures)),
+    }
+}
+
+/// Sends every event of `publication` to its owner's live sessions.
+pub(super) async fn fan_out(
+    store: &dyn Store,
+    exchanges: &dyn SessionExchanges,
+    policy: &Policy,
+    publication: &Publication,
+    events: &[PublishedEvent],
+    metrics: &PublishMetrics,
+) -> Result<(), FanOutError> {
+    for (index, event) in events.iter().enumerate() {
+        let Some(owner) = owner_of(store, policy, event).await? else {
+            continue;
+        };
+        let sessions = store.live_sessions(&owner).await?;
+        if sessions.is_empty() {
+            continue;
+        }
+        let (key, body) = (routing_key(event), body(event));
+        for session in sessions {
+            let mark = Mark::session(&publication.id, index, &session);
+            if mark.is_set(store).await? {
+                metrics.step_skipped();
+                continue;
+            }
+            let delivery = exchanges.publish(&session, &key, &body).await?;
+            metrics.session(delivery == SessionDelivery::Delivered);
+            mark.set(store).await?;
+        }
+    }
+    Ok(())
+}
