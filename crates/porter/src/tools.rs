@@ -144,6 +144,12 @@ pub fn policy_check(file: &Path, sign_private_data: bool) -> anyhow::Result<()> 
     for (_, line) in private_data_compatibility(&policy, private_data_default(sign_private_data)) {
         println!("{line}");
     }
+    match policy.signin() {
+        Some(signin) => println!("{signin}"),
+        None => println!(
+            "signin:      off (no [signin] section): POST /pusher/user-auth answers 403 signin_not_configured"
+        ),
+    }
     Ok(())
 }
 

@@ -844,6 +844,13 @@ fn policy_tools_check_and_explain() {
     let (ok, stdout, stderr) = porter(&["policy", "check", example], &[]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("5 rules, 1 endpoints, valid"), "{stdout}");
+    for line in [
+        "signin:      POST /pusher/user-auth",
+        "allow:       authenticated (never anonymous callers)",
+        "user_data:   id, user_info from store, watchlist",
+    ] {
+        assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
+    }
 
     let (ok, stdout, stderr) = porter(
         &[
@@ -1042,4 +1049,21 @@ fn policy_check_refuses_unsafe_policies_in_one_line() {
         );
     }
     let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn policy_check_says_whether_user_authentication_is_on() {
+    let rule = "[[rule]]\nname = \"r\"\npattern = \"private-{x}\"\nallow = \"anyone\"\n";
+    let (code, stdout, stderr) = check_policy(rule);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("signin:      off (no [signin] section)"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = check_policy(&format!("{rule}[signin]\nallow = \"member\"\n"));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("rule [signin]: field `allow`") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
 }
