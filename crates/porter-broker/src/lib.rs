@@ -41,6 +41,12 @@ pub enum BrokerError {
     Unavailable,
     #[error("broker error: {0}")]
     Amqp(#[from] lapin::Error),
+    /// The node accepted the connection but did not complete the AMQP handshake in time.
+    #[error("the broker did not complete the connection handshake within {0:?}")]
+    ConnectTimeout(std::time::Duration),
+    /// A queue, exchange or routing key name over AMQP's 255 bytes (the name is not quoted).
+    #[error("a broker name of {0} bytes is longer than AMQP's 255")]
+    NameTooLong(usize),
     #[error("could not encode a message: {0}")]
     Encode(#[from] serde_json::Error),
     #[error("the local transport is closed")]
@@ -53,6 +59,13 @@ pub enum BrokerError {
 /// replaces.
 pub fn queue_name(prefix: &str, queue: Queue) -> String {
     format!("{prefix}{}", queue.name())
+}
+
+/// An AMQP short string (a queue, exchange or routing key name): at most 255 bytes. lapin's own
+/// conversions panic on a longer one; this refuses it (a long `PORTER_QUEUE_PREFIX`).
+pub(crate) fn short_string(name: String) -> Result<lapin::types::ShortString, BrokerError> {
+    let length = name.len();
+    lapin::types::ShortString::try_new(name).map_err(|_| BrokerError::NameTooLong(length))
 }
 
 /// A task ready to be published.

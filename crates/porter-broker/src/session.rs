@@ -34,10 +34,10 @@
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
 
-use crate::BrokerError;
+use crate::{BrokerError, short_string};
 
 /// The session's fanout exchange.
 pub fn exchange_name(session_id: &str) -> String {
@@ -59,11 +59,11 @@ pub async fn declare_session(
     session_id: &str,
     ttl: Duration,
 ) -> Result<(), BrokerError> {
-    let exchange = exchange_name(session_id);
-    let lease = lease_queue_name(session_id);
+    let exchange = short_string(exchange_name(session_id))?;
+    let lease: ShortString = lease_queue_name(session_id).into();
     channel
         .exchange_declare(
-            &exchange,
+            exchange.clone(),
             ExchangeKind::Fanout,
             ExchangeDeclareOptions {
                 auto_delete: true,
@@ -78,13 +78,13 @@ pub async fn declare_session(
     arguments.insert("x-expires".into(), AMQPValue::LongLongInt(expires_ms));
     arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
     channel
-        .queue_declare(&lease, QueueDeclareOptions::default(), arguments)
+        .queue_declare(lease.clone(), QueueDeclareOptions::default(), arguments)
         .await?;
     channel
         .queue_bind(
-            &lease,
-            &exchange,
-            "",
+            lease,
+            exchange,
+            ShortString::default(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )

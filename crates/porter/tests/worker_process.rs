@@ -490,9 +490,7 @@ async fn a_bad_or_taken_listen_address_is_exit_code_2_and_one_line() {
 /// holding it would; returns the `x-delivery-count` the broker put on the last one.
 async fn hand_back(queue: &str, times: usize) -> Option<lapin::types::AMQPValue> {
     use lapin::options::{BasicGetOptions, BasicNackOptions};
-    let properties = lapin::ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio);
+    let properties = lapin::ConnectionProperties::default();
     let connection = lapin::Connection::connect(AMQP_URL, properties)
         .await
         .expect("connect to RabbitMQ");
@@ -503,7 +501,7 @@ async fn hand_back(queue: &str, times: usize) -> Option<lapin::types::AMQPValue>
             let channel = channel.clone();
             async move {
                 channel
-                    .basic_get(queue, BasicGetOptions { no_ack: false })
+                    .basic_get(queue.into(), BasicGetOptions { no_ack: false })
                     .await
                     .ok()
                     .flatten()
@@ -522,7 +520,7 @@ async fn hand_back(queue: &str, times: usize) -> Option<lapin::types::AMQPValue>
         };
         message.delivery.acker.nack(requeue).await.expect("nack");
     }
-    let _ = connection.close(200, "test done").await;
+    let _ = connection.close(200, "test done".into()).await;
     count
 }
 

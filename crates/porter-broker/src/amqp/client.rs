@@ -26,9 +26,8 @@ use futures_util::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
-use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, Consumer};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer, PublisherConfirm};
 use porter_core::reason::Reason;
 use porter_core::routing::Queue;
 use porter_core::task_auth::TaskAuth;
@@ -41,7 +40,7 @@ use super::{
     AmqpConfig, BACKOFF_START, QueueType, ReplyMode, back_off, connect, declare_task_queue,
 };
 use crate::auth::{DIRECT_REPLY_TO, reply_message, signature, signed_task};
-use crate::{BrokerError, Delivery, Outgoing, Pending, TaskClient, queue_name};
+use crate::{BrokerError, Delivery, Outgoing, Pending, TaskClient, queue_name, short_string};
 
 /// How long the broker may take to confirm a batch of tasks on quorum queues (a Raft commit on a
 /// majority: milliseconds) before the publishing channel counts as stuck and is replaced.
@@ -167,7 +166,12 @@ async fn supervise(inner: Arc<ClientInner>) {
         if inner.stop.is_cancelled() {
             return;
         }
-        match connect_client(&inner).await {
+        // A stop must not wait for an attempt in progress (up to `CONNECT_TIMEOUT`).
+        let attempt = tokio::select! {
+            attempt = connect_client(&inner) => attempt,
+            () = inner.stop.cancelled() => return,
+        };
+        match attempt {
             Ok((connection, live, consumer)) => {
                 delay = BACKOFF_START;
                 info!(reply_queue = %live.reply_queue, "connected to the broker");
@@ -180,7 +184,7 @@ async fn supervise(inner: Arc<ClientInner>) {
                     () = read_replies(consumer, &inner.pending, &inner.config.task_auth) => {}
                     () = inner.broken.notified() => {}
                     () = inner.stop.cancelled() => {
-                        let _ = connection.close(200, "gateway shutting down").await;
+                        let _ = connection.close(200, "gateway shutting down".into()).await;
                         // Give lapin's I/O thread its turn to see the close (see `close`).
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         return;
@@ -195,7 +199,7 @@ async fn supervise(inner: Arc<ClientInner>) {
                         "answered the tasks in flight broker_unavailable: their reply queue is gone"
                     );
                 }
-                let _ = connection.close(200, "reconnecting").await;
+                let _ = connection.close(200, "reconnecting".into()).await;
             }
             Err(error) => {
                 warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot connect to the broker");
@@ -229,7 +233,7 @@ async fn connect_client(
     let reply_queue: ShortString = match inner.config.reply_mode {
         ReplyMode::Exclusive => channel
             .queue_declare(
-                "",
+                ShortString::default(),
                 QueueDeclareOptions {
                     exclusive: true,
                     auto_delete: true,
@@ -245,8 +249,8 @@ async fn connect_client(
     };
     let consumer = channel
         .basic_consume(
-            reply_queue.as_str(),
-            "porter-gateway",
+            reply_queue.clone(),
+            "porter-gateway".into(),
             BasicConsumeOptions {
                 no_ack: true,
                 exclusive: inner.config.reply_mode == ReplyMode::Exclusive,
@@ -349,7 +353,10 @@ impl TaskClient for AmqpClient {
         let mut properties = Vec::with_capacity(tasks.len());
         for outgoing in tasks {
             let body = serde_json::to_vec(outgoing.task)?;
-            let queue = queue_name(&self.inner.config.queue_prefix, outgoing.route.queue);
+            let queue = short_string(queue_name(
+                &self.inner.config.queue_prefix,
+                outgoing.route.queue,
+            ))?;
             properties.push(signed_task(
                 &self.inner.config.task_auth,
                 task_properties(outgoing, &live.reply_queue),
@@ -364,8 +371,8 @@ impl TaskClient for AmqpClient {
             .zip(properties)
             .map(|((queue, body), properties)| {
                 live.channel.basic_publish(
-                    "",
-                    queue,
+                    ShortString::default(),
+                    queue.clone(),
                     BasicPublishOptions::default(),
                     body,
                     properties,

@@ -45,10 +45,17 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use thiserror::Error;
 use tracing::debug;
 
-use crate::BrokerError;
+use crate::{BrokerError, short_string};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// How long opening a connection (TCP, then the AMQP handshake) may take before the attempt
+/// counts as failed and the next node is tried. lapin has no such limit of its own: a node that
+/// accepts TCP but never answers the handshake (a hung broker, a wrong port) would hold the
+/// caller for ever. RabbitMQ itself gives a client 10 s (`handshake_timeout`); a healthy node
+/// answers in milliseconds.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many times a quorum queue delivers a task before it drops it (`x-delivery-limit`).
 ///
@@ -258,25 +265,30 @@ pub(super) async fn connect(role: &str, config: &AmqpConfig) -> Result<Connectio
         nodes = nodes.len(),
         "connecting to the broker"
     );
-    let connection = Connection::connect(nodes[index], connection_properties(role, config)).await?;
-    Ok(connection)
+    let connecting = Connection::connect(nodes[index], connection_properties(role, config));
+    // On a timeout the abandoned attempt's lapin I/O thread and socket remain until the node
+    // closes its end (RabbitMQ does after its `handshake_timeout`); lapin gives no handle to
+    // end an attempt before the handshake is done.
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(connection) => Ok(connection?),
+        Err(_) => Err(BrokerError::ConnectTimeout(CONNECT_TIMEOUT)),
+    }
 }
 
 /// Connection properties; `name` is what the RabbitMQ management UI shows for the connection.
+///
+/// lapin runs on the current tokio runtime (its `tokio` feature). Its automatic recovery stays
+/// off (lapin's default, with no retries of the TCP connection either): Porter reconnects by
+/// itself, to the next node of the list, because a lost connection means a lost reply queue
+/// (answered at once, `Pending::fail_all`) and a worker's unacknowledged tasks going back to
+/// their queue, which a transparent recovery would hide.
 fn connection_properties(role: &str, config: &AmqpConfig) -> ConnectionProperties {
-    let mut properties = ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio);
     let name = format!(
         "porter {role} pid {} {}",
         std::process::id(),
         config.queue_prefix
     );
-    properties.client_properties.insert(
-        "connection_name".into(),
-        AMQPValue::LongString(name.trim_end().into()),
-    );
-    properties
+    ConnectionProperties::default().with_connection_name(name.trim_end().into())
 }
 
 /// The arguments a task queue is declared with.
@@ -304,7 +316,7 @@ async fn declare_task_queue(
 ) -> Result<(), BrokerError> {
     channel
         .queue_declare(
-            name,
+            short_string(name.to_owned())?,
             QueueDeclareOptions {
                 durable: true,
                 ..QueueDeclareOptions::default()
@@ -324,6 +336,100 @@ async fn back_off(delay: &mut Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_util::sync::CancellationToken;
+
+    /// A node that accepts TCP connections and never answers: it reads nothing and sends
+    /// nothing, holding every socket open. Returns its URL and a count of accepted connections.
+    async fn silent_node() -> (String, tokio::sync::watch::Receiver<usize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a local port");
+        let port = listener.local_addr().expect("its address").port();
+        let (accepted, count) = tokio::sync::watch::channel(0);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+                accepted.send_replace(held.len());
+            }
+        });
+        (format!("amqp://guest:guest@127.0.0.1:{port}/%2f"), count)
+    }
+
+    fn config(url: String) -> AmqpConfig {
+        AmqpConfig {
+            url,
+            queue_prefix: "silent.".into(),
+            reply_mode: ReplyMode::Exclusive,
+            task_auth: porter_core::task_auth::TaskAuth::off(),
+            queue_type: QueueType::Classic,
+        }
+    }
+
+    /// Waits until the node has accepted `n` connections; the bound only keeps a broken
+    /// build from hanging the test run.
+    async fn accepted(count: &mut tokio::sync::watch::Receiver<usize>, n: usize) -> bool {
+        let bound = CONNECT_TIMEOUT * 3;
+        tokio::time::timeout(bound, count.wait_for(|&accepted| accepted >= n))
+            .await
+            .is_ok_and(|result| result.is_ok())
+    }
+
+    #[tokio::test]
+    async fn a_node_that_never_answers_the_handshake_fails_the_attempt_instead_of_hanging() {
+        let (url, mut count) = silent_node().await;
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT * 3, connect("test", &config(url)))
+            .await
+            .expect("the attempt ends by itself");
+        assert!(
+            matches!(attempt, Err(BrokerError::ConnectTimeout(timeout)) if timeout == CONNECT_TIMEOUT),
+            "{attempt:?}"
+        );
+        assert!(
+            accepted(&mut count, 1).await,
+            "the node took the TCP connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_gateway_gives_up_on_a_silent_node_tries_again_and_stops_at_once() {
+        let (url, mut count) = silent_node().await;
+        let stop = CancellationToken::new();
+        let client = AmqpClient::start(config(url), stop.clone());
+        assert!(
+            accepted(&mut count, 2).await,
+            "a second attempt after the first timed out"
+        );
+        assert!(!crate::TaskClient::is_ready(&client));
+        let closed = tokio::time::timeout(CONNECT_TIMEOUT, client.close()).await;
+        assert!(closed.is_ok(), "close waits for no attempt in progress");
+    }
+
+    #[tokio::test]
+    async fn a_worker_gives_up_on_a_silent_node_tries_again_and_stops_at_once() {
+        let (url, mut count) = silent_node().await;
+        let stop = CancellationToken::new();
+        let mut source = AmqpSource::new(
+            config(url),
+            vec![porter_core::routing::Queue::Auth],
+            1,
+            stop.clone(),
+        );
+        let status = source.status();
+        let next =
+            tokio::spawn(async move { crate::TaskSource::next(&mut source).await.is_none() });
+        assert!(
+            accepted(&mut count, 2).await,
+            "a second attempt after the first timed out"
+        );
+        assert!(!status.is_connected());
+        stop.cancel();
+        let ended = tokio::time::timeout(CONNECT_TIMEOUT, next).await;
+        assert!(
+            matches!(ended, Ok(Ok(true))),
+            "the worker's source ends on the stop, without a task: {ended:?}"
+        );
+    }
 
     #[test]
     fn redact_url_masks_the_userinfo_of_every_url() {

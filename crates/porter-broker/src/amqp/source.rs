@@ -34,7 +34,7 @@ use lapin::options::{
     BasicPublishOptions, BasicQosOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{Acker, BasicProperties, Channel, Connection};
 use porter_core::routing::Queue;
 use porter_core::task_auth::{Message, TaskAuth};
 use porter_core::wire::{Reply, Task};
@@ -45,6 +45,7 @@ use super::{AmqpConfig, BACKOFF_START, back_off, declare_task_queue};
 use crate::auth::{signature, signed_reply, task_message};
 use crate::{
     BrokerError, DeliveryHistory, Incoming, Responder, SourceStatus, TaskSource, queue_name,
+    short_string,
 };
 
 /// The consumer tag of every subscription (tags are per channel, and each queue has its own).
@@ -109,8 +110,8 @@ impl AmqpSource {
             declare_task_queue(&channel, &name, self.config.queue_type).await?;
             let consumer = channel
                 .basic_consume(
-                    &name,
-                    CONSUMER_TAG,
+                    short_string(name)?,
+                    CONSUMER_TAG.into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
@@ -190,8 +191,12 @@ impl TaskSource for AmqpSource {
                             dropped,
                             "dropped an unauthenticated task without running or answering it"
                         );
-                        if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
-                            warn!(%error, "could not acknowledge a dropped task");
+                        match delivery.acker.ack(BasicAckOptions::default()).await {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                warn!("could not acknowledge a dropped task: its channel is closed")
+                            }
+                            Err(error) => warn!(%error, "could not acknowledge a dropped task"),
                         }
                         continue;
                     }
@@ -251,7 +256,7 @@ impl TaskSource for AmqpSource {
             // sent on that consumer buffered ahead of the stream's end.
             for channel in &live.subscriptions {
                 if let Err(error) = channel
-                    .basic_cancel(CONSUMER_TAG, BasicCancelOptions::default())
+                    .basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default())
                     .await
                 {
                     warn!(%error, "could not cancel a consumer; its deliveries go back when the connection closes");
@@ -266,7 +271,9 @@ impl TaskSource for AmqpSource {
                     multiple: false,
                 };
                 match delivery.acker.nack(requeue).await {
-                    Ok(()) => handed_back += 1,
+                    Ok(true) => handed_back += 1,
+                    // The channel is gone: the broker requeues the task itself.
+                    Ok(false) => {}
                     Err(error) => {
                         warn!(%error, "could not hand back a task; it goes back when the connection closes")
                     }
@@ -291,7 +298,10 @@ impl TaskSource for AmqpSource {
     async fn shutdown(&mut self) {
         self.stop_consuming().await;
         if let Some(live) = self.live.take() {
-            let _ = live.connection.close(200, "worker shutting down").await;
+            let _ = live
+                .connection
+                .close(200, "worker shutting down".into())
+                .await;
             // lapin's I/O thread notices the close on its next turn; give it that turn before
             // the runtime goes away, or it reports the runtime's shutdown as an I/O error.
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -305,7 +315,7 @@ impl AmqpSource {
         self.status.set_connected(false);
         self.status.set_consuming(false);
         if let Some(live) = self.live.take() {
-            let _ = live.connection.close(200, "reconnecting").await;
+            let _ = live.connection.close(200, "reconnecting".into()).await;
         }
     }
 }
@@ -334,7 +344,7 @@ fn delivery_count(properties: &BasicProperties) -> Option<u64> {
 struct AmqpResponder {
     reply_to: Option<ShortString>,
     correlation_id: Option<ShortString>,
-    acker: lapin::acker::Acker,
+    acker: Acker,
     replies: Channel,
     auth: TaskAuth,
 }
@@ -353,16 +363,21 @@ impl Responder for AmqpResponder {
             let properties = signed_reply(&self.auth, properties, &body);
             self.replies
                 .basic_publish(
-                    "",
-                    reply_to.as_str(),
+                    ShortString::default(),
+                    reply_to.clone(),
                     BasicPublishOptions::default(),
                     &body,
                     properties,
                 )
                 .await?;
         }
-        self.acker.ack(BasicAckOptions::default()).await?;
-        Ok(())
+        // `false`: the task's channel closed (the connection went) before the ack, and the
+        // broker hands the task to another worker; say so rather than report an ack.
+        if self.acker.ack(BasicAckOptions::default()).await? {
+            Ok(())
+        } else {
+            Err(BrokerError::Unavailable)
+        }
     }
 }
 

@@ -283,21 +283,19 @@ impl Drop for Deployment {
                 return;
             };
             runtime.block_on(async move {
-                let properties = lapin::ConnectionProperties::default()
-                    .with_executor(tokio_executor_trait::Tokio::current())
-                    .with_reactor(tokio_reactor_trait::Tokio);
+                let properties = lapin::ConnectionProperties::default();
                 if let Ok(connection) = lapin::Connection::connect(AMQP_URL, properties).await
                     && let Ok(channel) = connection.create_channel().await
                 {
                     for queue in ["auth", "auth/high"] {
                         let _ = channel
                             .queue_delete(
-                                &format!("{prefix}{queue}"),
+                                format!("{prefix}{queue}").into(),
                                 lapin::options::QueueDeleteOptions::default(),
                             )
                             .await;
                     }
-                    let _ = connection.close(200, "test cleanup").await;
+                    let _ = connection.close(200, "test cleanup".into()).await;
                 }
                 if let Ok(client) = redis::Client::open(REDIS_URL)
                     && let Ok(mut redis) = client.get_multiplexed_async_connection().await

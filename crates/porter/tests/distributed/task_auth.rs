@@ -52,9 +52,7 @@ struct Forger {
 
 impl Forger {
     async fn connect() -> Forger {
-        let properties = lapin::ConnectionProperties::default()
-            .with_executor(tokio_executor_trait::Tokio::current())
-            .with_reactor(tokio_reactor_trait::Tokio);
+        let properties = lapin::ConnectionProperties::default();
         let connection = lapin::Connection::connect(AMQP_URL, properties)
             .await
             .expect("connect to RabbitMQ");
@@ -69,7 +67,7 @@ impl Forger {
     async fn declare(&self, queue: &str) {
         self.channel
             .queue_declare(
-                queue,
+                queue.into(),
                 lapin::options::QueueDeclareOptions {
                     durable: true,
                     ..Default::default()
@@ -85,8 +83,8 @@ impl Forger {
         self.declare(queue).await;
         self.channel
             .basic_consume(
-                queue,
-                "forger",
+                queue.into(),
+                "forger".into(),
                 lapin::options::BasicConsumeOptions {
                     no_ack: true,
                     ..Default::default()
@@ -102,7 +100,7 @@ impl Forger {
         let queue = self
             .channel
             .queue_declare(
-                "",
+                "".into(),
                 lapin::options::QueueDeclareOptions {
                     exclusive: true,
                     auto_delete: true,
@@ -119,8 +117,8 @@ impl Forger {
     async fn consume_existing(&self, queue: &str) -> lapin::Consumer {
         self.channel
             .basic_consume(
-                queue,
-                "forger-replies",
+                queue.into(),
+                "forger-replies".into(),
                 lapin::options::BasicConsumeOptions {
                     no_ack: true,
                     ..Default::default()
@@ -134,8 +132,8 @@ impl Forger {
     async fn publish(&self, queue: &str, body: &[u8], properties: lapin::BasicProperties) {
         self.channel
             .basic_publish(
-                "",
-                queue,
+                "".into(),
+                queue.into(),
                 lapin::options::BasicPublishOptions::default(),
                 body,
                 properties,
@@ -147,7 +145,7 @@ impl Forger {
     }
 
     async fn close(self) {
-        let _ = self.connection.close(200, "forger done").await;
+        let _ = self.connection.close(200, "forger done".into()).await;
     }
 }
 
