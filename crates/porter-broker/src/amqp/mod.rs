@@ -10,7 +10,9 @@
 //! `AMQP_URL` may list the nodes of a cluster, comma separated ([`node_urls`]). Every process
 //! starts at a random node of the list and each (re)connection goes to the next one
 //! ([`connect`]), so the connections spread over the nodes and a dead node costs one backoff
-//! step. Both sides reconnect by themselves with capped exponential backoff. A connection loss
+//! step, and a node that accepts TCP but never answers the handshake one [`CONNECT_TIMEOUT`].
+//! Both sides reconnect by themselves with capped exponential backoff (lapin's own automatic
+//! recovery stays off, see [`connection_properties`]). A connection loss
 //! loses the gateway's reply queue, so the gateway answers its in-flight tasks
 //! `broker_unavailable` at once ([`Pending::fail_all`](crate::Pending::fail_all)) and declares a
 //! new reply queue on the next node; unacknowledged tasks held by a lost worker go back to
@@ -373,6 +375,23 @@ mod tests {
         tokio::time::timeout(bound, count.wait_for(|&accepted| accepted >= n))
             .await
             .is_ok_and(|result| result.is_ok())
+    }
+
+    #[test]
+    fn a_name_past_amqps_255_bytes_is_refused_not_a_panic() {
+        let longest = "p".repeat(255);
+        assert_eq!(
+            short_string(longest.clone())
+                .map(|name| name.as_str().len())
+                .ok(),
+            Some(255)
+        );
+        let prefix = "p".repeat(250);
+        let name = crate::queue_name(&prefix, porter_core::routing::Queue::AuthHigh);
+        assert!(
+            matches!(short_string(name), Err(BrokerError::NameTooLong(259))),
+            "a 250-byte queue prefix"
+        );
     }
 
     #[tokio::test]
