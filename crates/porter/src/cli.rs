@@ -377,6 +377,10 @@ pub struct DevArgs {
     pub workers: usize,
     #[arg(long, env = "PORTER_POLICY")]
     pub policy: Option<PathBuf>,
+    /// Where published events are forwarded (optional in dev: an upstream URL with the demo
+    /// credentials).
+    #[arg(long, env = "PORTER_UPSTREAM_URL", value_name = "URLS")]
+    pub upstream_url: Option<String>,
     /// Rate limits (counted in memory), CORS and presence settings, as for the gateway.
     #[command(flatten)]
     pub protection: ProtectionArgs,

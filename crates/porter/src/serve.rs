@@ -448,15 +448,35 @@ pub fn dev(args: DevArgs) -> anyhow::Result<()> {
         let store = Arc::new(MemoryStore::new(Keys::default()));
         seed_demo_data(&store).await?;
         let authorizer = Authorizer::new(policy.clone(), store.clone(), Registry::builtin());
+        let (dev_store, dev_policy): (Arc<dyn Store>, _) = (store.clone(), policy.clone());
         for _ in 0..args.workers.max(1) {
             let worker = Worker::new(authorizer.clone(), WorkerConfig { concurrency: 256 });
             let source = source.clone();
             actix_web::rt::spawn(async move { worker.run(source).await });
         }
         let state = app_state(&http, policy, Arc::new(client), store)?;
-        // Published events wait in memory for the events worker, which takes `event_receiver`.
+        // Published events wait in memory for the events consumer, as over AMQP.
         let (events, event_receiver) = local_events::events_channel(local_events::DEFAULT_CAPACITY);
         let publishing = publishing(&http.credentials, Arc::new(events))?;
+        let upstream = crate::events_worker::EventsArgs {
+            upstream_url: args.upstream_url.clone(),
+            key: Some(DEV_KEY.to_owned()),
+            secret: Some(DEV_SECRET.to_owned()),
+            upstream_attempts: 5,
+            upstream_backoff_ms: 200,
+            events_concurrency: 16,
+        }
+        .upstream()?;
+        let exchanges = Arc::new(porter_broker::session_publish::LocalSessionExchanges::default());
+        let parts = crate::events_worker::EventParts {
+            store: dev_store.clone(),
+            policy: dev_policy.clone(),
+            exchanges,
+            upstream,
+            metrics: Default::default(),
+        };
+        let consumer_receiver = event_receiver.clone();
+        actix_web::rt::spawn(crate::events_worker::consume(parts, 16, consumer_receiver));
 
         let mut claims = Map::new();
         claims.insert("sub".into(), Value::String("7".into()));
