@@ -3,9 +3,10 @@
 //! user's info and watchlist set through the admin API; every refusal path answers a JSON
 //! error: no or bad socket id, an anonymous caller, a revoked token, a policy without
 //! `[signin]`, a decision that says no, a worker whose policy disagrees, a store that does not
-//! answer.
+//! answer. Refusals are audited under `[signin]`; the IP is charged before the token.
 
-use std::sync::Arc;
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::{App, test, web};
@@ -45,6 +46,25 @@ fn gateway(
     worker_store: Arc<dyn Store>,
     stop: &CancellationToken,
 ) -> web::Data<AppState> {
+    gateway_protected(
+        policy,
+        store,
+        worker_policy,
+        worker_store,
+        ProtectionConfig::default(),
+        stop,
+    )
+}
+
+/// [`gateway`] with these rate limits.
+fn gateway_protected(
+    policy: &str,
+    store: Arc<dyn Store>,
+    worker_policy: &str,
+    worker_store: Arc<dyn Store>,
+    protection: ProtectionConfig,
+    stop: &CancellationToken,
+) -> web::Data<AppState> {
     let policy = Arc::new(Policy::from_toml(policy).expect("the gateway's policy parses"));
     let worker_policy = Arc::new(Policy::from_toml(worker_policy).expect("the worker's parses"));
     let (client, source) = porter_broker::local::channel(stop.clone());
@@ -66,7 +86,7 @@ fn gateway(
         config: GatewayConfig::default(),
         metrics: Default::default(),
         admin: AdminGuard::new(Some(ADMIN_TOKEN)),
-        protection: Protection::new(ProtectionConfig::default()),
+        protection: Protection::new(protection),
     })
 }
 
@@ -149,6 +169,7 @@ fn verified(body: &Value) -> Value {
 
 #[actix_web::test]
 async fn a_user_signs_in_with_the_info_and_watchlist_the_admin_api_set() {
+    captured_logs();
     let stop = CancellationToken::new();
     let (state, _) = shared(&format!("{RULE}{SIGNIN}"), &stop);
     let app = app!(state);
@@ -219,6 +240,7 @@ async fn a_user_signs_in_with_the_info_and_watchlist_the_admin_api_set() {
 
 #[actix_web::test]
 async fn a_session_signs_in_like_its_token() {
+    captured_logs();
     let stop = CancellationToken::new();
     let (state, _) = shared(&format!("{RULE}{SIGNIN}"), &stop);
     let app = app!(state);
@@ -244,6 +266,7 @@ async fn a_session_signs_in_like_its_token() {
 
 #[actix_web::test]
 async fn bad_requests_and_callers_are_refused_before_any_task() {
+    captured_logs();
     let stop = CancellationToken::new();
     let (state, store) = shared(&format!("{RULE}{SIGNIN}"), &stop);
     let app = app!(state);
@@ -303,6 +326,7 @@ async fn bad_requests_and_callers_are_refused_before_any_task() {
 
 #[actix_web::test]
 async fn a_policy_without_a_signin_section_refuses_user_authentication() {
+    captured_logs();
     let stop = CancellationToken::new();
     let (state, _) = shared(RULE, &stop);
     let app = app!(state);
@@ -357,6 +381,7 @@ async fn refusing_webhook() -> String {
 
 #[actix_web::test]
 async fn what_the_worker_refuses_is_a_403_or_a_503() {
+    captured_logs();
     let url = refusing_webhook().await;
     let stop = CancellationToken::new();
     let alice = token("alice", "j-alice");
@@ -416,6 +441,7 @@ impl Observer for Down {
 
 #[actix_web::test]
 async fn the_admin_api_refuses_bad_user_data() {
+    captured_logs();
     let stop = CancellationToken::new();
     let (state, _) = shared(&format!("{RULE}{SIGNIN}"), &stop);
     let app = app!(state);
@@ -465,5 +491,102 @@ async fn the_admin_api_refuses_bad_user_data() {
         test::TestRequest::get().uri("/admin/users/alice/watchlist")
     );
     assert_eq!(status, 401);
+    stop.cancel();
+}
+
+/// A `MakeWriter` for tracing that keeps every line.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Lines {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The log lines of this test binary, from one global subscriber (debug level).
+fn captured_logs() -> String {
+    static LINES: OnceLock<Lines> = OnceLock::new();
+    let lines = LINES.get_or_init(|| {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .init();
+        lines
+    });
+    String::from_utf8_lossy(&lines.0.lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
+}
+
+#[actix_web::test]
+async fn refusals_are_audited_under_signin_and_no_token_is_logged() {
+    captured_logs();
+    let url = refusing_webhook().await;
+    let stop = CancellationToken::new();
+    let policy = format!(
+        "{RULE}[signin]\nallow = {{ all_of = [\"authenticated\", {{ webhook = \"{url}\" }}] }}\n"
+    );
+    let (state, _) = shared(&policy, &stop);
+    let app = app!(state);
+    let token = token("audited-user", "j-audited");
+    let (status, _) = call!(&app, sign_in(&[("socket_id", SOCKET)], Some(&token)));
+    assert_eq!(status, 403);
+    let (status, _) = call!(
+        &app,
+        sign_in(&[("socket_id", SOCKET)], None).insert_header(("X-Client-ID", "audited-client"))
+    );
+    assert_eq!(status, 403);
+    let logs = captured_logs();
+    let audited = |user: &str, why: &str| {
+        logs.lines().any(|line| {
+            line.contains("porter::audit")
+                && line.contains("rule=\"[signin]\"")
+                && line.contains(user)
+                && line.contains(why)
+        })
+    };
+    assert!(audited("audited-user", "why=\"banned\""), "{logs}");
+    assert!(
+        audited("audited-client", "why=\"unauthenticated\""),
+        "{logs}"
+    );
+    assert!(!logs.contains(&token), "a token was logged");
+    stop.cancel();
+}
+
+#[actix_web::test]
+async fn the_ip_is_charged_before_the_token_is_looked_at() {
+    captured_logs();
+    let stop = CancellationToken::new();
+    let store = Arc::new(MemoryStore::default());
+    let policy = format!("{RULE}{SIGNIN}");
+    let protection = ProtectionConfig {
+        rate_ip: Some("2/m".parse().unwrap()),
+        ..ProtectionConfig::default()
+    };
+    let app = app!(gateway_protected(
+        &policy,
+        store.clone(),
+        &policy,
+        store,
+        protection,
+        &stop
+    ));
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let request = sign_in(&[("socket_id", SOCKET)], Some("not-a-token"))
+            .peer_addr("203.0.113.7:40000".parse().unwrap());
+        statuses.push(call!(&app, request).0);
+    }
+    assert_eq!(statuses, [401, 401, 429]);
     stop.cancel();
 }
