@@ -21,6 +21,8 @@
 //! This module holds the configuration, the reply mode, connection set-up, the one
 //! [`declare_task_queue`] and the backoff; `client.rs` is the gateway half ([`AmqpClient`]),
 //! `source.rs` the worker half ([`AmqpSource`]), and neither uses the other.
+//! `events.rs` is the events queue of published events: the one [`declare_events_queues`] of
+//! gateway and worker, and the gateway's confirming publisher ([`AmqpEventSink`]).
 //!
 //! Credentials: a URL's userinfo must never reach a log line or an error message. The URL is
 //! checked once at start-up by [`check_url`], whose errors never quote it; [`AmqpConfig`]'s
@@ -29,9 +31,11 @@
 //! that lapin logs itself, so the binary passes every log line through it.
 
 mod client;
+mod events;
 mod source;
 
 pub use client::AmqpClient;
+pub use events::{AmqpEventSink, EVENTS_DELIVERY_LIMIT, PUBLICATION_TYPE, declare_events_queues};
 pub use source::AmqpSource;
 
 use std::fmt;
