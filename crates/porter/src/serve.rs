@@ -14,7 +14,7 @@ use std::time::Duration;
 use actix_web::web;
 use anyhow::Context;
 use porter_broker::amqp::{
-    AmqpClient, AmqpConfig, AmqpSource, QueueType, ReplyMode, check_url, redact_url,
+    AmqpClient, AmqpConfig, AmqpEventSink, AmqpSource, QueueType, ReplyMode, check_url, redact_url,
 };
 use porter_broker::events::EventSink;
 use porter_broker::{TaskClient, local, local_events};
@@ -232,16 +232,18 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let queue_type = queue_type(&args.backends)?;
     actix_web::rt::System::new().block_on(async move {
         let stop = CancellationToken::new();
-        let client = AmqpClient::start(
-            AmqpConfig {
-                url: args.backends.amqp_url.clone(),
-                queue_prefix: args.backends.queue_prefix.clone(),
-                reply_mode: args.reply_mode,
-                task_auth,
-                queue_type,
-            },
-            stop.clone(),
-        );
+        let config = AmqpConfig {
+            url: args.backends.amqp_url.clone(),
+            queue_prefix: args.backends.queue_prefix.clone(),
+            reply_mode: args.reply_mode,
+            task_auth,
+            queue_type,
+        };
+        let client = AmqpClient::start(config.clone(), stop.clone());
+        // Publications go out on a connection of their own, in confirm mode.
+        let events = AmqpEventSink::start(config, stop.clone())
+            .context("PORTER_QUEUE_PREFIX is too long for a queue name")?;
+        let publishing = publishing(&args.http.credentials, Arc::new(events.clone()))?;
         let store = RedisStore::new(
             &args.backends.redis_url,
             Keys::new(&args.backends.key_prefix),
@@ -256,8 +258,16 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         )?;
         crate::verifier::preload(&state.identity, &args.http).await?;
         let edge = args.http.protection.edge.limits();
-        let result = serve_http(state, None, args.listen, args.http.http_workers, edge).await;
+        let result = serve_http(
+            state,
+            Some(publishing),
+            args.listen,
+            args.http.http_workers,
+            edge,
+        )
+        .await;
         client.close().await;
+        events.close().await;
         result
     })
 }
