@@ -15,6 +15,7 @@
 //! (`auth.rs` reads the signed properties); a worker never runs a task that does not
 //! authenticate, and a reply reaches its waiter only through [`Pending::deliver`].
 
+mod acks;
 pub mod amqp;
 mod auth;
 pub mod event_source;
@@ -106,7 +107,10 @@ pub trait TaskClient: Send + Sync + 'static {
 #[async_trait]
 pub trait Responder: Send {
     /// Sends the reply, then acknowledges the task. A reply that cannot be sent leaves the
-    /// task unacknowledged so that the broker can hand it to another worker.
+    /// task unacknowledged so that the broker can hand it to another worker. Over AMQP the
+    /// reply may go out in one message with others for the same reply queue, and the ack in
+    /// one `multiple` with others, but never before the reply (`amqp/outbox.rs`); it returns
+    /// once the reply is published.
     async fn reply_and_ack(self: Box<Self>, reply: &Reply) -> Result<(), BrokerError>;
 }
 

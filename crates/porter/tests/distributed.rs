@@ -10,6 +10,10 @@ mod common;
 /// binary, in a file of its own.
 #[path = "distributed/task_auth.rs"]
 mod task_auth;
+/// Coalesced replies across versions, batched acks, a worker killed mid-window: part of this
+/// binary, in a file of its own.
+#[path = "distributed/coalesce.rs"]
+mod coalesce;
 
 use std::time::{Duration, Instant};
 

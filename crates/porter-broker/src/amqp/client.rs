@@ -15,7 +15,10 @@
 //! only a new channel recovers. Classic queues keep unconfirmed publishing, as before.
 //!
 //! Tasks are signed with the configured task keys; every reply goes through
-//! [`Pending::deliver`], which drops and counts what does not authenticate.
+//! [`Pending::deliver`], which drops and counts what does not authenticate. A message of type
+//! [`REPLY_BATCH_TYPE`] holds several replies (workers coalesce the replies of the tasks that
+//! say this gateway reads them, `Task::coalesce`); each inside goes through
+//! [`Pending::deliver`] on its own ([`Pending::deliver_batch`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -31,7 +34,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer, Publis
 use porter_core::reason::Reason;
 use porter_core::routing::Queue;
 use porter_core::task_auth::TaskAuth;
-use porter_core::wire::{HEADER_DEADLINE_MS, HEADER_TIME_LIMIT_MS};
+use porter_core::wire::{HEADER_DEADLINE_MS, HEADER_TIME_LIMIT_MS, REPLY_BATCH_TYPE};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -326,22 +329,38 @@ async fn read_replies(mut consumer: Consumer, pending: &Pending, auth: &TaskAuth
     while let Some(delivery) = consumer.next().await {
         let Ok(delivery) = delivery else { return };
         let properties = &delivery.properties;
-        let message = reply_message(properties, &delivery.data);
-        match pending.deliver(auth, message, signature(properties)) {
-            Delivery::Delivered => {}
-            Delivery::Unclaimed => debug!("dropped a reply nobody waits for (late or unknown)"),
-            // The code only: the correlation id and body are whatever the sender chose.
-            Delivery::Unauthenticated(refusal) => {
-                warn!(code = refusal.code(), "dropped an unauthenticated reply");
+        let coalesced = properties
+            .kind()
+            .as_ref()
+            .is_some_and(|kind| kind.as_str() == REPLY_BATCH_TYPE);
+        if coalesced {
+            match pending.deliver_batch(auth, &delivery.data) {
+                Ok(outcomes) => outcomes.into_iter().for_each(log_delivery),
+                Err(error) => warn!(%error, "dropped a malformed batch of replies"),
             }
-            Delivery::WrongTask => {
-                warn!(
-                    code = "wrong_task",
-                    "dropped a reply signed for another task"
-                );
-            }
-            Delivery::Malformed(error) => warn!(%error, "dropped a malformed reply"),
+        } else {
+            let message = reply_message(properties, &delivery.data);
+            log_delivery(pending.deliver(auth, message, signature(properties)));
         }
+    }
+}
+
+/// Logs what became of a reply that did not reach its waiter.
+fn log_delivery(outcome: Delivery) {
+    match outcome {
+        Delivery::Delivered => {}
+        Delivery::Unclaimed => debug!("dropped a reply nobody waits for (late or unknown)"),
+        // The code only: the correlation id and body are whatever the sender chose.
+        Delivery::Unauthenticated(refusal) => {
+            warn!(code = refusal.code(), "dropped an unauthenticated reply");
+        }
+        Delivery::WrongTask => {
+            warn!(
+                code = "wrong_task",
+                "dropped a reply signed for another task"
+            );
+        }
+        Delivery::Malformed(error) => warn!(%error, "dropped a malformed reply"),
     }
 }
 

@@ -32,6 +32,7 @@
 
 mod client;
 mod events;
+mod outbox;
 mod source;
 
 pub use client::AmqpClient;

@@ -19,6 +19,12 @@
 //! rather than answering keeps a worker from signing refusals for whatever correlation id
 //! and reply queue a forger names; the real gateway's channel, if any, times out. Replies
 //! are signed for the task's correlation id.
+//!
+//! Replies and acks go through the connection's outbox (`outbox.rs`): replies of tasks whose
+//! gateway reads coalesced replies go out together, one message per reply queue, and acks go
+//! out as `multiple` ones once the replies they cover are published, with single acks above a
+//! stalled task. A task that does not authenticate is acknowledged through it too, so that
+//! every ack of a channel is decided in one place.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,20 +35,18 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::SelectAll;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Acker, BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel, Connection};
 use porter_core::routing::Queue;
-use porter_core::task_auth::{Message, TaskAuth};
+use porter_core::task_auth::Message;
 use porter_core::wire::{Reply, Task};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::outbox::{Event, Finished, Outbox, OutgoingReply};
 use super::{AmqpConfig, BACKOFF_START, back_off, declare_task_queue};
-use crate::auth::{signature, signed_reply, task_message};
+use crate::auth::{signature, task_message};
 use crate::{
     BrokerError, DeliveryHistory, Incoming, Responder, SourceStatus, TaskSource, queue_name,
     short_string,
@@ -100,7 +104,7 @@ impl AmqpSource {
         let replies = connection.create_channel().await?;
         let mut consumers = SelectAll::new();
         let mut subscriptions = Vec::with_capacity(self.queues.len());
-        for &queue in &self.queues {
+        for (lane, &queue) in self.queues.iter().enumerate() {
             // One channel per queue: each gets its own prefetch window.
             let channel = connection.create_channel().await?;
             channel
@@ -116,31 +120,38 @@ impl AmqpSource {
                     FieldTable::default(),
                 )
                 .await?;
-            consumers.push(Box::pin(consumer.map(move |delivery| (queue, delivery))) as Deliveries);
+            consumers.push(
+                Box::pin(consumer.map(move |delivery| (lane, queue, delivery))) as Deliveries,
+            );
             subscriptions.push(channel);
         }
+        let outbox = Outbox::start(
+            replies,
+            subscriptions.clone(),
+            self.config.task_auth.clone(),
+        );
         Ok(WorkerLive {
             connection,
-            replies,
+            outbox,
             subscriptions,
             consumers,
         })
     }
 }
 
-/// A worker's live connection: its consumers, and one channel to publish replies on.
+/// A worker's live connection: its consumers, and the outbox of its replies and acks.
 struct WorkerLive {
     connection: Connection,
-    replies: Channel,
-    /// The channel of each queue's consumer, to cancel it on.
+    outbox: Outbox,
+    /// The channel of each queue's consumer (its lane), to cancel it on.
     subscriptions: Vec<Channel>,
     /// Every queue's deliveries, each with the queue it came from.
     consumers: SelectAll<Deliveries>,
 }
 
-/// One queue's deliveries, each with the queue it came from.
+/// One queue's deliveries, each with its lane and the queue it came from.
 type Deliveries =
-    std::pin::Pin<Box<dyn Stream<Item = (Queue, lapin::Result<Delivery>)> + Send + Sync>>;
+    std::pin::Pin<Box<dyn Stream<Item = (usize, Queue, lapin::Result<Delivery>)> + Send + Sync>>;
 
 #[async_trait]
 impl TaskSource for AmqpSource {
@@ -177,7 +188,11 @@ impl TaskSource for AmqpSource {
                 delivery = live.consumers.next() => delivery,
             };
             match delivery {
-                Some((queue, Ok(delivery))) => {
+                Some((lane, queue, Ok(delivery))) => {
+                    let tag = delivery.delivery_tag;
+                    // Before anything can finish: the acks of this lane are decided in order.
+                    // (It cannot fail: the flusher outlives every sender but a closing one.)
+                    let _ = live.outbox.send(Event::Delivered { lane, tag });
                     let props = &delivery.properties;
                     // What is verified is what the worker then acts on: one reading.
                     let signed = task_message(props, &delivery.data);
@@ -191,12 +206,15 @@ impl TaskSource for AmqpSource {
                             dropped,
                             "dropped an unauthenticated task without running or answering it"
                         );
-                        match delivery.acker.ack(BasicAckOptions::default()).await {
-                            Ok(true) => {}
-                            Ok(false) => {
-                                warn!("could not acknowledge a dropped task: its channel is closed")
-                            }
-                            Err(error) => warn!(%error, "could not acknowledge a dropped task"),
+                        // Acknowledged without a reply, in its turn among the lane's acks.
+                        let dropped = Finished {
+                            lane,
+                            tag,
+                            reply: None,
+                            done: None,
+                        };
+                        if live.outbox.send(Event::Finished(dropped)).is_err() {
+                            warn!("could not acknowledge a dropped task");
                         }
                         continue;
                     }
@@ -208,9 +226,10 @@ impl TaskSource for AmqpSource {
                     let responder = AmqpResponder {
                         reply_to: props.reply_to().clone(),
                         correlation_id: props.correlation_id().clone(),
-                        acker: delivery.acker.clone(),
-                        replies: live.replies.clone(),
-                        auth: auth.clone(),
+                        coalesce: task.as_ref().is_ok_and(|task| task.coalesce),
+                        lane,
+                        tag,
+                        outbox: live.outbox.clone(),
                     };
                     let history = DeliveryHistory {
                         redelivered: delivery.redelivered,
@@ -226,7 +245,7 @@ impl TaskSource for AmqpSource {
                         responder: Box::new(responder),
                     });
                 }
-                Some((_, Err(error))) => {
+                Some((_, _, Err(error))) => {
                     warn!(%error, "worker lost its broker connection; reconnecting");
                     self.drop_connection().await;
                 }
@@ -264,7 +283,7 @@ impl TaskSource for AmqpSource {
             }
             let mut handed_back = 0u64;
             // The stream ends once every consumer's end has been read.
-            while let Some((_, delivery)) = live.consumers.next().await {
+            while let Some((_, _, delivery)) = live.consumers.next().await {
                 let Ok(delivery) = delivery else { break };
                 let requeue = BasicNackOptions {
                     requeue: true,
@@ -298,6 +317,8 @@ impl TaskSource for AmqpSource {
     async fn shutdown(&mut self) {
         self.stop_consuming().await;
         if let Some(live) = self.live.take() {
+            // The acks still held (replies out, waiting for a `multiple`) go before the close.
+            live.outbox.close(HAND_BACK_TIMEOUT).await;
             let _ = live
                 .connection
                 .close(200, "worker shutting down".into())
@@ -340,47 +361,42 @@ fn delivery_count(properties: &BasicProperties) -> Option<u64> {
     }
 }
 
-/// Replies on the default exchange to the task's `reply_to`, signed, then acks.
+/// Hands the reply to the connection's outbox, which publishes it on the default exchange to
+/// the task's `reply_to` (signed; coalesced with others if the task allows it) and acks the
+/// task once it is published.
 struct AmqpResponder {
     reply_to: Option<ShortString>,
     correlation_id: Option<ShortString>,
-    acker: Acker,
-    replies: Channel,
-    auth: TaskAuth,
+    /// The task's gateway reads coalesced replies.
+    coalesce: bool,
+    lane: usize,
+    tag: u64,
+    outbox: Outbox,
 }
 
 #[async_trait]
 impl Responder for AmqpResponder {
     async fn reply_and_ack(self: Box<Self>, reply: &Reply) -> Result<(), BrokerError> {
-        if let Some(reply_to) = &self.reply_to {
-            let body = serde_json::to_vec(reply)?;
-            let mut properties = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_delivery_mode(1);
-            if let Some(correlation_id) = &self.correlation_id {
-                properties = properties.with_correlation_id(correlation_id.clone());
-            }
-            let properties = signed_reply(&self.auth, properties, &body);
-            self.replies
-                .basic_publish(
-                    ShortString::default(),
-                    reply_to.clone(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties,
-                )
-                .await?;
-        }
-        // `false`: the task's channel closed (the connection went) before the ack, and the
-        // broker hands the task to another worker; say so rather than report an ack.
-        if self.acker.ack(BasicAckOptions::default()).await? {
-            Ok(())
-        } else {
-            Err(BrokerError::Unavailable)
-        }
+        let reply = match self.reply_to {
+            Some(reply_to) => Some(OutgoingReply {
+                reply_to,
+                correlation_id: self.correlation_id,
+                coalesce: self.coalesce,
+                body: serde_json::value::to_raw_value(reply)?,
+            }),
+            None => None,
+        };
+        let (done, published) = tokio::sync::oneshot::channel();
+        self.outbox.send(Event::Finished(Finished {
+            lane: self.lane,
+            tag: self.tag,
+            reply,
+            done: Some(done),
+        }))?;
+        // A flusher gone with its connection: nothing was acked, the broker requeues the task.
+        published.await.unwrap_or(Err(BrokerError::Unavailable))
     }
 }
-
 #[cfg(test)]
 mod tests {
     use lapin::types::{AMQPValue, FieldTable};
