@@ -438,3 +438,21 @@ async fn the_consumer_acknowledges_requeues_and_dead_letters_by_the_verdict() {
     assert_eq!(metrics.settled_count(Settled::DeadLettered), 2);
     assert_eq!(metrics.settled_count(Settled::Applied), 0);
 }
+
+#[tokio::test]
+async fn two_deliveries_applied_at_once_forward_once() {
+    let server = stand_in(vec![200]).await;
+    let s = setup(Some(upstream(&server.base, 3)));
+    let p = publication("p1", 1, &event("private-stream@1", "stream.online", "1"));
+    let (a, b) = tokio::join!(s.applier.apply(&p), s.applier.apply(&p));
+    let mut verdicts = [a, b];
+    verdicts.sort_by_key(|v| matches!(v, Verdict::Retry(_)));
+    assert_eq!(verdicts[0], Verdict::Applied, "{verdicts:?}");
+    assert!(
+        matches!(&verdicts[1], Verdict::Retry(r) if r.contains("another delivery")),
+        "{verdicts:?}"
+    );
+    // The one handed back finds everything done when it comes round again.
+    assert_eq!(s.applier.apply(&p).await, Verdict::Applied);
+    assert_eq!(server.count.load(Ordering::SeqCst), 1);
+}

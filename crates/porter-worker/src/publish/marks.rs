@@ -2,6 +2,12 @@
 //! applying, before acknowledging) applies each step at most once: `seen:publish:{id}:{step}`
 //! through the store's replay guard, set only once the step succeeded and checked before it
 //! runs. A step that fails is not marked and runs again on the next delivery.
+//!
+//! Two deliveries of one publication can run at once (a redelivery while the first is still
+//! being applied, on this worker or another). So a step is first *claimed*
+//! (`seen:publish:{id}:{step}:claim`, set if absent, for [`CLAIM_TTL`]): only the claimer runs
+//! it; the other delivery finds it [`Claim::Busy`] and is handed back, to find it done later. A
+//! claimer that fails releases its claim; one that dies leaves it to expire.
 
 use std::time::Duration;
 
@@ -11,6 +17,22 @@ use sha2::{Digest, Sha256};
 /// How long a step's mark lasts: well past any redelivery (a requeue loop while the store
 /// or broker is away, or an operator moving dead letters back a day later).
 pub const MARK_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long a claim holds a step for its claimer: past the longest a step takes (an upstream's
+/// five attempts of at most 5 s each with their waits), so a live claimer keeps it, and a dead
+/// one's step is retried after it.
+pub const CLAIM_TTL: Duration = Duration::from_secs(120);
+
+/// Who may run a step now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// It was done before: skip it.
+    Done,
+    /// This delivery holds it: run it, then [`Mark::set`] (or [`Mark::release`] on failure).
+    Claimed,
+    /// Another delivery is running it now: try again later.
+    Busy,
+}
 
 /// One step of one publication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,9 +66,36 @@ impl Mark {
         store.sighted(&self.0).await
     }
 
-    /// Records that the step was applied.
+    /// Records that the step was applied, and drops the claim.
     pub async fn set(&self, store: &dyn Store) -> Result<(), StoreError> {
-        store.first_sighting(&self.0, MARK_TTL).await.map(drop)
+        store.first_sighting(&self.0, MARK_TTL).await?;
+        self.release(store).await
+    }
+
+    fn claim_key(&self) -> String {
+        format!("{}:claim", self.0)
+    }
+
+    /// Done before, claimed now by this delivery, or busy in another.
+    pub async fn claim(&self, store: &dyn Store) -> Result<Claim, StoreError> {
+        if self.is_set(store).await? {
+            return Ok(Claim::Done);
+        }
+        if store.first_sighting(&self.claim_key(), CLAIM_TTL).await? {
+            // Done between the two looks: the claim is not needed.
+            if self.is_set(store).await? {
+                self.release(store).await?;
+                return Ok(Claim::Done);
+            }
+            Ok(Claim::Claimed)
+        } else {
+            Ok(Claim::Busy)
+        }
+    }
+
+    /// Gives the claim up (the step failed): the next delivery may run it.
+    pub async fn release(&self, store: &dyn Store) -> Result<(), StoreError> {
+        store.forget_sighting(&self.claim_key()).await
     }
 }
 

@@ -30,7 +30,7 @@ use porter_core::publish::Publication;
 use porter_store::Store;
 use tracing::warn;
 
-use marks::Mark;
+use marks::{Claim, Mark};
 use metrics::PublishMetrics;
 use upstream::Upstream;
 
@@ -85,19 +85,16 @@ impl Applier {
         let store = self.store.as_ref();
 
         let mark = Mark::retained(&publication.id);
-        match mark.is_set(store).await {
-            Ok(true) => self.metrics.step_skipped(),
-            Ok(false) => {
+        match self.claim(&mark).await {
+            Err(verdict) => return verdict,
+            Ok(false) => {}
+            Ok(true) => {
                 let done =
                     retain::retain(store, &self.policy, publication, &events, &self.metrics).await;
-                if let Err(error) = done {
-                    return Verdict::Retry(format!("retained state: {error}"));
-                }
-                if let Err(error) = mark.set(store).await {
-                    return Verdict::Retry(format!("retained state: {error}"));
+                if let Err(verdict) = self.finish(&mark, done.map_err(|e| e.to_string())).await {
+                    return Verdict::Retry(format!("retained state: {verdict}"));
                 }
             }
-            Err(error) => return Verdict::Retry(format!("retained state: {error}")),
         }
 
         if let Err(error) = sessions::fan_out(
@@ -119,31 +116,60 @@ impl Applier {
         let mut failed = None;
         for base in upstream.bases() {
             let mark = Mark::upstream(&publication.id, base.as_str());
-            match mark.is_set(store).await {
-                Ok(true) => {
-                    self.metrics.step_skipped();
-                    continue;
-                }
-                Ok(false) => {}
-                Err(error) => return Verdict::Retry(format!("upstream mark: {error}")),
+            match self.claim(&mark).await {
+                Err(verdict) => return verdict,
+                Ok(false) => continue,
+                Ok(true) => {}
             }
-            match upstream.forward(base, publication, &self.metrics).await {
-                Ok(()) => {
-                    if let Err(error) = mark.set(store).await {
-                        return Verdict::Retry(format!("upstream mark: {error}"));
-                    }
-                }
-                Err(error) => {
-                    // The other upstreams still get it; the publication is dead-lettered
-                    // after them, their marks keeping them from a second copy.
-                    warn!(publication = %publication.id, %error, "upstream did not take a publication");
-                    failed = Some(error.to_string());
-                }
+            let forwarded = upstream.forward(base, publication, &self.metrics).await;
+            let failure = forwarded.as_ref().err().map(ToString::to_string);
+            if let Err(error) = self
+                .finish(&mark, forwarded.map_err(|e| e.to_string()))
+                .await
+                && failure.is_none()
+            {
+                return Verdict::Retry(format!("upstream mark: {error}"));
+            }
+            if let Some(reason) = failure {
+                // The other upstreams still get it; the publication is dead-lettered after
+                // them, their marks keeping them from a second copy.
+                warn!(publication = %publication.id, %reason, "upstream did not take a publication");
+                failed = Some(reason);
             }
         }
         match failed {
             None => Verdict::Applied,
             Some(reason) => Verdict::DeadLetter(format!("upstream: {reason}")),
+        }
+    }
+
+    /// Claims a step: `Ok(true)` to run it, `Ok(false)` when it was done before, or the
+    /// verdict when it cannot be run now.
+    async fn claim(&self, mark: &Mark) -> Result<bool, Verdict> {
+        match mark.claim(self.store.as_ref()).await {
+            Ok(Claim::Claimed) => Ok(true),
+            Ok(Claim::Done) => {
+                self.metrics.step_skipped();
+                Ok(false)
+            }
+            Ok(Claim::Busy) => Err(Verdict::Retry(
+                "another delivery of it is being applied".to_owned(),
+            )),
+            Err(error) => Err(Verdict::Retry(format!("marks: {error}"))),
+        }
+    }
+
+    /// Marks a claimed step done, or releases it when it failed; the error to report.
+    async fn finish(&self, mark: &Mark, outcome: Result<(), String>) -> Result<(), String> {
+        let store = self.store.as_ref();
+        match outcome {
+            Ok(()) => mark.set(store).await.map_err(|e| e.to_string()),
+            Err(reason) => {
+                if let Err(error) = mark.release(store).await {
+                    warn!(%error, "could not release a step's claim; it expires by itself");
+                }
+                Err(reason)
+            }
         }
     }
 }

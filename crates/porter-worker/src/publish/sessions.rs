@@ -16,7 +16,7 @@ use porter_store::{Store, StoreError};
 use serde_json::json;
 use thiserror::Error;
 
-use super::marks::Mark;
+use super::marks::{Claim, Mark};
 use super::metrics::PublishMetrics;
 
 /// Why a delivery to the sessions could not be made now.
@@ -26,6 +26,8 @@ pub enum FanOutError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error("another delivery of the publication is sending it now")]
+    Busy,
 }
 
 /// The routing key of an event on a session exchange: the proposal's hierarchical name.
@@ -79,11 +81,23 @@ pub(super) async fn fan_out(
         let (key, body) = (routing_key(event), body(event));
         for session in sessions {
             let mark = Mark::session(&publication.id, index, &session);
-            if mark.is_set(store).await? {
-                metrics.step_skipped();
-                continue;
+            match mark.claim(store).await? {
+                Claim::Done => {
+                    metrics.step_skipped();
+                    continue;
+                }
+                Claim::Busy => return Err(FanOutError::Busy),
+                Claim::Claimed => {}
             }
-            let delivery = exchanges.publish(&session, &key, &body).await?;
+            let delivery = match exchanges.publish(&session, &key, &body).await {
+                Ok(delivery) => delivery,
+                Err(error) => {
+                    if let Err(error) = mark.release(store).await {
+                        tracing::warn!(%error, "could not release a delivery's claim; it expires by itself");
+                    }
+                    return Err(error.into());
+                }
+            };
             metrics.session(delivery == SessionDelivery::Delivered);
             mark.set(store).await?;
         }
