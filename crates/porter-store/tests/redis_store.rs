@@ -611,8 +611,14 @@ async fn user_info_and_watchlists_are_replaced_whole(target: Target) {
         store.replace_user_info(user, &[]).await.unwrap();
         assert_eq!(store.user_info(user).await.unwrap(), []);
 
-        store.replace_watchlist(user, &ids(&["9", "8"])).await.unwrap();
-        store.replace_watchlist(user, &ids(&["b", "a"])).await.unwrap();
+        store
+            .replace_watchlist(user, &ids(&["9", "8"]))
+            .await
+            .unwrap();
+        store
+            .replace_watchlist(user, &ids(&["b", "a"]))
+            .await
+            .unwrap();
         assert_eq!(store.watchlist(user).await.unwrap(), ids(&["a", "b"]));
         store.replace_watchlist(user, &[]).await.unwrap();
         assert_eq!(store.watchlist(user).await.unwrap(), Vec::<String>::new());

@@ -49,10 +49,7 @@ impl Authorizer {
     /// The rule names of the policy, for the metrics' `rule` label; `[signin]` when the
     /// policy has that section.
     pub fn rule_names(&self) -> impl Iterator<Item = &str> {
-        let signin = self
-            .policy
-            .signin()
-            .map(|_| porter_core::wire::SIGNIN_RULE);
+        let signin = self.policy.signin().map(|_| porter_core::wire::SIGNIN_RULE);
         self.policy
             .rules()
             .iter()

@@ -110,12 +110,10 @@ impl FanOut<'_> {
         let now = now_ms();
         let outgoing: Vec<Outgoing<'_>> = jobs
             .iter()
-            .map(|&(route, task)| {
-                Outgoing {
-                    task,
-                    route,
-                    deadline_ms: now + route.expires.as_millis() as u64,
-                }
+            .map(|&(route, task)| Outgoing {
+                task,
+                route,
+                deadline_ms: now + route.expires.as_millis() as u64,
             })
             .collect();
         let waiters: Vec<_> = jobs
