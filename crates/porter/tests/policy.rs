@@ -843,7 +843,7 @@ fn policy_tools_check_and_explain() {
     );
     let (ok, stdout, stderr) = porter(&["policy", "check", example], &[]);
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("5 rules, 1 endpoints, valid"), "{stdout}");
+    assert!(stdout.contains("6 rules, 1 endpoints, valid"), "{stdout}");
     for line in [
         "signin:      POST /pusher/user-auth",
         "allow:       authenticated (never anonymous callers)",
