@@ -52,6 +52,9 @@ pub enum BrokerError {
     Encode(#[from] serde_json::Error),
     #[error("the local transport is closed")]
     Closed,
+    /// A broker error on a session exchange, its text without the session id.
+    #[error("broker error on a session exchange: {0}")]
+    Redacted(String),
 }
 
 /// The full name of a task queue: the deployment's prefix followed by `auth` or `auth/high`.

@@ -337,7 +337,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(store.live_sessions("7").await.unwrap(), [id.clone()]);
+        assert_eq!(store.live_sessions("7").await.unwrap(), vec![id.clone()]);
         assert!(store.live_sessions("8").await.unwrap().is_empty());
         // It ends (deleted, as a revocation does): no longer listed.
         store.forget_session(&id).await.unwrap();

@@ -287,18 +287,6 @@ pub trait Store: Send + Sync + 'static {
         channel: &str,
         event: Option<&str>,
     ) -> Result<(), StoreError>;
-
-    async fn is_member(&self, channel: &str, user_id: &str) -> Result<bool, StoreError>;
-    async fn add_member(&self, channel: &str, user_id: &str) -> Result<(), StoreError>;
-    async fn remove_member(&self, channel: &str, user_id: &str) -> Result<(), StoreError>;
-
-    /// A user's info hash, sorted by field.
-    async fn user_info(&self, user_id: &str) -> Result<Vec<(String, String)>, StoreError>;
-    async fn set_user_info(
-        &self,
-        user_id: &str,
-        fields: &[(String, String)],
-    ) -> Result<(), StoreError>;
     /// Retains a published event's data for `ttl`, unless the data held for the event came
     /// from a newer publication (see [`retained`]): `false` then, and nothing changes.
     async fn retain_event(
@@ -317,6 +305,18 @@ pub trait Store: Send + Sync + 'static {
         &self,
         channel: &str,
         user_id: Option<&str>,
+    ) -> Result<(), StoreError>;
+
+    async fn is_member(&self, channel: &str, user_id: &str) -> Result<bool, StoreError>;
+    async fn add_member(&self, channel: &str, user_id: &str) -> Result<(), StoreError>;
+    async fn remove_member(&self, channel: &str, user_id: &str) -> Result<(), StoreError>;
+
+    /// A user's info hash, sorted by field.
+    async fn user_info(&self, user_id: &str) -> Result<Vec<(String, String)>, StoreError>;
+    async fn set_user_info(
+        &self,
+        user_id: &str,
+        fields: &[(String, String)],
     ) -> Result<(), StoreError>;
 
     /// Replaces a user's info hash with `fields` in one atomic step; no fields deletes it.

@@ -366,6 +366,14 @@ pub struct WorkerArgs {
     /// set: several workers often share a host, one per core, and a fixed port would collide.
     #[arg(long, env = "PORTER_HTTP_LISTEN", value_name = "ADDR")]
     pub http_listen: Option<String>,
+    /// Consume the events queue (`{prefix}events`) instead of the task queues: apply
+    /// published events (retained state, the owner's sessions, the upstream servers). A
+    /// separate worker, because only one that forwards upstream holds the Pusher secret
+    /// (docs/publishing.md).
+    #[arg(long, env = "PORTER_EVENTS")]
+    pub events: bool,
+    #[command(flatten)]
+    pub events_settings: crate::events_worker::EventsArgs,
 }
 
 #[derive(Args, Debug)]

@@ -327,6 +327,9 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     init_tracing();
     check_backends(&args.backends)?;
     let policy = Arc::new(load_policy(args.backends.policy.as_deref())?);
+    if args.events {
+        return run_events_worker(args, policy);
+    }
     let queues = parse_queues(&args.queues)?;
     let http_listen = parse_http_listen(args.http_listen.as_deref())?;
     let task_auth = task_auth(&args.backends)?;
@@ -397,6 +400,69 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             listener.stop().await;
         }
         tracing::info!("worker stopped");
+        Ok(())
+    })
+}
+
+/// `porter worker --events`: applies published events from `{prefix}events` instead of
+/// deciding tasks, so that the Pusher secret an upstream needs is in no authorizing worker.
+fn run_events_worker(args: WorkerArgs, policy: Arc<Policy>) -> anyhow::Result<()> {
+    let http_listen = parse_http_listen(args.http_listen.as_deref())?;
+    let queue_type = queue_type(&args.backends)?;
+    let upstream = args.events_settings.upstream()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let stop = CancellationToken::new();
+        cancel_on_signal(stop.clone());
+        let store = RedisStore::new(
+            &args.backends.redis_url,
+            Keys::new(&args.backends.key_prefix),
+            2,
+        )
+        .context(INVALID_REDIS_URL)?;
+        let store: Arc<dyn Store> = Arc::new(store);
+        let metrics = Arc::new(WorkerMetrics::new(std::iter::empty::<&str>()));
+        let config = AmqpConfig {
+            url: args.backends.amqp_url.clone(),
+            queue_prefix: args.backends.queue_prefix.clone(),
+            reply_mode: ReplyMode::default(),
+            task_auth: porter_core::task_auth::TaskAuth::off(),
+            queue_type,
+        };
+        let source = porter_broker::amqp::AmqpEventSource::new(
+            config.clone(),
+            args.prefetch.max(1),
+            stop,
+        );
+        let listener = match http_listen {
+            Some(address) => {
+                let health = Health {
+                    metrics: metrics.clone(),
+                    source: source.status(),
+                    store: store.clone(),
+                };
+                let listener = Listener::start(address, health)
+                    .with_context(|| format!("cannot listen on {address} (--http-listen)"))?;
+                tracing::info!(%address, "events worker health and metrics listening");
+                Some(listener)
+            }
+            None => None,
+        };
+        let parts = crate::events_worker::EventParts {
+            store,
+            policy,
+            exchanges: Arc::new(porter_broker::amqp::AmqpSessionExchanges::new(config)),
+            upstream,
+            metrics: metrics.publish().clone(),
+        };
+        crate::events_worker::consume(parts, args.events_settings.events_concurrency, source)
+            .await;
+        if let Some(listener) = listener {
+            listener.stop().await;
+        }
+        tracing::info!("events worker stopped");
         Ok(())
     })
 }

@@ -31,11 +31,13 @@
 //! that lapin logs itself, so the binary passes every log line through it.
 
 mod client;
+mod event_source;
 mod events;
 mod outbox;
 mod source;
 
 pub use client::AmqpClient;
+pub use event_source::{AmqpEventSource, AmqpSessionExchanges};
 pub use events::{AmqpEventSink, EVENTS_DELIVERY_LIMIT, PUBLICATION_TYPE, declare_events_queues};
 pub use source::AmqpSource;
 
