@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-ALL=(channel request_body batch_query webhook_body wire task_auth jwt policy_toml)
+ALL=(channel request_body batch_query webhook_body publish_body wire task_auth jwt policy_toml)
 mode=${1:-smoke}
 shift || true
 if [ "$#" -gt 0 ]; then targets=("$@"); else targets=("${ALL[@]}"); fi
