@@ -294,3 +294,31 @@ async fn with_the_broker_away_a_publish_is_503_every_time_never_taken_for_a_repl
     }
     gateway.kill();
 }
+
+#[tokio::test]
+async fn on_quorum_queues_a_publish_is_confirmed_and_the_queues_are_quorum() {
+    let deployment = Deployment::new("publish_quorum").with_env("PORTER_QUEUE_TYPE", "quorum");
+    let mut gateway = deployment.gateway();
+    deployment.wait_ready().await;
+    let body = r#"{"name":"e","data":"1","channel":"my-channel"}"#;
+    let response = publish(&deployment, body, porter_broker::now_ms() / 1000).await;
+    assert_eq!(response.status(), 200);
+    let connection = Connection::connect(common::AMQP_URL, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    // Declared as quorum queues (a classic declaration of them would be refused, 406).
+    porter_broker::amqp::declare_events_queues(
+        &channel,
+        &deployment.prefix,
+        porter_broker::amqp::QueueType::Quorum,
+    )
+    .await
+    .expect("the events queues are quorum queues");
+    let _ = connection.close(200, "done".into()).await;
+    let queued = take_all(&format!("{}events", deployment.prefix)).await;
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].0.body, body);
+    gateway.kill();
+    delete_queues(&deployment.prefix).await;
+}
