@@ -401,8 +401,9 @@ async fn gateway_and_worker_recover_when_the_broker_drops_connections() {
     };
     eventually("the first round trip", Duration::from_secs(10), works).await;
 
-    // Only this test's gateway and worker: other tests run in parallel on the same broker.
-    assert_eq!(close_connections_of(&deployment.prefix), 2);
+    // Only this test's gateway (its task and events connections) and worker: other tests run
+    // in parallel on the same broker.
+    assert_eq!(close_connections_of(&deployment.prefix), 3);
 
     eventually(
         "recovery after the broker closed every connection",

@@ -322,3 +322,41 @@ async fn on_quorum_queues_a_publish_is_confirmed_and_the_queues_are_quorum() {
     gateway.kill();
     delete_queues(&deployment.prefix).await;
 }
+
+#[tokio::test]
+async fn the_events_publisher_reconnects_after_the_broker_closed_its_connection() {
+    let deployment = Deployment::new("publish_reconnect");
+    let mut gateway = deployment.gateway();
+    deployment.wait_ready().await;
+    let first = r#"{"name":"e","data":"1","channel":"my-channel"}"#;
+    assert_eq!(
+        publish(&deployment, first, porter_broker::now_ms() / 1000)
+            .await
+            .status(),
+        200
+    );
+    // The gateway's two connections (tasks, events), closed by the broker.
+    assert_eq!(common::close_connections_of(&deployment.prefix), 2);
+    // Until the sink is back a publish is 503 (nothing queued); then 200 again. Each try is
+    // another request (its data differs), so no try is a replay of another.
+    let mut attempt = 0;
+    common::eventually("publishing works again", Duration::from_secs(20), || {
+        attempt += 1;
+        let body = format!(r#"{{"name":"e","data":"again {attempt}","channel":"my-channel"}}"#);
+        let deployment = &deployment;
+        async move {
+            let status = publish(deployment, &body, porter_broker::now_ms() / 1000)
+                .await
+                .status();
+            assert!(status == 200 || status == 503, "{status}");
+            (status == 200).then_some(())
+        }
+    })
+    .await;
+    let queued = take_all(&format!("{}events", deployment.prefix)).await;
+    assert_eq!(queued.first().map(|q| q.0.body.as_str()), Some(first));
+    // Exactly the accepted ones: the first, and the one answered 200 after the reconnection.
+    assert_eq!(queued.len(), 2, "{queued:?}");
+    gateway.kill();
+    delete_queues(&deployment.prefix).await;
+}
