@@ -77,10 +77,34 @@ impl std::io::Write for RedactedLine {
 impl Drop for RedactedLine {
     fn drop(&mut self) {
         use std::io::Write;
-        let line = redact_url(&String::from_utf8_lossy(&self.0));
+        let line = redact_session_exchanges(&redact_url(&String::from_utf8_lossy(&self.0)));
         // Nowhere to report a failed log write.
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
+}
+
+/// The line with the session id of every session exchange name in it masked
+/// (`data.<32 hex>.published` → `data.<session>.published`): lapin logs the broker's text when
+/// it closes a channel, and the 404 of an exchange that is gone (an events worker checking a
+/// session's exchange) names the exchange, so the session id.
+fn redact_session_exchanges(line: &str) -> String {
+    const START: &str = "data.";
+    const END: &str = ".published";
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(at) = rest.find(START) {
+        let (before, after) = rest.split_at(at + START.len());
+        out.push_str(before);
+        let id_len = after.bytes().take_while(|b| b.is_ascii_hexdigit()).count();
+        if id_len == 32 && after[id_len..].starts_with(END) {
+            out.push_str("<session>");
+            rest = &after[id_len..];
+        } else {
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Refuses a malformed broker or Redis URL before anything starts or logs, so that the
@@ -431,11 +455,8 @@ fn run_events_worker(args: WorkerArgs, policy: Arc<Policy>) -> anyhow::Result<()
             task_auth: porter_core::task_auth::TaskAuth::off(),
             queue_type,
         };
-        let source = porter_broker::amqp::AmqpEventSource::new(
-            config.clone(),
-            args.prefetch.max(1),
-            stop,
-        );
+        let source =
+            porter_broker::amqp::AmqpEventSource::new(config.clone(), args.prefetch.max(1), stop);
         let listener = match http_listen {
             Some(address) => {
                 let health = Health {
@@ -457,8 +478,7 @@ fn run_events_worker(args: WorkerArgs, policy: Arc<Policy>) -> anyhow::Result<()
             upstream,
             metrics: metrics.publish().clone(),
         };
-        crate::events_worker::consume(parts, args.events_settings.events_concurrency, source)
-            .await;
+        crate::events_worker::consume(parts, args.events_settings.events_concurrency, source).await;
         if let Some(listener) = listener {
             listener.stop().await;
         }

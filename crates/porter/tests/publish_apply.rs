@@ -406,3 +406,163 @@ async fn a_publication_delivered_twice_is_applied_once() {
     let _ = connection.close(200, "test done".into()).await;
     cleanup_queues(&deployment.prefix);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_without_an_exchange_is_skipped_and_the_next_event_still_goes_out() {
+    let upstream = stand_in(vec![200]).await;
+    let deployment = deployment("publish-gone", &upstream.base).capture_logs();
+    let _gateway = deployment.gateway();
+    let _events = events_worker(&deployment);
+    deployment.wait_ready().await;
+    // User 8 has two indexed sessions: one whose exchange was never declared (its lease ran
+    // out, the broker restarted) and one opened through POST /auth, bound to a test queue.
+    let store = porter_store::redis::RedisStore::new(
+        common::REDIS_URL,
+        porter_store::Keys::new(&deployment.prefix),
+        1,
+    )
+    .unwrap();
+    use porter_store::Store;
+    let gone = "0123456789abcdef0123456789abcdef";
+    store
+        .create_session(gone, "{}", Duration::from_secs(60))
+        .await
+        .unwrap();
+    store
+        .index_session("8", gone, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let token = token("8", &[("email", json!("bo@example.com"))]);
+    let answer: Value = reqwest::Client::new()
+        .post(deployment.url("/auth"))
+        .json(&json!({"email": "bo@example.com", "token": token}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let live = answer["sessionId"].as_str().expect("a session").to_owned();
+    let connection = amqp().await;
+    let channel = connection.create_channel().await.unwrap();
+    let queue = format!("{}session-listener", deployment.prefix);
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            format!("data.{live}.published").into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "test".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for n in 1..=2 {
+        trigger(
+            &deployment,
+            json!([{"trigger": [["private-user@8"], "note", {"n": n}]}]),
+        )
+        .await;
+        let delivery = tokio::time::timeout(Duration::from_secs(15), consumer.next())
+            .await
+            .expect("the live session received the event in time")
+            .expect("a delivery")
+            .expect("a good delivery");
+        let body: Value = serde_json::from_slice(&delivery.data).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(body["data"].as_str().unwrap()).unwrap(),
+            json!({"n": n})
+        );
+    }
+    // The broker's 404 for the missing exchange is logged (by lapin) without the session id.
+    let logs = deployment.captured_logs();
+    assert!(logs.contains("NOT_FOUND"), "the 404 was met: {logs}");
+    assert!(!logs.contains(gone), "a session id in the logs: {logs}");
+    assert!(!logs.contains(&live), "a session id in the logs: {logs}");
+    // Both publications were applied whole: nothing left, nothing dead-lettered.
+    assert_eq!(
+        queue_depth(&format!("{}events", deployment.prefix)),
+        Some(0)
+    );
+    assert_eq!(
+        queue_depth(&format!("{}events.dead", deployment.prefix)),
+        Some(0)
+    );
+    let _ = connection.close(200, "test done".into()).await;
+    cleanup_queues(&deployment.prefix);
+}
+
+/// `porter worker --events` with these variables: its exit code and stderr.
+fn events_worker_refusing(vars: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_porter"));
+    command
+        .args(["worker", "--events"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AMQP_URL", AMQP_URL)
+        .env("REDIS_URL", common::REDIS_URL);
+    for (k, v) in vars {
+        command.env(k, v);
+    }
+    let output = command.output().expect("run porter");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+#[test]
+fn bad_events_settings_stop_the_events_worker_with_one_line() {
+    for (vars, says) in [
+        (
+            vec![("PORTER_UPSTREAM_URL", "http://h:1,ftp://u:SECRETPW@h")],
+            "entry 2 must be http",
+        ),
+        (
+            vec![("PORTER_UPSTREAM_URL", "http://127.0.0.1:1")],
+            "PUSHER_KEY and PUSHER_SECRET",
+        ),
+        (
+            vec![
+                ("PORTER_UPSTREAM_URL", "http://127.0.0.1:1"),
+                ("PUSHER_KEY", "k"),
+                ("PUSHER_SECRET", "SECRETPW"),
+                ("PORTER_UPSTREAM_ATTEMPTS", "0"),
+            ],
+            "at least 1",
+        ),
+    ] {
+        let (code, stderr) = events_worker_refusing(&vars);
+        assert_eq!(code, Some(2), "{vars:?}: {stderr}");
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("porter:"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{vars:?}: {stderr}");
+        assert!(lines[0].contains(says), "{vars:?}: {stderr}");
+        assert!(!stderr.contains("SECRETPW"), "{stderr}");
+    }
+}
