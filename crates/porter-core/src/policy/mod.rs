@@ -213,7 +213,26 @@ impl fmt::Display for Match<'_> {
                 },
                 ttl.as_secs()
             ),
+        }?;
+        let publish = &rule.publish;
+        let mut published = Vec::new();
+        if !publish.retain.is_empty() {
+            let names: Vec<&str> = publish.retain.iter().map(EventPattern::as_str).collect();
+            published.push(format!(
+                "retains {} for {} s",
+                names.join(", "),
+                publish.retain_ttl.as_secs()
+            ));
         }
+        match &publish.owner {
+            None => {}
+            Some(Owner::Store) => published.push("to the sessions of the stored owner".into()),
+            Some(Owner::Template(t)) => published.push(format!("to the sessions of user {t}")),
+        }
+        if !published.is_empty() {
+            write!(f, "\npublished:   {}", published.join("; "))?;
+        }
+        Ok(())
     }
 }
 

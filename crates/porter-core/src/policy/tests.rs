@@ -345,6 +345,17 @@ fn explain_output_lists_everything() {
         text.contains("cache:       shared (ANNON) for 60 s"),
         "{text}"
     );
+    assert!(
+        text.contains("published:   retains * for 86400 s"),
+        "{text}"
+    );
+    let user = policy.match_name("private-user@7").unwrap().to_string();
+    assert!(
+        user.contains("published:   to the sessions of user {object_id}"),
+        "{user}"
+    );
+    let goal = policy.match_name("private-goal@1").unwrap().to_string();
+    assert!(!goal.contains("published:"), "{goal}");
 }
 
 /// The shipped example policy: the built-in catalogue plus the hotel guest chat endpoint.
