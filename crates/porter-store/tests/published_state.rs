@@ -1,5 +1,6 @@
-//! What published events write, on the real Redis (127.0.0.1:6379) and on the memory store
-//! with the same test bodies: retained events ordered by publication (an older one never
+//! What published events write, on the real Redis (127.0.0.1:6379), on the Redis Cluster of
+//! `scripts/cluster.sh up redis` (127.0.0.1:7001-7006, or `PORTER_TEST_REDIS_CLUSTER`), where
+//! every script's keys must share one slot, and on the memory store, with the same test bodies: retained events ordered by publication (an older one never
 //! overwrites a newer one), their TTL, the channel owner, and the per-user index of live
 //! sessions. Each Redis test uses its own key prefix.
 
@@ -11,6 +12,7 @@ use porter_store::redis::RedisStore;
 use porter_store::{Keys, RetainStamp, Store};
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379/";
+const CLUSTER_URL: &str = "redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
 
 fn prefix() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -30,16 +32,27 @@ fn redis() -> Arc<dyn Store> {
     Arc::new(RedisStore::new(REDIS_URL, Keys::new(prefix()), 1).expect("a valid URL"))
 }
 
+fn cluster() -> Arc<dyn Store> {
+    let url = std::env::var("PORTER_TEST_REDIS_CLUSTER").unwrap_or_else(|_| CLUSTER_URL.to_owned());
+    Arc::new(RedisStore::new(&url, Keys::new(prefix()), 1).expect("a valid URL"))
+}
+
 fn memory() -> Arc<dyn Store> {
     Arc::new(MemoryStore::new(Keys::new(prefix())))
 }
 
-macro_rules! on_both {
+macro_rules! on_all {
     ($($name:ident),* $(,)?) => {
         mod on_redis {
             $(#[tokio::test]
             async fn $name() {
                 super::$name(super::redis()).await
+            })*
+        }
+        mod on_cluster {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::cluster()).await
             })*
         }
         mod in_memory {
@@ -51,7 +64,7 @@ macro_rules! on_both {
     };
 }
 
-on_both!(
+on_all!(
     an_older_publication_never_overwrites_a_newer_one,
     a_retained_event_lasts_its_ttl,
     clearing_a_retained_event_clears_its_stamp,
