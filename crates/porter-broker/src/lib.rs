@@ -65,6 +65,23 @@ pub fn queue_name(prefix: &str, queue: Queue) -> String {
     format!("{prefix}{}", queue.name())
 }
 
+/// Checks that every queue name a deployment's prefix makes (the task queues, the events queue
+/// and its dead letters) fits AMQP's 255 bytes, so that a long `PORTER_QUEUE_PREFIX` is refused
+/// at start-up rather than at every connection attempt.
+pub fn check_queue_prefix(prefix: &str) -> Result<(), BrokerError> {
+    let names = Queue::ALL
+        .into_iter()
+        .map(|queue| queue_name(prefix, queue))
+        .chain([
+            events::events_queue_name(prefix),
+            events::dead_events_queue_name(prefix),
+        ]);
+    for name in names {
+        short_string(name)?;
+    }
+    Ok(())
+}
+
 /// An AMQP short string (a queue, exchange or routing key name): at most 255 bytes. lapin's own
 /// conversions panic on a longer one; this refuses it (a long `PORTER_QUEUE_PREFIX`).
 pub(crate) fn short_string(name: String) -> Result<lapin::types::ShortString, BrokerError> {

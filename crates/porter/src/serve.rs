@@ -113,6 +113,8 @@ fn check_backends(backends: &Backends) -> anyhow::Result<()> {
     check_url(&backends.amqp_url)
         .map_err(|error| anyhow::anyhow!("AMQP_URL (or --amqp-url) {error}"))?;
     queue_type(backends)?;
+    porter_broker::check_queue_prefix(&backends.queue_prefix)
+        .map_err(|error| anyhow::anyhow!("PORTER_QUEUE_PREFIX (or --queue-prefix): {error}"))?;
     RedisStore::new(&backends.redis_url, Keys::default(), 1).context(INVALID_REDIS_URL)?;
     Ok(())
 }

@@ -828,9 +828,9 @@ fn refused_start(role: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
     )
 }
 
-/// Operator input of the cluster settings: a bad queue type or a bad node of the list stops
-/// gateway and worker with exit code 2 and one line, which never quotes a password. Needs no
-/// cluster (nothing connects).
+/// Operator input of the cluster settings: a bad queue type, a bad node of the list or a queue
+/// prefix too long for AMQP's names stops gateway and worker with exit code 2 and one line,
+/// which never quotes a password. Needs no cluster (nothing connects).
 #[test]
 fn bad_cluster_settings_are_one_line_and_exit_2() {
     let list = "amqp://u:FIRSTPW@127.0.0.1:5701/%2f,amqp://u:SECOND PW@127.0.0.1:5702/%2f";
@@ -845,5 +845,12 @@ fn bad_cluster_settings_are_one_line_and_exit_2() {
         assert_eq!(stderr.trim().lines().count(), 1, "{role}: {stderr}");
         assert!(stderr.contains("node 2 of 2"), "{role}: {stderr}");
         assert!(!stderr.contains("PW"), "{role}: {stderr}");
+
+        // A prefix that makes a queue name longer than AMQP's 255 bytes.
+        let long_prefix = "p".repeat(250);
+        let (code, stderr) = refused_start(role, &[("PORTER_QUEUE_PREFIX", &long_prefix)]);
+        assert_eq!(code, Some(2), "{role}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{role}: {stderr}");
+        assert!(stderr.contains("PORTER_QUEUE_PREFIX"), "{role}: {stderr}");
     }
 }
