@@ -76,10 +76,12 @@ struct Harness {
     sink: Arc<Switchable>,
     receiver: LocalEventReceiver,
     store_faults: Arc<FailCall>,
+    /// The task transport's worker end, kept open so that the gateway's broker is ready.
+    _tasks: porter_broker::local::LocalSource,
 }
 
 fn harness() -> Harness {
-    let (client, _source) = porter_broker::local::channel(Default::default());
+    let (client, tasks) = porter_broker::local::channel(Default::default());
     let store_faults = Arc::new(FailCall::default());
     let store: Arc<dyn Store> = Arc::new(Observed::new(
         MemoryStore::default(),
@@ -115,6 +117,7 @@ fn harness() -> Harness {
         sink,
         receiver,
         store_faults,
+        _tasks: tasks,
     }
 }
 
@@ -526,4 +529,21 @@ async fn without_publishing_configured_the_endpoints_answer_404() {
         (status, answer["error"].as_str()),
         (404, Some("publishing_disabled"))
     );
+}
+
+/// `/readyz` says whether publications can be queued: a gateway whose events publisher is not
+/// connected would answer every publish 503, so it is not ready, and says why.
+#[actix_web::test]
+async fn readyz_is_not_ready_while_the_events_publisher_is_away() {
+    let h = harness();
+    let app = app!(h);
+    for (down, status) in [(false, 200), (true, 503)] {
+        h.sink.down.store(down, Ordering::SeqCst);
+        let response =
+            test::call_service(&app, test::TestRequest::get().uri("/readyz").to_request()).await;
+        assert_eq!(response.status().as_u16(), status, "publisher down: {down}");
+        let body: Value = test::read_body_json(response).await;
+        assert_eq!(body["events"], !down, "{body}");
+        assert_eq!(body["broker"], true, "{body}");
+    }
 }
