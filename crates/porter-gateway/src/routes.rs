@@ -8,8 +8,8 @@ use actix_web::web;
 use porter_core::policy::Policy;
 
 use crate::handlers::{
-    admin, admin_users, batch_authenticate, health, presence, publish, pusher_auth, revoke, scoped,
-    sessions, user_auth,
+    admin, admin_owners, admin_users, batch_authenticate, health, presence, publish, pusher_auth,
+    revoke, scoped, sessions, user_auth,
 };
 use crate::http::limits::MAX_BODY;
 use crate::middleware;
@@ -141,6 +141,13 @@ fn admin_scope() -> actix_web::Scope<
             web::resource(format!("{channel}/events"))
                 .name("admin-events")
                 .route(web::delete().to(admin::clear_events)),
+        )
+        .service(
+            web::resource(format!("{channel}/owner"))
+                .name("admin-channel-owner")
+                .route(web::get().to(admin_owners::get_owner))
+                .route(web::put().to(admin_owners::put_owner))
+                .route(web::delete().to(admin_owners::delete_owner)),
         )
         .service(
             web::resource("/users/{user_id}/info")

@@ -29,7 +29,7 @@ use crate::state::AppState;
 /// Longest user id or event name accepted.
 const MAX_NAME: usize = 200;
 
-fn channel_of(name: &str) -> Result<Channel<'_>, ApiError> {
+pub(super) fn channel_of(name: &str) -> Result<Channel<'_>, ApiError> {
     Channel::parse(name).map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))
 }
 

@@ -13,9 +13,11 @@
 //! - [`publish`]: `POST /apps/{app_id}/events` and `/batch_events`, Pusher's HTTP API.
 //! - [`admin`]: members, retained events and decisions under `/admin`.
 //! - [`admin_users`]: a user's info and watchlist under `/admin/users`.
+//! - [`admin_owners`]: a channel's owner (`owner = "store"` rules) under `/admin/channels`.
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
 
 pub mod admin;
+pub mod admin_owners;
 pub mod admin_users;
 pub mod batch_authenticate;
 pub mod health;
