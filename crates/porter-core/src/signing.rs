@@ -146,20 +146,32 @@ impl Signer {
         self.master_key.is_some()
     }
 
-    fn hex_hmac(&self, parts: &[&[u8]]) -> String {
+    /// Lower-case hex of the HMAC of `parts`, written into `out`. Into a buffer on the stack:
+    /// `hex::encode` builds its `String` one `char` at a time, which cost more than the two
+    /// SHA-256 blocks of a short signature (docs/benchmarks.md, "Gateway per-request cost").
+    fn hex_hmac_into<'b>(&self, parts: &[&[u8]], out: &'b mut [u8; 64]) -> &'b str {
         let mut mac = self.mac.clone();
         for part in parts {
             mac.update(part);
         }
-        hex::encode(mac.finalize().into_bytes())
+        // 32 bytes always fit 64 hex digits, and hex digits are ASCII.
+        let encoded = hex::encode_to_slice(mac.finalize().into_bytes(), out).is_ok();
+        debug_assert!(encoded);
+        std::str::from_utf8(out).unwrap_or_default()
+    }
+
+    fn hex_hmac(&self, parts: &[&[u8]]) -> String {
+        let mut out = [0u8; 64];
+        self.hex_hmac_into(parts, &mut out).to_owned()
     }
 
     fn key_signature(&self, parts: &[&[u8]]) -> String {
-        let signature = self.hex_hmac(parts);
+        let mut out = [0u8; 64];
+        let signature = self.hex_hmac_into(parts, &mut out);
         let mut auth = String::with_capacity(self.key.len() + 1 + signature.len());
         auth.push_str(&self.key);
         auth.push(':');
-        auth.push_str(&signature);
+        auth.push_str(signature);
         auth
     }
 
