@@ -9,6 +9,7 @@ use actix_web::http::StatusCode;
 use porter_core::reason::{Reason, ReasonClass};
 use porter_core::wire::{AuthData, Event};
 use serde::Serialize;
+use serde::ser::SerializeMap;
 use serde_json::{Value, json};
 
 /// A worker's decision on one channel, before signing.
@@ -62,17 +63,37 @@ pub fn status_of(reason: &Reason) -> (StatusCode, &'static str) {
     }
 }
 
-/// The batch response body: `{channel: {auth…} | {"reason": …}}`.
-pub fn batch_body(results: &[(String, Outcome)]) -> Value {
-    let mut body = serde_json::Map::with_capacity(results.len());
-    for (name, outcome) in results {
-        let value = match outcome {
-            Outcome::Signed(signed) => serde_json::to_value(signed).unwrap_or(Value::Null),
-            refused => json!({ "reason": refused.reason() }),
-        };
-        body.insert(name.clone(), value);
+/// The batch response body: `{channel: {auth…} | {"reason": …}}`, channels in the order of
+/// `results`.
+pub fn batch_body(results: &[(String, Outcome)]) -> BatchBody<'_> {
+    BatchBody(results)
+}
+
+/// The batch response body, serialized straight from the outcomes: building a
+/// `serde_json::Value` first (a map, and a copy of every string in it) cost as much as writing
+/// the JSON (docs/benchmarks.md, "Gateway per-request cost").
+pub struct BatchBody<'a>(&'a [(String, Outcome)]);
+
+impl Serialize for BatchBody<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Refused {
+            reason: Option<Reason>,
+        }
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, outcome) in self.0 {
+            match outcome {
+                Outcome::Signed(signed) => map.serialize_entry(name, signed)?,
+                refused => map.serialize_entry(
+                    name,
+                    &Refused {
+                        reason: refused.reason(),
+                    },
+                )?,
+            }
+        }
+        map.end()
     }
-    Value::Object(body)
 }
 
 /// The `pusher-js-auth` plugin's format: `{"<channel>": {"status": 200, "data": {…}}}`; a
@@ -120,9 +141,30 @@ mod tests {
             ("b".to_owned(), Outcome::Refused(Reason::TimeLimitExceeded)),
         ];
         assert_eq!(
-            batch_body(&results),
+            serde_json::to_value(batch_body(&results)).unwrap(),
             json!({"a": {"reason": "timeout"}, "b": {"reason": "time limit exceeded"}})
         );
         assert_eq!(plugin_body(&results)["b"]["status"], 403);
+    }
+
+    #[test]
+    fn the_batch_body_keeps_the_channels_order_and_skips_absent_fields() {
+        let signed = |auth: &str, shared_secret: Option<&str>| {
+            Outcome::Signed(SignedChannel {
+                auth: auth.to_owned(),
+                channel_data: None,
+                shared_secret: shared_secret.map(str::to_owned),
+                events: None,
+            })
+        };
+        let results = vec![
+            ("private-z".to_owned(), signed("k:1", None)),
+            ("private-encrypted-a".to_owned(), signed("k:2", Some("s="))),
+            ("private-m".to_owned(), Outcome::Refused(Reason::NoRule)),
+        ];
+        assert_eq!(
+            serde_json::to_string(&batch_body(&results)).unwrap(),
+            r#"{"private-z":{"auth":"k:1"},"private-encrypted-a":{"auth":"k:2","shared_secret":"s="},"private-m":{"reason":"no_rule"}}"#
+        );
     }
 }
