@@ -1,6 +1,7 @@
 //! The deployment files stay consistent with the CLI and keep their security properties:
 //! every variable `docker-compose.yml` sets for a Porter service is one that subcommand reads,
-//! workers are never given the secret, nothing but the load balancer is published, no
+//! authorizing workers are never given the secret (the events worker only the key and secret
+//! it signs forwarded requests with), nothing but the load balancer is published, no
 //! credential has a default (nor is guest's), each Porter half logs in to RabbitMQ as its own
 //! least-privilege user, the gateways trust exactly nginx's address, and nginx overwrites
 //! `X-Forwarded-For`. (Docker does not run on the development machines, so this is what keeps
@@ -8,7 +9,7 @@
 //!
 //! The Kubernetes manifests (`deploy/k8s/`), rendered by `kubectl kustomize` as CI renders
 //! them: every flag and variable they give Porter is one the CLI takes, KEDA scales workers on
-//! both task queues with the deployment's prefix, the grace periods cover the drains, pods run
+//! both task queues and events workers on the events queue with the deployment's prefix, the grace periods cover the drains, pods run
 //! unprivileged with probes and resources, and a policy change rolls the pods.
 //!
 //! The dashboard and the alert rules name only metrics and labels that a running gateway's and
@@ -183,7 +184,18 @@ fn compose_sets_only_variables_the_cli_reads() {
         .iter()
         .filter(|(_, s)| s.builds_porter)
         .collect();
-    assert_eq!(porter.len(), 2, "compose runs a gateway and a worker");
+    assert_eq!(
+        porter.len(),
+        3,
+        "compose runs a gateway, a worker and an events worker"
+    );
+    assert!(
+        compose.services["events-worker"]
+            .command
+            .iter()
+            .any(|a| a == "--events"),
+        "the events worker consumes the events queue"
+    );
     assert!(
         compose.services["gateway"]
             .environment
@@ -213,11 +225,28 @@ fn compose_sets_only_variables_the_cli_reads() {
             );
         }
         if subcommand == "worker" {
-            assert!(
-                !environment.keys().any(|v| v.starts_with("PUSHER_")),
-                "workers must never be given the Pusher credentials"
+            let pusher: Vec<&str> = environment
+                .keys()
+                .map(String::as_str)
+                .filter(|v| v.starts_with("PUSHER_"))
+                .collect();
+            assert_eq!(
+                pusher,
+                allowed_pusher_variables(command.iter().map(String::as_str)),
+                "service `{service}`: an authorizing worker gets no Pusher credential, an events worker only the key and secret upstream requests are signed with"
             );
         }
+    }
+}
+
+/// The Pusher variables a `porter worker` with these arguments may be given: none, or with
+/// `--events` the key and secret it signs forwarded requests with (never the encryption master
+/// key, the app id or the JWT secret).
+fn allowed_pusher_variables<'a>(args: impl IntoIterator<Item = &'a str>) -> Vec<&'static str> {
+    if args.into_iter().any(|a| a == "--events") {
+        vec!["PUSHER_KEY", "PUSHER_SECRET"]
+    } else {
+        Vec::new()
     }
 }
 
@@ -282,6 +311,7 @@ fn credentials_come_from_the_environment_without_defaults() {
     for (service, user, password) in [
         ("gateway", "porter-gateway", "RABBITMQ_GATEWAY_PASSWORD"),
         ("worker", "porter-worker", "RABBITMQ_WORKER_PASSWORD"),
+        ("events-worker", "porter-events", "RABBITMQ_EVENTS_PASSWORD"),
     ] {
         let url = &compose.services[service].environment["AMQP_URL"];
         assert!(
@@ -406,8 +436,10 @@ fn gateways_and_workers_have_least_privilege_rabbitmq_users() {
     );
     let gateway = permissions_of(&compose, "porter-gateway");
     assert_eq!(
-        gateway["read"], "^(amq\\.gen-.*|amq\\.rabbitmq\\.reply-to|data\\..+\\.published)$",
-        "a gateway reads its reply queue and binds session exchanges; never a task queue"
+        gateway["read"], "^(amq\\.gen-.*|amq\\.rabbitmq\\.reply-to|data\\..+\\.published|events)$",
+        "a gateway reads its reply queue and binds session exchanges; never a task queue \
+         (read on `events` is what RabbitMQ asks of whoever declares a queue with a dead-letter \
+         exchange)"
     );
     assert_eq!(
         gateway["write"], "^(amq\\.default|data\\.[0-9a-f]{32}\\.lease)$",
@@ -415,8 +447,19 @@ fn gateways_and_workers_have_least_privilege_rabbitmq_users() {
     );
     assert_eq!(
         gateway["configure"],
-        "^(auth|auth/high|amq\\.gen-.*|data\\..+\\.published|data\\.[0-9a-f]{32}\\.lease)$",
-        "a gateway declares the task queues, its reply queue, session exchanges and leases"
+        "^(auth|auth/high|amq\\.gen-.*|data\\..+\\.published|data\\.[0-9a-f]{32}\\.lease|events|events\\.dead)$",
+        "a gateway declares the task queues, its reply queue, session exchanges, leases and the events queues"
+    );
+    let events = permissions_of(&compose, "porter-events");
+    assert_eq!(
+        events,
+        serde_json::json!({
+            "configure": "^(events|events\\.dead)$",
+            "write": "^(amq\\.default|data\\..+\\.published)$",
+            "read": "^events$",
+        }),
+        "an events worker declares and consumes the events queue (the dead-letter declaration \
+         needs write on the default exchange) and publishes to session exchanges; no task queue"
     );
 }
 
@@ -687,9 +730,10 @@ fn object<'a>(objects: &'a [Value], kind: &str, name: &str) -> Option<&'a Value>
         .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
 }
 
-/// Porter's two Deployments of a rendering, as (name, container).
+/// Porter's three Deployments of a rendering, as (name, container): gateway, worker, events
+/// worker, in that order.
 fn porter_containers(objects: &[Value]) -> Vec<(&'static str, &Value)> {
-    ["porter-gateway", "porter-worker"]
+    ["porter-gateway", "porter-worker", "porter-events-worker"]
         .into_iter()
         .map(|name| {
             let deployment = object(objects, "Deployment", name)
@@ -782,10 +826,21 @@ fn kubernetes_manifests_set_only_flags_and_variables_the_cli_reads() {
                 "the reader found {name}'s environment in {dir}: {variables:?}"
             );
             assert_cli_reads(&format!("{dir}: {name}"), subcommand, &args, &variables);
+            assert_eq!(
+                args.contains(&"--events"),
+                name == "porter-events-worker",
+                "{dir}: only {name} consumes the events queue"
+            );
             if subcommand == "worker" {
-                assert!(
-                    !variables.iter().any(|v| v.starts_with("PUSHER_")),
-                    "{dir}: workers must never be given the Pusher credentials"
+                let pusher: Vec<&str> = variables
+                    .iter()
+                    .copied()
+                    .filter(|v| v.starts_with("PUSHER_"))
+                    .collect();
+                assert_eq!(
+                    pusher,
+                    allowed_pusher_variables(args.iter().copied()),
+                    "{dir}: {name}: an authorizing worker gets no Pusher credential, an events worker only the key and secret"
                 );
             }
         }
@@ -828,7 +883,11 @@ fn the_production_secrets_example_has_the_keys_the_manifests_read() {
             }
         }
     }
-    assert!(read.contains_key("porter-gateway") && read.contains_key("porter-worker"));
+    assert!(
+        ["porter-gateway", "porter-worker", "porter-events-worker"]
+            .iter()
+            .all(|s| read.contains_key(*s))
+    );
     for (secret, keys) in &read {
         let section = example
             .split("\n---\n")
@@ -967,6 +1026,61 @@ fn keda_scales_workers_on_both_task_queues_with_the_deployments_prefix() {
     );
 }
 
+#[test]
+fn keda_scales_events_workers_on_the_events_queue_with_the_deployments_prefix() {
+    let mut scaled = 0;
+    for dir in KUSTOMIZATIONS {
+        let objects = render(dir);
+        let containers = porter_containers(&objects);
+        let prefix = env_value(containers[0].1, "PORTER_QUEUE_PREFIX").unwrap_or("");
+        assert_eq!(
+            env_value(containers[2].1, "PORTER_QUEUE_PREFIX").unwrap_or(""),
+            prefix,
+            "{dir}: gateways and events workers use the same queue prefix"
+        );
+        assert_eq!(
+            env_value(containers[2].1, "PORTER_QUEUE_TYPE"),
+            env_value(containers[0].1, "PORTER_QUEUE_TYPE"),
+            "{dir}: gateways and events workers declare the events queue alike"
+        );
+        let Some(so) = object(&objects, "ScaledObject", "porter-events-worker") else {
+            assert!(
+                dir.ends_with("/dev"),
+                "{dir} scales events workers with KEDA"
+            );
+            continue;
+        };
+        scaled += 1;
+        let spec = &so["spec"];
+        assert_eq!(spec["scaleTargetRef"]["name"], "porter-events-worker");
+        assert!(
+            spec["minReplicaCount"].as_i64().unwrap_or(0) >= 1,
+            "{dir}: events workers never scale to zero"
+        );
+        let triggers = spec["triggers"].as_array().expect("triggers");
+        assert_eq!(triggers.len(), 1, "{dir}: one trigger, the events queue");
+        let trigger = &triggers[0];
+        assert_eq!(trigger["type"], "rabbitmq");
+        assert_eq!(
+            trigger["metadata"]["queueName"],
+            format!("{prefix}events"),
+            "{dir}: the events queue, with the deployment's prefix"
+        );
+        assert_eq!(trigger["metadata"]["mode"], "QueueLength");
+        for key in trigger["metadata"].as_object().expect("metadata").keys() {
+            assert!(
+                RABBITMQ_SCALER_PARAMETERS.contains(&key.as_str()),
+                "{dir}: the rabbitmq scaler has no parameter {key}"
+            );
+        }
+        assert_eq!(trigger["authenticationRef"]["name"], "porter-rabbitmq");
+    }
+    assert_eq!(
+        scaled, 3,
+        "the base and both production overlays scale events workers with KEDA"
+    );
+}
+
 /// The largest `time_limit` and `expires` of a policy file, in seconds (plain numbers).
 fn policy_bounds(policy: &str) -> (f64, f64) {
     let largest = |field: &str| {
@@ -1024,6 +1138,18 @@ fn grace_periods_cover_the_drains() {
         assert!(
             grace > LONGEST_TIME_LIMIT && grace > time_limit,
             "{dir}: the worker's grace period ({grace} s) is above the longest time limit"
+        );
+        // An events worker finishes the publications in hand; the slowest retries one upstream
+        // with the defaults (PORTER_UPSTREAM_ATTEMPTS 5 of at most 5 s each, backoffs 0.2 +
+        // 0.4 + 0.8 + 1.6 s): one cut off is redelivered, but the grace should cover one.
+        const ONE_UPSTREAM_RETRIED: f64 = 5.0 * 5.0 + 0.2 + 0.4 + 0.8 + 1.6;
+        let events = pod("porter-events-worker");
+        let grace = events["terminationGracePeriodSeconds"]
+            .as_f64()
+            .expect("a grace period");
+        assert!(
+            grace > ONE_UPSTREAM_RETRIED,
+            "{dir}: the events worker's grace period ({grace} s) covers an upstream's retries"
         );
     }
 }
@@ -1105,7 +1231,12 @@ fn autoscalers_own_the_replica_counts() {
         let objects = render(dir);
         let hpa = object(&objects, "HorizontalPodAutoscaler", "porter-gateway");
         let keda = object(&objects, "ScaledObject", "porter-worker");
-        for (deployment, scaler) in [("porter-gateway", hpa), ("porter-worker", keda)] {
+        let events = object(&objects, "ScaledObject", "porter-events-worker");
+        for (deployment, scaler) in [
+            ("porter-gateway", hpa),
+            ("porter-worker", keda),
+            ("porter-events-worker", events),
+        ] {
             let replicas =
                 &object(&objects, "Deployment", deployment).expect("it")["spec"]["replicas"];
             if scaler.is_some() {
