@@ -61,11 +61,12 @@ impl ApiCredentials<'_> {
     ) -> Result<VerifiedRequest, PublishError> {
         let mut params: Vec<(String, &str)> = Vec::with_capacity(request.query.len());
         let mut signature = None;
+        // A set, not a scan of `params`: this runs before the signature is checked, so a head
+        // of thousands of parameters must cost linear time, not quadratic.
+        let mut seen = std::collections::HashSet::with_capacity(request.query.len());
         for (key, value) in request.query {
             let key = key.to_ascii_lowercase();
-            if params.iter().any(|(seen, _)| *seen == key)
-                || (key == "auth_signature" && signature.is_some())
-            {
+            if !seen.insert(key.clone()) {
                 return Err(PublishError::DuplicateParameter);
             }
             if key == "auth_signature" {
