@@ -590,3 +590,38 @@ async fn the_ip_is_charged_before_the_token_is_looked_at() {
     assert_eq!(statuses, [401, 401, 429]);
     stop.cancel();
 }
+
+/// A sign-in whose worker does not answer by the section's deadline is a 504, audited under
+/// `[signin]` with the reason `timeout` like every other refusal.
+#[actix_web::test]
+async fn a_sign_in_that_times_out_is_a_504_and_audited() {
+    captured_logs();
+    // A webhook that takes the connection and never answers: the worker waits past the
+    // gateway's deadline (`expires` plus the grace), well within its own time limit.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    actix_web::rt::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let stop = CancellationToken::new();
+    let policy = format!(
+        "{RULE}[signin]\nallow = {{ all_of = [\"authenticated\", {{ webhook = \"http://{address}/signin\" }}] }}\ntime_limit = 10\nexpires = \"100ms\"\n"
+    );
+    let (state, _) = shared(&policy, &stop);
+    let app = app!(state);
+    let token = token("slow-user", "j-slow");
+    let (status, body) = call!(&app, sign_in(&[("socket_id", SOCKET)], Some(&token)));
+    assert_eq!(status, 504, "{body}");
+    let logs = captured_logs();
+    assert!(
+        logs.lines().any(|line| line.contains("porter::audit")
+            && line.contains("rule=\"[signin]\"")
+            && line.contains("slow-user")
+            && line.contains("why=\"timeout\"")),
+        "{logs}"
+    );
+    stop.cancel();
+}

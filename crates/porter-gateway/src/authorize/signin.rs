@@ -103,7 +103,10 @@ impl Authorizer<'_> {
         match self.decide_signin(signin, identity).await? {
             Verdict::Allowed(data) => Ok(self.signer.sign_user(socket_id, &user_data(user, data))),
             Verdict::Refused(reason) => Err(refused(&reason.as_str(), refusal(&reason))),
-            Verdict::TimedOut => Err(refusal(&Reason::Timeout)),
+            Verdict::TimedOut => Err(refused(
+                &Reason::Timeout.as_str(),
+                refusal(&Reason::Timeout),
+            )),
         }
     }
 
