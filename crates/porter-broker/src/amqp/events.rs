@@ -27,13 +27,21 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{AmqpConfig, BACKOFF_START, QUORUM_DELIVERY_LIMIT, QueueType, back_off, connect};
+use super::{AmqpConfig, BACKOFF_START, QueueType, back_off, connect};
 use crate::events::{EventSink, dead_events_queue_name, events_queue_name};
 use crate::{BrokerError, short_string};
 
 /// How many times a quorum events queue delivers a publication before it dead-letters it:
 /// the broker's backstop for one that kills every worker that takes it.
-pub const EVENTS_DELIVERY_LIMIT: i64 = QUORUM_DELIVERY_LIMIT;
+///
+/// Far above the task queues' [`QUORUM_DELIVERY_LIMIT`](super::QUORUM_DELIVERY_LIMIT): a quorum
+/// queue counts every return, and the worker hands a publication back (after a 1 s pause) for
+/// as long as a step cannot run: another delivery's claim (held up to the worker's 120 s
+/// `CLAIM_TTL` by a worker that died), or Redis or the broker away. At 1,000 returns a
+/// publication outlasts a dead claimer's claim several times over and an outage of about a
+/// quarter of an hour; `porter_worker`'s `publish::consumer` checks at compile time that it
+/// stays above `CLAIM_TTL` / `RETRY_PAUSE`.
+pub const EVENTS_DELIVERY_LIMIT: i64 = 1000;
 
 /// How long the broker may take to confirm a publication before the sink gives up on the
 /// channel (the request is answered 503; its retry goes to a new channel).

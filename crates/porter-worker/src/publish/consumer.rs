@@ -11,11 +11,26 @@ use porter_broker::event_source::{EventDelivery, EventSource};
 use tokio::sync::Semaphore;
 use tracing::{error, info, warn};
 
+use super::marks::CLAIM_TTL;
 use super::metrics::Settled;
 use super::{Applier, Verdict};
 
 /// How long a publication that could not be applied now waits before it is handed back.
 pub const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// How many times a publication can be handed back while a step is [`Claim::Busy`]: the
+/// longest a dead worker's claim holds it, at one return per [`RETRY_PAUSE`].
+///
+/// [`Claim::Busy`]: super::marks::Claim::Busy
+pub const RETURNS_TO_OUTLAST_A_CLAIM: u128 = CLAIM_TTL.as_millis() / RETRY_PAUSE.as_millis();
+
+// A quorum events queue dead-letters a publication returned more than its delivery limit:
+// one held up by a dead worker's claim must outlast that claim, with room to spare (twice
+// over), before the broker gives up on it.
+const _: () = assert!(
+    2 * RETURNS_TO_OUTLAST_A_CLAIM < porter_broker::amqp::EVENTS_DELIVERY_LIMIT as u128,
+    "the events queue's delivery limit must outlast CLAIM_TTL at RETRY_PAUSE"
+);
 
 pub struct EventConsumer {
     applier: Arc<Applier>,
