@@ -15,6 +15,12 @@
 //! above a stalled task). The flusher wakes on a timer only when acks wait above a task still
 //! running, to send them once that task counts as stalled ([`ACK_STALL`]).
 //!
+//! A channel the flusher cannot use any more (a publish or an ack fails, or the reply channel
+//! is no longer open while the connection may still be up) would stall the worker for good:
+//! no reply goes out, so no task is acknowledged, and the prefetch fills with tasks nobody
+//! answers. The flusher then cancels the connection's `broken` token, on which the source drops
+//! the connection and reconnects; the unacknowledged tasks go back to their queue.
+//!
 //! [`Task::coalesce`]: porter_core::wire::Task::coalesce
 
 use std::collections::HashMap;
@@ -27,6 +33,7 @@ use porter_core::task_auth::{Message, ReplyMessage, TaskAuth};
 use porter_core::wire::{BatchedReply, FORMAT_VERSION, REPLY_BATCH_TYPE, ReplyBatch};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::BrokerError;
@@ -78,10 +85,16 @@ pub(super) struct Outbox {
 
 impl Outbox {
     /// Starts the flusher of one connection: `replies` publishes, `lanes[i]` is the channel
-    /// whose deliveries lane `i` acknowledges.
-    pub(super) fn start(replies: Channel, lanes: Vec<Channel>, auth: TaskAuth) -> Outbox {
+    /// whose deliveries lane `i` acknowledges. `broken` is cancelled once a channel fails
+    /// the flusher: the connection must be dropped for its tasks to go back to the broker.
+    pub(super) fn start(
+        replies: Channel,
+        lanes: Vec<Channel>,
+        auth: TaskAuth,
+        broken: CancellationToken,
+    ) -> Outbox {
         let (sender, events) = mpsc::unbounded_channel();
-        tokio::spawn(flush(events, replies, lanes, auth));
+        tokio::spawn(flush(events, replies, lanes, auth, broken));
         Outbox { sender }
     }
 
@@ -108,6 +121,7 @@ async fn flush(
     replies: Channel,
     lanes: Vec<Channel>,
     auth: TaskAuth,
+    broken: CancellationToken,
 ) {
     let mut windows: Vec<AckWindow> = lanes.iter().map(|_| AckWindow::default()).collect();
     let mut taken = Vec::with_capacity(MAX_BATCH);
@@ -118,7 +132,7 @@ async fn flush(
             Some(at) => tokio::select! {
                 event = events.recv() => event,
                 () = tokio::time::sleep_until(at.into()) => {
-                    send_acks(&lanes, &mut windows, false).await;
+                    send_acks(&lanes, &mut windows, false, &broken).await;
                     continue;
                 }
             },
@@ -144,6 +158,16 @@ async fn flush(
             }
         }
         let results = publish(&replies, &auth, &finished).await;
+        let failed = results
+            .iter()
+            .any(|result| matches!(result, Err(BrokerError::Amqp(_))));
+        if failed || !replies.status().connected() {
+            // Every later reply would fail the same way: only a new connection helps.
+            if !broken.is_cancelled() {
+                warn!("the reply channel is unusable; the worker reconnects");
+            }
+            broken.cancel();
+        }
         for (task, result) in finished.into_iter().zip(results) {
             if result.is_ok() {
                 windows[task.lane].replied(task.tag);
@@ -152,7 +176,7 @@ async fn flush(
                 let _ = done.send(result);
             }
         }
-        send_acks(&lanes, &mut windows, closing.is_some()).await;
+        send_acks(&lanes, &mut windows, closing.is_some(), &broken).await;
         if let Some(closed) = closing {
             let _ = closed.send(());
             return;
@@ -161,7 +185,14 @@ async fn flush(
 }
 
 /// Sends the acks each lane's window allows now (`all`: whatever has replied).
-async fn send_acks(lanes: &[Channel], windows: &mut [AckWindow], all: bool) {
+/// A failed ack cancels `broken`: that lane's channel is gone, and its tasks return only with
+/// the connection.
+async fn send_acks(
+    lanes: &[Channel],
+    windows: &mut [AckWindow],
+    all: bool,
+    broken: &CancellationToken,
+) {
     let now = Instant::now();
     let mut sends = Vec::new();
     for (channel, window) in lanes.iter().zip(windows.iter_mut()) {
@@ -177,6 +208,7 @@ async fn send_acks(lanes: &[Channel], windows: &mut [AckWindow], all: bool) {
         if let Err(error) = result {
             // The channel is gone: the broker hands its unacknowledged tasks to others.
             warn!(%error, "could not acknowledge tasks");
+            broken.cancel();
         }
     }
 }
@@ -366,5 +398,42 @@ mod tests {
             Delivery::Delivered
         ));
         assert!(waiter.wait_until(deadline).await.is_some());
+    }
+
+    /// A reply channel closed under a live connection: the publish fails, its task is not
+    /// acknowledged, and the flusher tells the connection to go (over the real broker).
+    #[tokio::test]
+    async fn a_closed_reply_channel_breaks_the_connection_instead_of_stalling_it() {
+        let connection = lapin::Connection::connect(
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+        .expect("the test broker at 127.0.0.1:5672");
+        let replies = connection.create_channel().await.unwrap();
+        let lane = connection.create_channel().await.unwrap();
+        let broken = CancellationToken::new();
+        let outbox = Outbox::start(replies.clone(), vec![lane], TaskAuth::off(), broken.clone());
+        replies
+            .close(200, "closed by the test".into())
+            .await
+            .unwrap();
+        assert!(connection.status().connected());
+        outbox.send(Event::Delivered { lane: 0, tag: 1 }).unwrap();
+        let (done, published) = oneshot::channel();
+        outbox
+            .send(Event::Finished(Finished {
+                lane: 0,
+                tag: 1,
+                reply: Some(reply("a")),
+                done: Some(done),
+            }))
+            .unwrap();
+        let result = published.await.expect("the flusher answers");
+        assert!(matches!(result, Err(BrokerError::Amqp(_))), "{result:?}");
+        tokio::time::timeout(Duration::from_secs(5), broken.cancelled())
+            .await
+            .expect("the connection is told to go");
+        let _ = connection.close(200, "test done".into()).await;
     }
 }

@@ -125,14 +125,17 @@ impl AmqpSource {
             );
             subscriptions.push(channel);
         }
+        let broken = CancellationToken::new();
         let outbox = Outbox::start(
             replies,
             subscriptions.clone(),
             self.config.task_auth.clone(),
+            broken.clone(),
         );
         Ok(WorkerLive {
             connection,
             outbox,
+            broken,
             subscriptions,
             consumers,
         })
@@ -143,6 +146,9 @@ impl AmqpSource {
 struct WorkerLive {
     connection: Connection,
     outbox: Outbox,
+    /// Cancelled by the outbox when a channel of this connection can no longer publish or
+    /// acknowledge (the connection itself may be up): the source then reconnects.
+    broken: CancellationToken,
     /// The channel of each queue's consumer (its lane), to cancel it on.
     subscriptions: Vec<Channel>,
     /// Every queue's deliveries, each with the queue it came from.
@@ -185,7 +191,13 @@ impl TaskSource for AmqpSource {
             let live = self.live.as_mut()?;
             let delivery = tokio::select! {
                 () = self.stop.cancelled() => return None,
-                delivery = live.consumers.next() => delivery,
+                () = live.broken.cancelled() => Err(()),
+                delivery = live.consumers.next() => Ok(delivery),
+            };
+            let Ok(delivery) = delivery else {
+                warn!("worker's reply or ack channel failed; reconnecting");
+                self.drop_connection().await;
+                continue;
             };
             match delivery {
                 Some((lane, queue, Ok(delivery))) => {
