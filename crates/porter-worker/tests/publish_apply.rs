@@ -150,6 +150,38 @@ async fn an_event_reaches_every_live_session_of_the_owner_once() {
 }
 
 #[tokio::test]
+async fn an_event_whose_routing_key_is_too_long_skips_the_sessions_and_is_not_retried() {
+    let s = setup(None);
+    s.store
+        .create_session("sa", "{}", Duration::from_secs(60))
+        .await
+        .unwrap();
+    s.store
+        .index_session("7", "sa", Duration::from_secs(60))
+        .await
+        .unwrap();
+    // 150 characters, 300 bytes: `private-user@7.` + it is past AMQP's 255 bytes.
+    let long = "é".repeat(150);
+    let too_long = publication("p0", 1, &event("private-user@7", &long, "{}"));
+    assert_eq!(s.applier.apply(&too_long).await, Verdict::Applied);
+    assert!(s.exchanges.messages("sa").is_empty());
+    let short = publication("p1", 2, &event("private-user@7", "message.sent", "{}"));
+    assert_eq!(s.applier.apply(&short).await, Verdict::Applied);
+    let messages = s.exchanges.messages("sa");
+    assert_eq!(messages.len(), 1, "only the event with a short key went out");
+    assert_eq!(messages[0].routing_key, "private-user@7.message.sent");
+    let metrics = s.applier.metrics();
+    assert_eq!(metrics.session_count("routing_key_too_long"), 1);
+    assert_eq!(metrics.session_count("delivered"), 1);
+    // A key of exactly 255 bytes still goes out: 15 + 120 two-byte characters.
+    let fits = "é".repeat((255 - "private-user@7.".len()) / 2);
+    let p = publication("p2", 3, &event("private-user@7", &fits, "{}"));
+    assert_eq!(s.applier.apply(&p).await, Verdict::Applied);
+    assert_eq!(s.exchanges.messages("sa").len(), 2);
+    assert_eq!(s.exchanges.messages("sa")[1].routing_key.len(), 255);
+}
+
+#[tokio::test]
 async fn a_store_owner_is_looked_up() {
     let policy = Policy::from_toml(
         r#"

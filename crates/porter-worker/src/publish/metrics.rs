@@ -83,7 +83,7 @@ impl PublishMetrics {
         for result in ["written", "older"] {
             let _ = self.retained.get_or_create(&[("result", result)]);
         }
-        for result in ["delivered", "no_exchange"] {
+        for result in ["delivered", "no_exchange", "routing_key_too_long"] {
             let _ = self.sessions.get_or_create(&[("result", result)]);
         }
         registry.register(
@@ -103,7 +103,7 @@ impl PublishMetrics {
         );
         registry.register(
             "porter_worker_session_deliveries",
-            "Published events sent to a session exchange, or skipped as the exchange is gone",
+            "Published events sent to a session exchange, or skipped as the exchange is gone or the routing key too long",
             self.sessions.clone(),
         );
         registry.register(
@@ -137,6 +137,18 @@ impl PublishMetrics {
             "no_exchange"
         };
         self.sessions.get_or_create(&[("result", result)]).inc();
+    }
+
+    /// An event not sent to one session: its routing key is longer than AMQP allows.
+    pub fn session_skipped_key_too_long(&self) {
+        self.sessions
+            .get_or_create(&[("result", "routing_key_too_long")])
+            .inc();
+    }
+
+    /// The count of session deliveries with `result` (for tests).
+    pub fn session_count(&self, result: &'static str) -> u64 {
+        self.sessions.get_or_create(&[("result", result)]).get()
     }
 
     pub fn step_skipped(&self) {

@@ -6,6 +6,14 @@
 //!
 //! Each delivery is marked once sent ([`Mark::session`]), so a redelivered publication sends
 //! again only what did not go out. A session whose exchange is gone is skipped, not an error.
+//!
+//! An AMQP routing key is a short string, at most [`MAX_ROUTING_KEY_BYTES`] bytes, and
+//! `{channel}.{event}` can be longer (a 200-character event name, multi-byte characters). No
+//! retry would ever send such an event, so it is skipped for the sessions (a warning, and
+//! `porter_worker_session_deliveries_total{result="routing_key_too_long"}` per session) while
+//! the publication goes on to the upstream servers. Skipped rather than truncated or hashed: a
+//! cut key would match bindings meant for another event. The check is here, before any
+//! [`SessionExchanges`], so `porter dev`'s in-process exchanges skip exactly what RabbitMQ would.
 
 use porter_broker::BrokerError;
 use porter_broker::session_publish::{SessionDelivery, SessionExchanges};
@@ -30,9 +38,14 @@ pub enum FanOutError {
     Busy,
 }
 
-/// The routing key of an event on a session exchange: the proposal's hierarchical name.
-pub fn routing_key(event: &PublishedEvent) -> String {
-    format!("{}.{}", event.channel, event.name)
+/// The longest routing key AMQP carries (a short string), in bytes.
+pub const MAX_ROUTING_KEY_BYTES: usize = 255;
+
+/// The routing key of an event on a session exchange: the proposal's hierarchical name, or
+/// `None` when it is longer than [`MAX_ROUTING_KEY_BYTES`].
+pub fn routing_key(event: &PublishedEvent) -> Option<String> {
+    let key = format!("{}.{}", event.channel, event.name);
+    (key.len() <= MAX_ROUTING_KEY_BYTES).then_some(key)
 }
 
 /// The message body a session receives.
@@ -78,7 +91,19 @@ pub(super) async fn fan_out(
         if sessions.is_empty() {
             continue;
         }
-        let (key, body) = (routing_key(event), body(event));
+        let Some(key) = routing_key(event) else {
+            tracing::warn!(
+                publication = %publication.id,
+                channel = %event.channel,
+                event_bytes = event.name.len(),
+                "event's routing key is longer than AMQP allows; not sent to the owner's sessions"
+            );
+            for _ in &sessions {
+                metrics.session_skipped_key_too_long();
+            }
+            continue;
+        };
+        let body = body(event);
         for session in sessions {
             let mark = Mark::session(&publication.id, index, &session);
             match mark.claim(store).await? {
