@@ -13,7 +13,11 @@
 //! close the channel (404 NOT_FOUND), so each publish first checks the exchange with a passive
 //! declaration: a missing one is [`SessionDelivery::NoExchange`], and the channel the broker
 //! closed is replaced before the next publish. Errors never name the exchange (it holds the
-//! session id).
+//! session id). The publisher holds its lock across each broker round trip, so every one (the
+//! passive declaration, the confirm, a new channel) has [`SESSION_BROKER_TIMEOUT`]: a broker
+//! that stops answering (blocked on a resource alarm, a partition) costs one publish
+//! [`BrokerError::Unavailable`] (the worker retries the publication later) and the connection,
+//! instead of hanging every publication behind the lock.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +49,10 @@ const CONSUMER_TAG: &str = "porter-events";
 
 /// How long a stop waits for the broker to take back the publications not handed out.
 const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the session publisher waits for any one answer of the broker (the exchange check,
+/// the confirm, a new channel) before it gives the connection up: as the gateway's sink does.
+pub const SESSION_BROKER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Consumes the events queue.
 pub struct AmqpEventSource {
@@ -236,11 +244,36 @@ impl AmqpSessionExchanges {
     }
 
     async fn channel_of(connection: &Connection) -> Result<Channel, BrokerError> {
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        Ok(channel)
+        let opening = async {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok(channel)
+        };
+        tokio::time::timeout(SESSION_BROKER_TIMEOUT, opening)
+            .await
+            .map_err(|_| BrokerError::Unavailable)?
+    }
+
+    /// Gives up a connection that stopped answering: the next publish opens a new one. The
+    /// old one is closed in the background, where a broker that never answers cannot hold
+    /// the lock.
+    fn abandon(live: &mut Option<(Connection, Channel)>, what: &'static str) -> BrokerError {
+        warn!(
+            timeout_ms = SESSION_BROKER_TIMEOUT.as_millis() as u64,
+            "the broker did not answer {what} in time; the session publisher reconnects"
+        );
+        if let Some((connection, _)) = live.take() {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(
+                    SESSION_BROKER_TIMEOUT,
+                    connection.close(200, "not answering".into()),
+                )
+                .await;
+            });
+        }
+        BrokerError::Unavailable
     }
 }
 
@@ -283,15 +316,20 @@ impl SessionExchanges for AmqpSessionExchanges {
             passive: true,
             ..ExchangeDeclareOptions::default()
         };
-        if let Err(error) = channel
-            .exchange_declare(
+        let declared = tokio::time::timeout(
+            SESSION_BROKER_TIMEOUT,
+            channel.exchange_declare(
                 exchange.clone(),
                 lapin::ExchangeKind::Fanout,
                 passive,
                 FieldTable::default(),
-            )
-            .await
-        {
+            ),
+        )
+        .await;
+        let Ok(declared) = declared else {
+            return Err(Self::abandon(&mut live, "the exchange check"));
+        };
+        if let Err(error) = declared {
             if is_not_found(&error) {
                 // The broker closed this channel: the next publish gets a new one.
                 *channel = Self::channel_of(connection).await?;
@@ -302,18 +340,24 @@ impl SessionExchanges for AmqpSessionExchanges {
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2);
-        let confirm = channel
-            .basic_publish(
-                exchange,
-                short_string(routing_key.to_owned())?,
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await
-            .map_err(|e| redacted(e, session_id))?
-            .await
-            .map_err(|e| redacted(e, session_id))?;
+        let publishing = async {
+            channel
+                .basic_publish(
+                    exchange,
+                    short_string(routing_key.to_owned())?,
+                    BasicPublishOptions::default(),
+                    body,
+                    properties,
+                )
+                .await
+                .map_err(|e| redacted(e, session_id))?
+                .await
+                .map_err(|e| redacted(e, session_id))
+        };
+        let confirm = match tokio::time::timeout(SESSION_BROKER_TIMEOUT, publishing).await {
+            Ok(confirm) => confirm?,
+            Err(_) => return Err(Self::abandon(&mut live, "a session publish")),
+        };
         match confirm {
             Confirmation::Ack(_) => Ok(SessionDelivery::Delivered),
             // The exchange went between the check and the publish (its channel is closed
