@@ -480,6 +480,13 @@ async fn a_session_without_an_exchange_is_skipped_and_the_next_event_still_goes_
         )
         .await
         .unwrap();
+    // An event whose routing key is past AMQP's 255 bytes (`private-user@8.` + 300 bytes)
+    // reaches no session, is not retried for ever, and still goes upstream.
+    trigger(
+        &deployment,
+        json!([{"trigger": [["private-user@8"], "é".repeat(150), {"n": 0}]}]),
+    )
+    .await;
     for n in 1..=2 {
         trigger(
             &deployment,
@@ -502,7 +509,22 @@ async fn a_session_without_an_exchange_is_skipped_and_the_next_event_still_goes_
     assert!(logs.contains("NOT_FOUND"), "the 404 was met: {logs}");
     assert!(!logs.contains(gone), "a session id in the logs: {logs}");
     assert!(!logs.contains(&live), "a session id in the logs: {logs}");
-    // Both publications were applied whole: nothing left, nothing dead-lettered.
+    // The three publications were applied whole: all upstream, nothing left, nothing
+    // dead-lettered.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while upstream.count.load(Ordering::SeqCst) < 3 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        upstream.count.load(Ordering::SeqCst),
+        3,
+        "all went upstream"
+    );
+    let logs = deployment.captured_logs();
+    assert!(
+        logs.contains("routing key is longer than AMQP allows"),
+        "the long key was skipped: {logs}"
+    );
     assert_eq!(
         queue_depth(&format!("{}events", deployment.prefix)),
         Some(0)
