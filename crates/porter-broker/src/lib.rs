@@ -45,6 +45,10 @@ pub enum BrokerError {
     /// The node accepted the connection but did not complete the AMQP handshake in time.
     #[error("the broker did not complete the connection handshake within {0:?}")]
     ConnectTimeout(std::time::Duration),
+    /// The handshake was done but opening channels, declaring or consuming did not finish in
+    /// time.
+    #[error("the broker did not complete the connection set-up within {0:?}")]
+    SetupTimeout(std::time::Duration),
     /// A queue, exchange or routing key name over AMQP's 255 bytes (the name is not quoted).
     #[error("a broker name of {0} bytes is longer than AMQP's 255")]
     NameTooLong(usize),

@@ -40,7 +40,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{
-    AmqpConfig, BACKOFF_START, QueueType, ReplyMode, back_off, connect, declare_task_queue,
+    AmqpConfig, BACKOFF_START, QueueType, ReplyMode, back_off, close_connection, connect,
+    declare_task_queue, set_up,
 };
 use crate::auth::{DIRECT_REPLY_TO, reply_message, signature, signed_task};
 use crate::{BrokerError, Delivery, Outgoing, Pending, TaskClient, queue_name, short_string};
@@ -187,7 +188,7 @@ async fn supervise(inner: Arc<ClientInner>) {
                     () = read_replies(consumer, &inner.pending, &inner.config.task_auth) => {}
                     () = inner.broken.notified() => {}
                     () = inner.stop.cancelled() => {
-                        let _ = connection.close(200, "gateway shutting down".into()).await;
+                        close_connection(&connection, "gateway shutting down").await;
                         // Give lapin's I/O thread its turn to see the close (see `close`).
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         return;
@@ -202,7 +203,7 @@ async fn supervise(inner: Arc<ClientInner>) {
                         "answered the tasks in flight broker_unavailable: their reply queue is gone"
                     );
                 }
-                let _ = connection.close(200, "reconnecting".into()).await;
+                close_connection(&connection, "reconnecting").await;
             }
             Err(error) => {
                 warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot connect to the broker");
@@ -219,6 +220,20 @@ async fn connect_client(
     inner: &ClientInner,
 ) -> Result<(Arc<Connection>, Live, Consumer), BrokerError> {
     let connection = Arc::new(connect("gateway", &inner.config).await?);
+    match set_up(subscribe_replies(inner, &connection)).await {
+        Ok((live, consumer)) => Ok((connection, live, consumer)),
+        Err(error) => {
+            close_connection(&connection, "set-up failed").await;
+            Err(error)
+        }
+    }
+}
+
+/// Declares the task queues and the reply queue, and consumes the replies.
+async fn subscribe_replies(
+    inner: &ClientInner,
+    connection: &Arc<Connection>,
+) -> Result<(Live, Consumer), BrokerError> {
     let channel = connection.create_channel().await?;
     if inner.config.queue_type == QueueType::Quorum {
         channel
@@ -267,7 +282,7 @@ async fn connect_client(
         channel,
         reply_queue,
     };
-    Ok((connection, live, consumer))
+    Ok((live, consumer))
 }
 
 /// The AMQP properties of a task message (see the design's wire format), before signing.

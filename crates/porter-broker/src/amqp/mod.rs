@@ -66,6 +66,15 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// answers in milliseconds.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the rest of a connection's set-up (channels, `basic.qos`, declares, consumers)
+/// may take once the handshake is done: a broker that answers the handshake and then hangs
+/// must fail the attempt, not hold the reconnect loop.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a `connection.close` waits for the broker's close-ok: a stuck broker must not
+/// block a reconnect or a shutdown (the socket goes with the connection either way).
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How many times a quorum queue delivers a task before it drops it (`x-delivery-limit`).
 ///
 /// A task that crashes every worker that takes it would otherwise circle for ever. Workers
@@ -337,6 +346,31 @@ async fn declare_task_queue(
 }
 
 /// Sleeps for the current backoff and doubles it, up to the cap.
+/// Runs the set-up of a new connection within [`SETUP_TIMEOUT`].
+async fn set_up<T>(steps: impl Future<Output = Result<T, BrokerError>>) -> Result<T, BrokerError> {
+    set_up_within(SETUP_TIMEOUT, steps).await
+}
+
+async fn set_up_within<T>(
+    timeout: Duration,
+    steps: impl Future<Output = Result<T, BrokerError>>,
+) -> Result<T, BrokerError> {
+    tokio::time::timeout(timeout, steps)
+        .await
+        .unwrap_or(Err(BrokerError::SetupTimeout(timeout)))
+}
+
+/// Closes `connection`, waiting at most [`CLOSE_TIMEOUT`] for the broker to confirm.
+async fn close_connection(connection: &Connection, reason: &str) {
+    match tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, reason.into())).await {
+        Ok(_) => {}
+        Err(_) => debug!(
+            timeout_ms = CLOSE_TIMEOUT.as_millis() as u64,
+            "the broker did not confirm the close in time"
+        ),
+    }
+}
+
 async fn back_off(delay: &mut Duration) {
     tokio::time::sleep(*delay).await;
     *delay = (*delay * 2).min(BACKOFF_MAX);
@@ -399,6 +433,21 @@ mod tests {
             matches!(short_string(name), Err(BrokerError::NameTooLong(259))),
             "a 250-byte queue prefix"
         );
+    }
+
+    #[tokio::test]
+    async fn a_set_up_step_that_never_ends_fails_the_attempt_instead_of_hanging() {
+        let bound = Duration::from_millis(20);
+        let stuck = set_up_within(bound, std::future::pending::<Result<(), BrokerError>>());
+        let attempt = tokio::time::timeout(Duration::from_secs(5), stuck)
+            .await
+            .expect("the attempt ends by itself");
+        assert!(
+            matches!(attempt, Err(BrokerError::SetupTimeout(timeout)) if timeout == bound),
+            "{attempt:?}"
+        );
+        // A step that finishes is untouched.
+        assert!(matches!(set_up_within(bound, async { Ok(7) }).await, Ok(7)));
     }
 
     #[tokio::test]

@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::outbox::{Event, Finished, Outbox, OutgoingReply};
-use super::{AmqpConfig, BACKOFF_START, back_off, declare_task_queue};
+use super::{AmqpConfig, BACKOFF_START, back_off, close_connection, declare_task_queue, set_up};
 use crate::auth::{signature, task_message};
 use crate::{
     BrokerError, DeliveryHistory, Incoming, Responder, SourceStatus, TaskSource, queue_name,
@@ -101,6 +101,35 @@ impl AmqpSource {
 
     async fn connect(&self) -> Result<WorkerLive, BrokerError> {
         let connection = super::connect("worker", &self.config).await?;
+        match set_up(self.subscribe(&connection)).await {
+            Ok((replies, subscriptions, consumers)) => {
+                let broken = CancellationToken::new();
+                let outbox = Outbox::start(
+                    replies,
+                    subscriptions.clone(),
+                    self.config.task_auth.clone(),
+                    broken.clone(),
+                );
+                Ok(WorkerLive {
+                    connection,
+                    outbox,
+                    broken,
+                    subscriptions,
+                    consumers,
+                })
+            }
+            Err(error) => {
+                close_connection(&connection, "set-up failed").await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Opens the reply channel and one consuming channel per queue.
+    async fn subscribe(
+        &self,
+        connection: &Connection,
+    ) -> Result<(Channel, Vec<Channel>, SelectAll<Deliveries>), BrokerError> {
         let replies = connection.create_channel().await?;
         let mut consumers = SelectAll::new();
         let mut subscriptions = Vec::with_capacity(self.queues.len());
@@ -125,20 +154,7 @@ impl AmqpSource {
             );
             subscriptions.push(channel);
         }
-        let broken = CancellationToken::new();
-        let outbox = Outbox::start(
-            replies,
-            subscriptions.clone(),
-            self.config.task_auth.clone(),
-            broken.clone(),
-        );
-        Ok(WorkerLive {
-            connection,
-            outbox,
-            broken,
-            subscriptions,
-            consumers,
-        })
+        Ok((replies, subscriptions, consumers))
     }
 }
 
@@ -331,10 +347,7 @@ impl TaskSource for AmqpSource {
         if let Some(live) = self.live.take() {
             // The acks still held (replies out, waiting for a `multiple`) go before the close.
             live.outbox.close(HAND_BACK_TIMEOUT).await;
-            let _ = live
-                .connection
-                .close(200, "worker shutting down".into())
-                .await;
+            close_connection(&live.connection, "worker shutting down").await;
             // lapin's I/O thread notices the close on its next turn; give it that turn before
             // the runtime goes away, or it reports the runtime's shutdown as an I/O error.
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -348,7 +361,7 @@ impl AmqpSource {
         self.status.set_connected(false);
         self.status.set_consuming(false);
         if let Some(live) = self.live.take() {
-            let _ = live.connection.close(200, "reconnecting".into()).await;
+            close_connection(&live.connection, "reconnecting").await;
         }
     }
 }
