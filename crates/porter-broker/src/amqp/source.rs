@@ -59,6 +59,9 @@ const CONSUMER_TAG: &str = "porter-worker";
 /// deliveries to be handed back; past it, the rest goes back when the connection closes.
 const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a reconnect waits for the outbox to send the acks it holds.
+const DROP_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The header in which quorum queues count earlier deliveries of a message.
 const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
@@ -361,6 +364,12 @@ impl AmqpSource {
         self.status.set_connected(false);
         self.status.set_consuming(false);
         if let Some(live) = self.live.take() {
+            // A consumer cancelled by the broker (or a lane lost) leaves a healthy connection
+            // whose replied tasks still wait for a `multiple` ack: send them before closing,
+            // or they would be redelivered for nothing.
+            if live.connection.status().connected() && !live.broken.is_cancelled() {
+                live.outbox.close(DROP_FLUSH_TIMEOUT).await;
+            }
             close_connection(&live.connection, "reconnecting").await;
         }
     }
