@@ -195,6 +195,10 @@ pub struct Backends {
 pub struct Concealed(String);
 
 impl Concealed {
+    pub fn new(text: impl Into<String>) -> Concealed {
+        Concealed(text.into())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -240,6 +244,31 @@ mod task_auth_args_tests {
         assert_eq!(args.backends.task_auth.as_deref(), Some("accept"));
         let printed = format!("{args:?}");
         assert!(!printed.contains(key), "{printed}");
+        assert!(printed.contains("<concealed>"), "{printed}");
+    }
+
+    #[test]
+    fn the_events_workers_upstream_secret_never_prints() {
+        let secret = "an-upstream-secret-that-must-never-be-printed";
+        let cli = Cli::try_parse_from([
+            "porter",
+            "worker",
+            "--events",
+            "--upstream-key",
+            "k",
+            "--upstream-secret",
+            secret,
+        ])
+        .expect("parses");
+        let Command::Worker(args) = cli.command else {
+            panic!("a worker");
+        };
+        assert_eq!(
+            args.events_settings.secret.as_ref().map(Concealed::expose),
+            Some(secret)
+        );
+        let printed = format!("{args:?}");
+        assert!(!printed.contains(secret), "{printed}");
         assert!(printed.contains("<concealed>"), "{printed}");
     }
 }

@@ -22,7 +22,10 @@ use porter_worker::publish::consumer::EventConsumer;
 use porter_worker::publish::metrics::PublishMetrics;
 use porter_worker::publish::upstream::{AppCredentials, RetryPolicy, Upstream, parse_bases};
 
-/// Where published events are forwarded, and how patiently.
+use crate::cli::Concealed;
+
+/// Where published events are forwarded, and how patiently. The secret is [`Concealed`]: a
+/// `{:?}` of the settings never shows it.
 #[derive(Args, Debug, Clone)]
 pub struct EventsArgs {
     /// Upstream Pusher-protocol servers (Pusher, sockudo, soketi) published events are
@@ -38,7 +41,7 @@ pub struct EventsArgs {
         env = "PUSHER_SECRET",
         hide_env_values = true
     )]
-    pub secret: Option<String>,
+    pub secret: Option<Concealed>,
     /// Attempts per upstream in all before a publication is dead-lettered.
     #[arg(long, env = "PORTER_UPSTREAM_ATTEMPTS", default_value_t = 5)]
     pub upstream_attempts: u32,
@@ -79,7 +82,7 @@ impl EventsArgs {
             bases,
             AppCredentials {
                 key: key.clone(),
-                secret: Secret::new(secret.as_str()),
+                secret: Secret::new(secret.expose()),
             },
             retry,
         )))
