@@ -1,8 +1,11 @@
 //! `POST /apps/{app_id}/events` and `/batch_events` in process: what is queued for an accepted
 //! publish (the body as sent), and every refusal (key, signature, timestamp, body_md5, app id,
 //! JSON, each of Pusher's limits, a replay, the broker or the store away), none of which
-//! queues anything. The events queue is the in-process one, behind a switch that plays the
-//! broker going away; the store is the memory one (failing on cue).
+//! queues anything; and that every copy of one signed request (a replay, two racing, the retry
+//! after a 503) is the same publication id, so that the worker applies it once. The events
+//! queue is the in-process one, behind switches that play the broker going away, a confirm
+//! lost after the broker queued, and two copies racing; the store is the memory one (failing
+//! on cue).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +19,8 @@ use porter_core::cache::RuleStamps;
 use porter_core::policy::Policy;
 use porter_core::publish::{
     MAX_BATCH_EVENTS, MAX_CHANNELS_PER_EVENT, MAX_DATA_BYTES, MAX_EVENT_NAME_LEN,
-    MAX_PUBLISH_CHANNEL_LEN, Publication, PublishKind, signed_query,
+    MAX_PUBLISH_CHANNEL_LEN, Publication, PublishKind, VerifiedRequest, publication_id,
+    signed_query,
 };
 use porter_core::signing::{Secret, Signer};
 use porter_gateway::handlers::publish::Publishing;
@@ -32,10 +36,14 @@ const APP_ID: &str = "100000";
 const KEY: &str = "key";
 const SECRET: &str = "secret";
 
-/// The local events queue, which refuses every publish while `down` (the broker away).
+/// The local events queue, which refuses every publish while `down` (the broker away), queues
+/// but then fails while `lose_confirms` (the broker kept it, its confirm never came), and,
+/// with a `gate`, holds each publish until that many are waiting (copies racing).
 struct Switchable {
     inner: LocalEventSink,
     down: AtomicBool,
+    lose_confirms: AtomicBool,
+    gate: std::sync::Mutex<Option<Arc<tokio::sync::Barrier>>>,
 }
 
 #[async_trait]
@@ -44,7 +52,17 @@ impl EventSink for Switchable {
         if self.down.load(Ordering::SeqCst) {
             return Err(BrokerError::Unavailable);
         }
-        self.inner.publish(publication).await
+        let gate = self.gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            // Bounded, so that a gateway publishing only one of the copies fails the test
+            // rather than hanging it.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), gate.wait()).await;
+        }
+        self.inner.publish(publication).await?;
+        if self.lose_confirms.load(Ordering::SeqCst) {
+            return Err(BrokerError::Unavailable);
+        }
+        Ok(())
     }
 
     fn is_ready(&self) -> bool {
@@ -104,6 +122,8 @@ fn harness() -> Harness {
     let sink = Arc::new(Switchable {
         inner,
         down: AtomicBool::new(false),
+        lose_confirms: AtomicBool::new(false),
+        gate: Default::default(),
     });
     let publishing = web::Data::new(Publishing::new(
         APP_ID,
@@ -154,6 +174,24 @@ fn signed_with(path: &str, body: &str, secret: &str, timestamp: u64) -> test::Te
         .set_payload(body.to_owned())
 }
 
+/// The publication id a request signed as [`signed_with`] signs it must be queued under.
+fn id_of(path: &str, body: &str, timestamp: u64) -> String {
+    let query = signed_query(
+        KEY,
+        &Secret::new(SECRET),
+        "POST",
+        path,
+        body.as_bytes(),
+        timestamp,
+    );
+    let (_, signature) = query.split_once("auth_signature=").unwrap();
+    let verified = VerifiedRequest {
+        signature: signature.to_owned(),
+        timestamp,
+    };
+    publication_id(APP_ID, &verified)
+}
+
 fn signed(path: &str, body: &str) -> test::TestRequest {
     signed_with(path, body, SECRET, now_secs())
 }
@@ -200,9 +238,12 @@ async fn an_accepted_publish_is_queued_once_with_the_body_as_sent() {
     let app = app!(h);
     // Spacing and field order as an SDK might send them: queued byte for byte.
     let body = r#"{"name":"stream.online", "data":"{\"online\":true}","channels":["private-stream@42","public-x"],"socket_id":"1.2"}"#;
-    assert_eq!(call(&app, signed(EVENTS, body)).await, (200, json!({})));
+    let now = now_secs();
+    let request = signed_with(EVENTS, body, SECRET, now);
+    assert_eq!(call(&app, request).await, (200, json!({})));
     let batch = r#"{"batch":[{"channel":"a","name":"x","data":"1"},{"channel":"b","name":"y","data":"2","info":"subscription_count"}]}"#;
-    assert_eq!(call(&app, signed(BATCH, batch)).await, (200, json!({})));
+    let request = signed_with(BATCH, batch, SECRET, now);
+    assert_eq!(call(&app, request).await, (200, json!({})));
 
     let queued = drain(&h.receiver);
     assert_eq!(queued.len(), 2);
@@ -212,8 +253,10 @@ async fn an_accepted_publish_is_queued_once_with_the_body_as_sent() {
     assert_eq!(queued[0].events().unwrap().len(), 2);
     assert_eq!(queued[1].body, batch);
     assert_eq!(queued[1].kind, PublishKind::BatchEvents);
+    // Each under its request's id.
+    assert_eq!(queued[0].id, id_of(EVENTS, body, now));
+    assert_eq!(queued[1].id, id_of(BATCH, batch, now));
     assert_ne!(queued[0].id, queued[1].id);
-    assert!(uuid::Uuid::parse_str(&queued[0].id).is_ok());
 }
 
 #[actix_web::test]
@@ -226,11 +269,71 @@ async fn a_replay_is_answered_alike_and_queued_once() {
         let request = signed_with(EVENTS, &body, SECRET, timestamp);
         assert_eq!(call(&app, request).await, (200, json!({})));
     }
-    assert_eq!(drain(&h.receiver).len(), 1);
+    let queued = drain(&h.receiver);
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].id, id_of(EVENTS, &body, timestamp));
+    // The replays of the confirmed request are counted as such.
+    let metrics =
+        test::call_and_read_body(&app, test::TestRequest::get().uri("/metrics").to_request()).await;
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.contains(r#"rule="publish_replay""#) && line.ends_with(" 2")),
+        "{metrics}"
+    );
     // Another request (another second, so another signature) is not a replay.
     let request = signed_with(EVENTS, &body, SECRET, timestamp - 1);
     assert_eq!(call(&app, request).await.0, 200);
-    assert_eq!(drain(&h.receiver).len(), 1);
+    let queued = drain(&h.receiver);
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].id, id_of(EVENTS, &body, timestamp - 1));
+}
+
+/// Two copies of one signed request in flight at once: neither is marked done before the
+/// other's check, so both are published and answered 200, and both carry the request's id,
+/// which the worker applies once.
+#[actix_web::test]
+async fn two_copies_racing_are_both_queued_under_the_same_id() {
+    let h = harness();
+    let app = app!(h);
+    let body = event("e", "1", &one_channel());
+    let timestamp = now_secs();
+    *h.sink.gate.lock().unwrap() = Some(Arc::new(tokio::sync::Barrier::new(2)));
+    let (first, second) = futures_util::join!(
+        call(&app, signed_with(EVENTS, &body, SECRET, timestamp)),
+        call(&app, signed_with(EVENTS, &body, SECRET, timestamp)),
+    );
+    assert_eq!((first, second), ((200, json!({})), (200, json!({}))));
+    let ids: Vec<_> = drain(&h.receiver).into_iter().map(|p| p.id).collect();
+    let id = id_of(EVENTS, &body, timestamp);
+    assert_eq!(ids, [id.clone(), id]);
+}
+
+/// A confirm that never came (the broker queued it all the same) is answered 503; the SDK's
+/// retry is published again, under the same id, so the worker applies the event once.
+#[actix_web::test]
+async fn after_a_lost_confirm_the_retry_is_queued_under_the_same_id() {
+    let h = harness();
+    let app = app!(h);
+    let body = event("e", "1", &one_channel());
+    let timestamp = now_secs();
+    h.sink.lose_confirms.store(true, Ordering::SeqCst);
+    let (status, answer) = call(&app, signed_with(EVENTS, &body, SECRET, timestamp)).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (503, Some("broker_unavailable"))
+    );
+    h.sink.lose_confirms.store(false, Ordering::SeqCst);
+    let request = signed_with(EVENTS, &body, SECRET, timestamp);
+    assert_eq!(call(&app, request).await, (200, json!({})));
+    let ids: Vec<_> = drain(&h.receiver).into_iter().map(|p| p.id).collect();
+    let id = id_of(EVENTS, &body, timestamp);
+    assert_eq!(ids, [id.clone(), id]);
+    // Confirmed now: a further copy is a replay.
+    let request = signed_with(EVENTS, &body, SECRET, timestamp);
+    assert_eq!(call(&app, request).await, (200, json!({})));
+    assert!(drain(&h.receiver).is_empty());
 }
 
 #[actix_web::test]
@@ -475,20 +578,40 @@ async fn with_the_broker_away_503_and_the_retry_of_the_same_request_is_accepted(
             .0,
         200
     );
-    assert_eq!(drain(&h.receiver).len(), 1);
+    let queued = drain(&h.receiver);
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].id, id_of(EVENTS, &body, timestamp));
 }
 
 #[actix_web::test]
 async fn with_the_store_away_503_and_nothing_queued() {
     let h = harness();
     let app = app!(h);
-    *h.store_faults.fail.lock().unwrap() = Some("first_sighting");
+    *h.store_faults.fail.lock().unwrap() = Some("sighted");
     let (status, answer) = call(&app, signed(EVENTS, &event("e", "1", &one_channel()))).await;
     assert_eq!(
         (status, answer["error"].as_str()),
         (503, Some("store_unavailable"))
     );
     assert!(drain(&h.receiver).is_empty());
+}
+
+/// The done mark is set after the confirm, best effort: when the store fails then, the answer
+/// is still 200 (the broker has it), and a replay is published again, under the same id.
+#[actix_web::test]
+async fn a_done_mark_the_store_could_not_set_still_answers_200_and_the_replay_keeps_the_id() {
+    let h = harness();
+    let app = app!(h);
+    let body = event("e", "1", &one_channel());
+    let timestamp = now_secs();
+    *h.store_faults.fail.lock().unwrap() = Some("first_sighting");
+    for _ in 0..2 {
+        let request = signed_with(EVENTS, &body, SECRET, timestamp);
+        assert_eq!(call(&app, request).await, (200, json!({})));
+    }
+    let ids: Vec<_> = drain(&h.receiver).into_iter().map(|p| p.id).collect();
+    let id = id_of(EVENTS, &body, timestamp);
+    assert_eq!(ids, [id.clone(), id]);
 }
 
 #[actix_web::test]

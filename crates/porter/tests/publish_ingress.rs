@@ -2,9 +2,10 @@
 //! by the official Node server SDK (`pusher` 5, `tests/js/trigger.mjs`) pointed at the gateway
 //! by host and port: what reaches the events queue (`{prefix}events`) is read back with
 //! `basic.get` and compared with what was sent (no worker runs, so the queue keeps it). Also:
-//! a replay queued once (the mark in the real Redis), a rejected publication dead-lettered to
-//! `{prefix}events.dead` by RabbitMQ, and a gateway whose broker is away answering 503 to the
-//! same signed request every time.
+//! a replay of a confirmed request queued once (the done mark in the real Redis), under the
+//! request's own publication id, a rejected publication dead-lettered to `{prefix}events.dead`
+//! by RabbitMQ, and a gateway whose broker is away answering 503 to the same signed request
+//! every time (a 503 marks nothing).
 
 mod common;
 
@@ -189,8 +190,30 @@ async fn a_replayed_signed_request_is_answered_alike_and_queued_once() {
     let queued = take_all(&format!("{}events", deployment.prefix)).await;
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].0.body, body);
+    // The publication id (and AMQP message id) is the signed request's.
+    let id = request_id(body, now);
+    assert_eq!(queued[0].0.id, id);
+    assert_eq!(queued[0].1.as_deref(), Some(id.as_str()));
     gateway.kill();
     delete_queues(&deployment.prefix).await;
+}
+
+/// The publication id of the request [`publish`] sends for `body` at `timestamp`.
+fn request_id(body: &str, timestamp: u64) -> String {
+    let query = porter_core::publish::signed_query(
+        KEY,
+        &porter_core::signing::Secret::new(SECRET),
+        "POST",
+        &format!("/apps/{APP_ID}/events"),
+        body.as_bytes(),
+        timestamp,
+    );
+    let (_, signature) = query.split_once("auth_signature=").expect("signed");
+    let verified = porter_core::publish::VerifiedRequest {
+        signature: signature.to_owned(),
+        timestamp,
+    };
+    porter_core::publish::publication_id(APP_ID, &verified)
 }
 
 /// Publishes one event through the gateway, signed as the SDKs sign, at `timestamp`.
@@ -284,8 +307,8 @@ async fn with_the_broker_away_a_publish_is_503_every_time_never_taken_for_a_repl
     .await;
     let body = r#"{"name":"e","data":"1","channel":"my-channel"}"#;
     let now = porter_broker::now_ms() / 1000;
-    // The same signed request twice: the first refusal removed its replay mark (in the real
-    // Redis), so the second is tried again, not answered 200 as a replay.
+    // The same signed request twice: a refusal marks nothing done (in the real Redis), so the
+    // second is tried again, not answered 200 as a replay.
     for _ in 0..2 {
         let response = publish(&deployment, body, now).await;
         assert_eq!(response.status(), 503);

@@ -4,7 +4,8 @@
 //!
 //! The gateway checks a request and hands it on whole, as a [`Publication`]: the body as
 //! received, so that the worker can forward it upstream byte for byte, and an id that makes
-//! applying it again (a redelivery) a no-op. The worker reads the events out of it with
+//! applying it again (a redelivery, or another copy of the same signed request) a no-op: the
+//! id is the request's own ([`publication_id`]). The worker reads the events out of it with
 //! [`Publication::events`].
 //!
 //! The checks are here, pure: the bodies of both endpoints and Pusher's limits (`body.rs`,
@@ -24,6 +25,7 @@ pub use request_auth::{
 };
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 /// The format version of [`Publication`] this build speaks.
@@ -59,8 +61,9 @@ impl PublishKind {
 pub struct Publication {
     #[serde(default = "publication_version")]
     pub v: u32,
-    /// Unique per accepted request; also the AMQP message id. Workers apply a publication at
-    /// most once per id.
+    /// The signed request's name ([`publication_id`]): every copy of one request (a replay, the
+    /// SDK's retry after a 503) carries the same id. Also the AMQP message id. Workers apply a
+    /// publication at most once per id.
     pub id: String,
     pub app_id: String,
     pub kind: PublishKind,
@@ -104,6 +107,23 @@ impl Publication {
         }
         parse_body(self.kind, &self.body)
     }
+}
+
+/// The id of the publication a verified request makes: hex SHA-256 of `{app_id}:{signature}`.
+///
+/// The signature is the request's name: it covers the method, the path, the timestamp and
+/// (through `body_md5`) the body, and [`ApiCredentials::verify`] hands back the one it computed,
+/// so two copies of a request always give the same id and two different requests different
+/// ones. That is what makes "answered 200" safe under replays and timeouts: a copy published
+/// again (the gateway's confirm timed out but the broker had it; two copies raced) is the
+/// same publication to the worker, applied once. Hashed, so the id is of fixed length and
+/// does not show the signature.
+pub fn publication_id(app_id: &str, verified: &VerifiedRequest) -> String {
+    let mut digest = Sha256::new();
+    digest.update(app_id.as_bytes());
+    digest.update(b":");
+    digest.update(verified.signature.as_bytes());
+    hex::encode(digest.finalize())
 }
 
 /// One event to one channel, as a publication's body describes it.

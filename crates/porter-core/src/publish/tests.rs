@@ -429,3 +429,34 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_publication_id_names_the_signed_request() {
+    let body = br#"{"name":"e","data":"x","channel":"a"}"#;
+    let query = signed_query(KEY, &secret(), "POST", "/apps/1/events", body, 1_000);
+    let id = |query: &str, body: &[u8], app_id: &str| {
+        publication_id(app_id, &verify(query, body, 1_000).unwrap())
+    };
+    let first = id(&query, body, "1");
+    // Every copy of the request, checked at any time within the window, with its parameters in
+    // any order: the same id.
+    let copy = publication_id("1", &verify(&query, body, 1_300).unwrap());
+    assert_eq!(copy, first);
+    let reordered = query.split('&').rev().collect::<Vec<_>>().join("&");
+    assert_eq!(id(&reordered, body, "1"), first);
+    // Fixed length, hex, and not the signature itself.
+    assert_eq!(first.len(), 64);
+    assert!(
+        first
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
+    assert!(!query.contains(&first));
+    // Another request (another second, another body) or another app: another id.
+    let later = signed_query(KEY, &secret(), "POST", "/apps/1/events", body, 1_001);
+    assert_ne!(id(&later, body, "1"), first);
+    let other_body = br#"{"name":"e","data":"y","channel":"a"}"#;
+    let other = signed_query(KEY, &secret(), "POST", "/apps/1/events", other_body, 1_000);
+    assert_ne!(id(&other, other_body, "1"), first);
+    assert_ne!(id(&query, body, "2"), first);
+}

@@ -9,15 +9,20 @@
 //! session fan-out). The answer never carries `info` attributes: the counts are the realtime
 //! server's, and Porter answers before it has the event.
 //!
-//! Architecture Invariant: a 200 means the broker confirmed the publication; with the broker
-//! away the answer is 503 `broker_unavailable` and nothing is left behind: the replay mark is
-//! removed again, so the SDK's retry is accepted.
+//! Architecture Invariant: a 200 means the broker confirmed the publication, and every copy
+//! of one signed request is the same publication: its id is the request's
+//! ([`publication_id`], from the verified `auth_signature`), so the worker, which applies a
+//! publication once per id, applies it once however many copies were queued. With the broker
+//! away (or its confirm timing out) the answer is 503 `broker_unavailable` and nothing is
+//! marked: the message may or may not be on the queue, and the SDK's retry is published
+//! again under the same id, which is safe.
 //!
-//! Replays: a signed request names itself by its `auth_signature` (it covers the path, the
-//! timestamp and the body's MD5). The first sighting of a signature within twice the
-//! timestamp window is marked in the store (`Store::first_sighting`, SET NX with a TTL) before
-//! publishing; a second sighting is answered the same 200 and queues nothing. So the same
-//! event sent twice by the same app within one second (identical signature) is published once.
+//! Replays: a request confirmed once is marked done in the store (`Store::first_sighting`,
+//! with a TTL of twice the timestamp window) only AFTER the broker's confirm; each request
+//! first reads the mark (`Store::sighted`, which marks nothing), and a done one is answered
+//! the same 200 and queues nothing. Copies racing before the mark both publish, with the same
+//! id. So the same event sent twice by the same app within one second (identical signature)
+//! is applied once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +33,7 @@ use porter_broker::events::EventSink;
 use porter_broker::now_ms;
 use porter_core::publish::{
     ApiCredentials, Publication, PublishError, PublishErrorClass, PublishKind, SignedRequest,
-    TIMESTAMP_WINDOW_SECS,
+    TIMESTAMP_WINDOW_SECS, publication_id,
 };
 use porter_core::signing::Secret;
 use porter_store::Store;
@@ -154,12 +159,12 @@ async fn publish(
     let verified = credentials
         .verify(&signed, now_ms() / 1000)
         .map_err(refusal)?;
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = publication_id(app_id, &verified);
     let (publication, events) =
         Publication::accept(id, app_id.to_owned(), kind, body, now_ms()).map_err(refusal)?;
 
-    let seen_id = format!("publish:{app_id}:{}", verified.signature);
-    if !first_sighting(state.store.as_ref(), &seen_id).await? {
+    let done_key = format!("publish:{app_id}:{}", verified.signature);
+    if already_done(state.store.as_ref(), &done_key).await? {
         // Answered 200 (the SDK must not retry), so audited here rather than by the middleware.
         let who = Who::ip(state.protection.proxies.client_ip(request));
         audit::refused(&who, None, "publish_replay", "publish_replayed");
@@ -168,26 +173,35 @@ async fn publish(
     }
     if let Err(error) = publishing.sink.publish(&publication).await {
         warn!(%error, publication = %publication.id, "the events queue did not take a publication");
-        // Nothing was queued: unmark it, so that the retry is not taken for a replay.
-        if let Err(error) = state.store.forget_sighting(&seen_id).await {
-            warn!(%error, "could not remove the replay mark of a refused publication");
-        }
+        // Nothing is marked: the retry publishes again, under the same id, so even if the
+        // broker did keep this copy (a confirm that timed out) the worker applies it once.
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "broker_unavailable",
-            "the event broker is unavailable; nothing was published; retry shortly",
+            "the event broker did not confirm the event; it may or may not have been queued; \
+             retrying the same request is safe",
         ));
     }
+    mark_done(state.store.as_ref(), &done_key).await;
     debug!(publication = %publication.id, ?kind, events, "publication queued");
     Ok(HttpResponse::Ok().json(json!({})))
 }
 
-/// Marks a signed request as seen for twice the timestamp window (a timestamp may be that far
-/// from another within the window); `false` when it was seen before.
-async fn first_sighting(store: &dyn Store, seen_id: &str) -> Result<bool, ApiError> {
-    let ttl = Duration::from_secs(2 * TIMESTAMP_WINDOW_SECS);
-    store.first_sighting(seen_id, ttl).await.map_err(|error| {
+/// Whether this signed request was confirmed before (within the mark's TTL). Reads only: the
+/// mark is set after the confirm, by [`mark_done`].
+async fn already_done(store: &dyn Store, done_key: &str) -> Result<bool, ApiError> {
+    store.sighted(done_key).await.map_err(|error| {
         warn!(%error, "could not check a publication for replay");
         ApiError::store_unavailable()
     })
+}
+
+/// Marks a confirmed request done for twice the timestamp window (a timestamp may be that far
+/// from another within the window). Best effort: the publication is confirmed whatever
+/// happens here, and without the mark a replay is only published again under the same id.
+async fn mark_done(store: &dyn Store, done_key: &str) {
+    let ttl = Duration::from_secs(2 * TIMESTAMP_WINDOW_SECS);
+    if let Err(error) = store.first_sighting(done_key, ttl).await {
+        warn!(%error, "could not mark a confirmed publication done; a replay would be published again");
+    }
 }
