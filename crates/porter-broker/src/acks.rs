@@ -58,6 +58,14 @@ impl AckWindow {
         }
     }
 
+    /// The delivery will never reply (its responder was dropped unanswered, e.g. the handler
+    /// panicked): forget it, so it holds neither the window nor the acks above it. Returns
+    /// whether it was held; the caller then hands it back (`basic.nack`, requeue) before any
+    /// ack that could cover it.
+    pub fn abandoned(&mut self, tag: u64) -> bool {
+        self.held.remove(&tag).is_some()
+    }
+
     /// Held deliveries, replied or not.
     #[cfg(test)]
     pub fn len(&self) -> usize {
@@ -197,5 +205,21 @@ mod tests {
         assert_eq!(window.next_stall(STALL), None);
         window.replied(1);
         assert_eq!(window.take(now + STALL, STALL, false), [Ack::One(1)]);
+    }
+
+    #[test]
+    fn an_abandoned_task_leaves_the_window_and_stops_holding_the_acks_above_it() {
+        let now = Instant::now();
+        let mut window = window(1..=3, now);
+        window.replied(2);
+        window.replied(3);
+        assert_eq!(window.take(now, STALL, false), []);
+        assert!(window.abandoned(1));
+        // Gone: no ack covers it (the caller nacks it), and the rest goes in one multiple.
+        assert_eq!(window.take(now, STALL, false), [Ack::UpTo(3)]);
+        assert!(window.is_empty());
+        // A tag no longer held (acked, or abandoned already) is not nacked twice.
+        assert!(!window.abandoned(1));
+        assert!(!window.abandoned(3));
     }
 }

@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicAckOptions, BasicPublishOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
 use porter_core::task_auth::{Message, ReplyMessage, TaskAuth};
@@ -55,6 +55,9 @@ pub(super) enum Event {
     Delivered { lane: usize, tag: u64 },
     /// A task is done: publish its reply (if any), then let its ack go.
     Finished(Finished),
+    /// A task's responder was dropped without replying (its handler panicked): hand the
+    /// delivery back to its queue (`basic.nack`, requeue) instead of holding it for ever.
+    Abandoned { lane: usize, tag: u64 },
     /// The connection is about to close: finish what is queued, send every ack allowed.
     Close(oneshot::Sender<()>),
 }
@@ -150,13 +153,21 @@ async fn flush(
         let now = Instant::now();
         let mut finished = Vec::new();
         let mut closing = None;
+        let mut abandoned = Vec::new();
         for event in taken.drain(..) {
             match event {
                 Event::Delivered { lane, tag } => windows[lane].delivered(tag, now),
                 Event::Finished(task) => finished.push(task),
+                Event::Abandoned { lane, tag } => {
+                    if windows[lane].abandoned(tag) {
+                        abandoned.push((lane, tag));
+                    }
+                }
                 Event::Close(closed) => closing = Some(closed),
             }
         }
+        // Before any ack of this turn: a `multiple` must not cover an abandoned delivery.
+        hand_back(&lanes, &abandoned, &broken).await;
         let results = publish(&replies, &auth, &finished).await;
         let failed = results
             .iter()
@@ -210,6 +221,31 @@ async fn send_acks(
             warn!(%error, "could not acknowledge tasks");
             broken.cancel();
         }
+    }
+}
+
+/// Hands abandoned deliveries back to their queues, one `basic.nack` (requeue) each.
+async fn hand_back(lanes: &[Channel], abandoned: &[(usize, u64)], broken: &CancellationToken) {
+    let nacks = abandoned.iter().map(|&(lane, tag)| {
+        lanes[lane].basic_nack(
+            tag,
+            BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            },
+        )
+    });
+    for result in futures_util::future::join_all(nacks).await {
+        if let Err(error) = result {
+            warn!(%error, "could not hand back an abandoned task");
+            broken.cancel();
+        }
+    }
+    if !abandoned.is_empty() {
+        warn!(
+            tasks = abandoned.len(),
+            "handed back tasks dropped without a reply"
+        );
     }
 }
 
@@ -434,6 +470,75 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), broken.cancelled())
             .await
             .expect("the connection is told to go");
+        let _ = connection.close(200, "test done".into()).await;
+    }
+
+    /// An abandoned delivery goes back to its queue (redelivered), over the real broker.
+    #[tokio::test]
+    async fn an_abandoned_task_is_handed_back_to_its_queue() {
+        use futures_util::StreamExt;
+        use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+        use lapin::types::FieldTable;
+        let connection = lapin::Connection::connect(
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+        .expect("the test broker at 127.0.0.1:5672");
+        let lane = connection.create_channel().await.unwrap();
+        let queue = lane
+            .queue_declare(
+                ShortString::default(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .name()
+            .clone();
+        lane.basic_publish(
+            ShortString::default(),
+            queue.clone(),
+            BasicPublishOptions::default(),
+            b"task",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+        let mut consumer = lane
+            .basic_consume(
+                queue,
+                "abandon-test".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let within = Duration::from_secs(5);
+        let first = tokio::time::timeout(within, consumer.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(!first.redelivered);
+        let replies = connection.create_channel().await.unwrap();
+        let broken = CancellationToken::new();
+        let outbox = Outbox::start(replies, vec![lane], TaskAuth::off(), broken.clone());
+        let tag = first.delivery_tag;
+        outbox.send(Event::Delivered { lane: 0, tag }).unwrap();
+        outbox.send(Event::Abandoned { lane: 0, tag }).unwrap();
+        let again = tokio::time::timeout(within, consumer.next())
+            .await
+            .expect("the task comes back")
+            .unwrap()
+            .unwrap();
+        assert!(again.redelivered);
+        assert_eq!(again.data, b"task");
+        assert!(!broken.is_cancelled());
         let _ = connection.close(200, "test done".into()).await;
     }
 }

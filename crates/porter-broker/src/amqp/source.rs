@@ -261,6 +261,7 @@ impl TaskSource for AmqpSource {
                         lane,
                         tag,
                         outbox: live.outbox.clone(),
+                        answered: false,
                     };
                     let history = DeliveryHistory {
                         redelivered: delivery.redelivered,
@@ -406,21 +407,38 @@ struct AmqpResponder {
     lane: usize,
     tag: u64,
     outbox: Outbox,
+    /// Handed to the outbox as finished; until then, dropping the responder abandons the task.
+    answered: bool,
+}
+
+/// A responder dropped without an answer (the handler panicked, or its future was dropped)
+/// would hold its delivery, and every ack above it, until the connection closes: the outbox
+/// hands it back to the queue instead.
+impl Drop for AmqpResponder {
+    fn drop(&mut self) {
+        if !self.answered {
+            let _ = self.outbox.send(Event::Abandoned {
+                lane: self.lane,
+                tag: self.tag,
+            });
+        }
+    }
 }
 
 #[async_trait]
 impl Responder for AmqpResponder {
-    async fn reply_and_ack(self: Box<Self>, reply: &Reply) -> Result<(), BrokerError> {
-        let reply = match self.reply_to {
+    async fn reply_and_ack(mut self: Box<Self>, reply: &Reply) -> Result<(), BrokerError> {
+        let reply = match self.reply_to.take() {
             Some(reply_to) => Some(OutgoingReply {
                 reply_to,
-                correlation_id: self.correlation_id,
+                correlation_id: self.correlation_id.take(),
                 coalesce: self.coalesce,
                 body: serde_json::value::to_raw_value(reply)?,
             }),
             None => None,
         };
         let (done, published) = tokio::sync::oneshot::channel();
+        self.answered = true;
         self.outbox.send(Event::Finished(Finished {
             lane: self.lane,
             tag: self.tag,
