@@ -168,7 +168,11 @@ async fn an_event_whose_routing_key_is_too_long_skips_the_sessions_and_is_not_re
     let short = publication("p1", 2, &event("private-user@7", "message.sent", "{}"));
     assert_eq!(s.applier.apply(&short).await, Verdict::Applied);
     let messages = s.exchanges.messages("sa");
-    assert_eq!(messages.len(), 1, "only the event with a short key went out");
+    assert_eq!(
+        messages.len(),
+        1,
+        "only the event with a short key went out"
+    );
     assert_eq!(messages[0].routing_key, "private-user@7.message.sent");
     let metrics = s.applier.metrics();
     assert_eq!(metrics.session_count("routing_key_too_long"), 1);
@@ -359,6 +363,7 @@ fn upstream(base: &str, attempts: u32) -> Upstream {
             timeout: Duration::from_secs(2),
         },
     )
+    .expect("an HTTP client")
 }
 
 #[tokio::test]
@@ -440,6 +445,20 @@ async fn a_failing_upstream_is_retried_then_the_publication_dead_lettered() {
         server.count.load(Ordering::SeqCst),
         1,
         "a 4xx is not retried"
+    );
+
+    // A redirect is not followed (the signature is for this server) and not retried.
+    let server = stand_in(vec![302]).await;
+    let s = setup(Some(upstream(&server.base, 3)));
+    let verdict = s.applier.apply(&p).await;
+    assert!(
+        matches!(&verdict, Verdict::DeadLetter(r) if r.contains("302")),
+        "{verdict:?}"
+    );
+    assert_eq!(
+        server.count.load(Ordering::SeqCst),
+        1,
+        "a 3xx is not retried"
     );
 
     // Nobody listening: connection errors are retried too, then dead-lettered.

@@ -85,7 +85,7 @@ impl EventsArgs {
                 secret: Secret::new(secret.expose()),
             },
             retry,
-        )))
+        )?))
     }
 }
 

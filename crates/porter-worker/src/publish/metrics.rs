@@ -39,7 +39,7 @@ pub enum UpstreamAttempt {
     Ok,
     /// A 5xx or 429 answer, or no answer at all: retried while attempts remain.
     Retryable,
-    /// Another 4xx: not retried.
+    /// A 3xx or another 4xx: not retried.
     Refused,
 }
 

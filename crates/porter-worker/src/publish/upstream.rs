@@ -5,8 +5,9 @@
 //! `auth_signature`: `porter_core::publish::signed_query`) with the app's key and secret.
 //!
 //! A 5xx or 429 answer, or none (connection refused, reset, timed out), is retried with
-//! exponential backoff and jitter, up to [`RetryPolicy::attempts`]; another 4xx is final. Either
-//! way a publication that was not delivered ends in the dead-letter queue.
+//! exponential backoff and jitter, up to [`RetryPolicy::attempts`]; any other answer that is not
+//! a 2xx (another 4xx, a 3xx: redirects are not followed, as the signature is for this server)
+//! is final. Either way a publication that was not delivered ends in the dead-letter queue.
 //!
 //! Only a process that forwards upstream holds the Pusher secret: `porter worker --events`
 //! with `PORTER_UPSTREAM_URL` set (docs/publishing.md).
@@ -101,10 +102,16 @@ fn jitter() -> f64 {
     (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// The HTTP client for the upstream servers could not be built (no TLS backend, say): a
+/// start-up error, never a silent fallback to a client without timeout that follows redirects.
+#[derive(Debug, Error)]
+#[error("cannot build the HTTP client for the upstream servers: {0}")]
+pub struct UpstreamClientError(#[source] reqwest::Error);
+
 /// Why a publication did not reach an upstream server.
 #[derive(Debug, Error)]
 pub enum UpstreamError {
-    /// A 4xx other than 429: the server will not take it, however often it is sent.
+    /// A 3xx, or a 4xx other than 429: the server will not take it, however often it is sent.
     #[error("the upstream server refused the publication with status {0}")]
     Refused(StatusCode),
     /// Every attempt failed with a 5xx, a 429 or no answer.
@@ -128,14 +135,18 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(bases: Vec<Url>, credentials: AppCredentials, retry: RetryPolicy) -> Upstream {
+    pub fn new(
+        bases: Vec<Url>,
+        credentials: AppCredentials,
+        retry: RetryPolicy,
+    ) -> Result<Upstream, UpstreamClientError> {
         let client = reqwest::Client::builder()
             .timeout(retry.timeout)
             // A forwarded publish is never redirected elsewhere with its signature.
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .unwrap_or_default();
-        Upstream {
+            .map_err(UpstreamClientError)?;
+        Ok(Upstream {
             bases,
             credentials,
             retry: RetryPolicy {
@@ -143,7 +154,7 @@ impl Upstream {
                 ..retry
             },
             client,
-        }
+        })
     }
 
     pub fn bases(&self) -> &[Url] {
@@ -196,8 +207,9 @@ impl Upstream {
                     debug!(publication = %publication.id, attempt, "forwarded upstream");
                     return Ok(());
                 }
+                // Only a 5xx or a 429 may go better later; a 3xx or another 4xx will not.
                 Ok(response)
-                    if response.status().is_client_error()
+                    if !response.status().is_server_error()
                         && response.status() != StatusCode::TOO_MANY_REQUESTS =>
                 {
                     metrics.upstream(UpstreamAttempt::Refused);
