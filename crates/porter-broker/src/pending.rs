@@ -16,6 +16,10 @@
 //! gateway signs nothing for a reply that a broker user forged. A coalesced message (several
 //! replies in one, [`Pending::deliver_batch`]) is opened and each reply inside goes through
 //! [`Pending::deliver`] with its own correlation id and signature, as if it had come alone.
+//! A coalesced message is refused whole ([`BatchRefusal`]) when it is not a batch, is in
+//! another format version, or carries more than [`MAX_BATCH_REPLIES`] entries (no worker
+//! sends that many: only a forger would make the gateway verify thousands of signatures for
+//! one message).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +27,68 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use porter_core::reason::Reason;
 use porter_core::task_auth::{Authenticity, Message, ReplyMessage, TaskAuth, Unauthenticated};
-use porter_core::wire::{Reply, ReplyBatch};
+use porter_core::wire::{FORMAT_VERSION, Reply, ReplyBatch};
 use tokio::sync::oneshot;
+
+/// The most replies one coalesced message may carry; a worker sends at most 64.
+pub const MAX_BATCH_REPLIES: usize = 256;
+
+/// Why a coalesced message was refused whole (nothing in it delivered).
+#[derive(Debug, thiserror::Error)]
+pub enum BatchRefusal {
+    /// Not a [`ReplyBatch`] at all.
+    #[error("not a batch of replies")]
+    Malformed(#[from] serde_json::Error),
+    /// A batch in a format version this gateway does not read; counted as unauthenticated.
+    #[error("a batch of replies in format version {0}")]
+    Version(u32),
+    /// More entries than [`MAX_BATCH_REPLIES`]; counted as unauthenticated.
+    #[error("{0} replies in one message, more than {MAX_BATCH_REPLIES}")]
+    TooMany(usize),
+}
+
+impl BatchRefusal {
+    /// A stable code for logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BatchRefusal::Malformed(_) => "malformed",
+            BatchRefusal::Version(_) => "unknown_version",
+            BatchRefusal::TooMany(_) => "too_many_replies",
+        }
+    }
+}
+
+/// What became of the entries of one coalesced message, counted for one log line.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSummary {
+    pub delivered: usize,
+    pub unclaimed: usize,
+    pub unauthenticated: usize,
+    pub wrong_task: usize,
+    pub malformed: usize,
+}
+
+impl BatchSummary {
+    pub fn of(outcomes: &[Delivery]) -> BatchSummary {
+        let mut summary = BatchSummary::default();
+        for outcome in outcomes {
+            let count = match outcome {
+                Delivery::Delivered => &mut summary.delivered,
+                Delivery::Unclaimed => &mut summary.unclaimed,
+                Delivery::Unauthenticated(_) => &mut summary.unauthenticated,
+                Delivery::WrongTask => &mut summary.wrong_task,
+                Delivery::Malformed(_) => &mut summary.malformed,
+            };
+            *count += 1;
+        }
+        summary
+    }
+
+    /// Entries dropped for a reason worth a warning (not merely late).
+    pub fn refused(&self) -> usize {
+        self.unauthenticated + self.wrong_task + self.malformed
+    }
+}
 
 /// Shards spread the lock over cores; task ids are random so any hash spreads well.
 const SHARDS: usize = 16;
@@ -130,14 +194,25 @@ impl Pending {
     /// Hands each reply of a coalesced message ([`ReplyBatch`], AMQP `type`
     /// [`REPLY_BATCH_TYPE`](porter_core::wire::REPLY_BATCH_TYPE)) to its waiter through
     /// [`Pending::deliver`], each verified on its own for its own correlation id: what one
-    /// forged or tampered entry costs is that entry. `Err` when the message is not a batch at all
-    /// (nothing in it delivered).
+    /// forged or tampered entry costs is that entry. `Err` when the message is refused whole
+    /// (nothing in it delivered): not a batch, another format version, or too many entries.
     pub fn deliver_batch(
         &self,
         auth: &TaskAuth,
         body: &[u8],
-    ) -> Result<Vec<Delivery>, serde_json::Error> {
+    ) -> Result<Vec<Delivery>, BatchRefusal> {
         let batch: ReplyBatch<'_> = serde_json::from_slice(body)?;
+        let refusal = if batch.v != FORMAT_VERSION {
+            Some(BatchRefusal::Version(batch.v))
+        } else if batch.replies.len() > MAX_BATCH_REPLIES {
+            Some(BatchRefusal::TooMany(batch.replies.len()))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            self.inner.unauthenticated.fetch_add(1, Ordering::Relaxed);
+            return Err(refusal);
+        }
         Ok(batch
             .replies
             .iter()
@@ -550,6 +625,16 @@ mod tests {
         assert!(pending.deliver_batch(&gateway, b"[1,2]").is_err());
         assert!(pending.deliver_batch(&gateway, &body("c", "7")).is_err());
 
+        assert!(matches!(
+            pending.deliver_batch(&gateway, b"[1,2]"),
+            Err(BatchRefusal::Malformed(_))
+        ));
+        assert_eq!(
+            pending.unauthenticated(),
+            4,
+            "a malformed message is not counted"
+        );
+
         let real = body("c", "9");
         let outcomes = pending
             .deliver_batch(&gateway, &batch(&gateway, &[("c", &real)]))
@@ -576,5 +661,70 @@ mod tests {
         let pending = Pending::new();
         drop(pending.register("c"));
         assert!(pending.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_batch_in_another_version_or_past_the_cap_is_refused_whole_and_counted() {
+        let pending = Pending::new();
+        let gateway = auth(Mode::Require, KEY);
+        let waiter = pending.register("a");
+        let reply = body("a", "7");
+        let good = String::from_utf8(batch(&gateway, &[("a", &reply)])).unwrap();
+        let future = good.replacen(r#""v":1"#, r#""v":2"#, 1);
+        assert_ne!(future, good);
+        assert!(matches!(
+            pending.deliver_batch(&gateway, future.as_bytes()),
+            Err(BatchRefusal::Version(2))
+        ));
+        assert_eq!(pending.unauthenticated(), 1);
+        // Past the cap: every entry is authentic, and still none is delivered.
+        let bodies: Vec<Vec<u8>> = (0..=MAX_BATCH_REPLIES).map(|_| reply.clone()).collect();
+        let entries: Vec<(&str, &[u8])> = bodies.iter().map(|b| ("a", b.as_slice())).collect();
+        let many = batch(&gateway, &entries);
+        assert!(matches!(
+            pending.deliver_batch(&gateway, &many),
+            Err(BatchRefusal::TooMany(n)) if n == MAX_BATCH_REPLIES + 1
+        ));
+        assert_eq!(pending.unauthenticated(), 2);
+        assert_eq!(pending.len(), 1, "a still waits");
+        // At the cap it is read: the first entry reaches a, the rest are unclaimed.
+        let at_cap = batch(&gateway, &entries[..MAX_BATCH_REPLIES]);
+        let outcomes = pending.deliver_batch(&gateway, &at_cap).unwrap();
+        let summary = BatchSummary::of(&outcomes);
+        assert_eq!(
+            summary,
+            BatchSummary {
+                delivered: 1,
+                unclaimed: MAX_BATCH_REPLIES - 1,
+                ..BatchSummary::default()
+            }
+        );
+        assert_eq!(summary.refused(), 0);
+        assert_eq!(received_user(waiter).await.as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn a_batch_summary_counts_each_kind_of_outcome() {
+        let malformed = serde_json::from_slice::<Reply>(b"{").unwrap_err();
+        let outcomes = [
+            Delivery::Delivered,
+            Delivery::Unauthenticated(Unauthenticated::Unsigned),
+            Delivery::Unauthenticated(Unauthenticated::BadSignature),
+            Delivery::WrongTask,
+            Delivery::Malformed(malformed),
+            Delivery::Unclaimed,
+        ];
+        let summary = BatchSummary::of(&outcomes);
+        assert_eq!(
+            summary,
+            BatchSummary {
+                delivered: 1,
+                unclaimed: 1,
+                unauthenticated: 2,
+                wrong_task: 1,
+                malformed: 1,
+            }
+        );
+        assert_eq!(summary.refused(), 4);
     }
 }

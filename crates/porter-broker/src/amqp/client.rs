@@ -44,7 +44,10 @@ use super::{
     declare_task_queue, set_up,
 };
 use crate::auth::{DIRECT_REPLY_TO, reply_message, signature, signed_task};
-use crate::{BrokerError, Delivery, Outgoing, Pending, TaskClient, queue_name, short_string};
+use crate::{
+    BatchRefusal, BatchSummary, BrokerError, Delivery, MAX_BATCH_REPLIES, Outgoing, Pending,
+    TaskClient, queue_name, short_string,
+};
 
 /// How long the broker may take to confirm a batch of tasks on quorum queues (a Raft commit on a
 /// majority: milliseconds) before the publishing channel counts as stuck and is replaced.
@@ -350,13 +353,56 @@ async fn read_replies(mut consumer: Consumer, pending: &Pending, auth: &TaskAuth
             .is_some_and(|kind| kind.as_str() == REPLY_BATCH_TYPE);
         if coalesced {
             match pending.deliver_batch(auth, &delivery.data) {
-                Ok(outcomes) => outcomes.into_iter().for_each(log_delivery),
-                Err(error) => warn!(%error, "dropped a malformed batch of replies"),
+                Ok(outcomes) => log_batch(&outcomes),
+                Err(refusal) => log_refused_batch(&refusal),
             }
         } else {
             let message = reply_message(properties, &delivery.data);
             log_delivery(pending.deliver(auth, message, signature(properties)));
         }
+    }
+}
+
+/// One line per coalesced message, however many of its entries were dropped: a forger's
+/// batch must not turn into a flood of log lines. Counts only, nothing the sender chose.
+fn log_batch(outcomes: &[Delivery]) {
+    let summary = BatchSummary::of(outcomes);
+    if summary.refused() > 0 {
+        warn!(
+            entries = outcomes.len(),
+            unauthenticated = summary.unauthenticated,
+            wrong_task = summary.wrong_task,
+            malformed = summary.malformed,
+            unclaimed = summary.unclaimed,
+            "dropped replies of a coalesced message"
+        );
+    } else if summary.unclaimed > 0 {
+        debug!(
+            unclaimed = summary.unclaimed,
+            "dropped coalesced replies nobody waits for (late or unknown)"
+        );
+    }
+}
+
+fn log_refused_batch(refusal: &BatchRefusal) {
+    match refusal {
+        BatchRefusal::Malformed(error) => warn!(
+            code = refusal.code(),
+            category = ?error.classify(),
+            line = error.line(),
+            column = error.column(),
+            "dropped a malformed batch of replies"
+        ),
+        BatchRefusal::Version(version) => warn!(
+            code = refusal.code(),
+            version, "dropped a batch of replies in an unknown format version"
+        ),
+        BatchRefusal::TooMany(entries) => warn!(
+            code = refusal.code(),
+            entries,
+            max = MAX_BATCH_REPLIES,
+            "dropped a batch of replies with too many entries"
+        ),
     }
 }
 
@@ -375,7 +421,13 @@ fn log_delivery(outcome: Delivery) {
                 "dropped a reply signed for another task"
             );
         }
-        Delivery::Malformed(error) => warn!(%error, "dropped a malformed reply"),
+        // Where, not serde's text: that can quote what the sender wrote.
+        Delivery::Malformed(error) => warn!(
+            category = ?error.classify(),
+            line = error.line(),
+            column = error.column(),
+            "dropped a malformed reply"
+        ),
     }
 }
 
