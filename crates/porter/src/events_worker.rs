@@ -20,7 +20,9 @@ use porter_store::Store;
 use porter_worker::publish::Applier;
 use porter_worker::publish::consumer::EventConsumer;
 use porter_worker::publish::metrics::PublishMetrics;
-use porter_worker::publish::upstream::{AppCredentials, RetryPolicy, Upstream, parse_bases};
+use porter_worker::publish::upstream::{
+    AppCredentials, MAX_ATTEMPTS, RetryPolicy, Upstream, parse_bases,
+};
 
 use crate::cli::Concealed;
 
@@ -42,7 +44,8 @@ pub struct EventsArgs {
         hide_env_values = true
     )]
     pub secret: Option<Concealed>,
-    /// Attempts per upstream in all before a publication is dead-lettered.
+    /// Attempts per upstream in all before a publication is dead-lettered: 1 to 11, so that
+    /// they end within the step's claim (120 s).
     #[arg(long, env = "PORTER_UPSTREAM_ATTEMPTS", default_value_t = 5)]
     pub upstream_attempts: u32,
     /// The wait before the first retry, doubled on each later one (capped at 5 s), jittered.
@@ -70,8 +73,9 @@ impl EventsArgs {
                 "PORTER_UPSTREAM_URL is set, so PUSHER_KEY and PUSHER_SECRET (or --upstream-key and --upstream-secret) are required to sign the forwarded requests"
             );
         };
-        if self.upstream_attempts == 0 {
-            anyhow::bail!("PORTER_UPSTREAM_ATTEMPTS must be at least 1");
+        if !(1..=MAX_ATTEMPTS).contains(&self.upstream_attempts) {
+            // At most MAX_ATTEMPTS: an upstream's attempts must end within the step's claim.
+            anyhow::bail!("PORTER_UPSTREAM_ATTEMPTS must be at least 1 and at most {MAX_ATTEMPTS}");
         }
         let retry = RetryPolicy {
             attempts: self.upstream_attempts,

@@ -576,6 +576,15 @@ fn bad_events_settings_stop_the_events_worker_with_one_line() {
             ],
             "at least 1",
         ),
+        (
+            vec![
+                ("PORTER_UPSTREAM_URL", "http://127.0.0.1:1"),
+                ("PUSHER_KEY", "k"),
+                ("PUSHER_SECRET", "SECRETPW"),
+                ("PORTER_UPSTREAM_ATTEMPTS", "12"),
+            ],
+            "at most 11",
+        ),
     ] {
         let (code, stderr) = events_worker_refusing(&vars);
         assert_eq!(code, Some(2), "{vars:?}: {stderr}");

@@ -19,8 +19,15 @@ use sha2::{Digest, Sha256};
 pub const MARK_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How long a claim holds a step for its claimer: past the longest a step takes (an upstream's
-/// five attempts of at most 5 s each with their waits), so a live claimer keeps it, and a dead
-/// one's step is retried after it.
+/// attempts, at most `upstream::MAX_ATTEMPTS` of at most 5 s each with their waits: checked at
+/// compile time there), so a live claimer keeps it, and a dead one's step is retried after it.
+///
+/// The release is a plain delete of the claim key, not a compare-and-delete against a token of
+/// the claimer: the store has no such operation. So a claimer that overran its claim (a
+/// process paused past `CLAIM_TTL`) may, on release, delete the claim a second delivery took
+/// since; a third could then run the step alongside the second. The bound on the attempts
+/// keeps a live claimer inside its claim; beyond that, the step's mark catches any copy that
+/// starts after one finished.
 pub const CLAIM_TTL: Duration = Duration::from_secs(120);
 
 /// Who may run a step now.

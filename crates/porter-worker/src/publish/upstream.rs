@@ -21,6 +21,7 @@ use reqwest::{StatusCode, Url};
 use thiserror::Error;
 use tracing::{debug, warn};
 
+use super::marks::CLAIM_TTL;
 use super::metrics::{PublishMetrics, UpstreamAttempt};
 
 /// A bad `PORTER_UPSTREAM_URL`, named by its position in the list (a URL may hold
@@ -59,6 +60,23 @@ pub fn parse_bases(list: &str) -> Result<Vec<Url>, UpstreamUrlError> {
         .collect()
 }
 
+/// How long one request upstream may take (the default of [`RetryPolicy::timeout`]).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest wait between two attempts (the default of [`RetryPolicy::max_backoff`]).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The most attempts per upstream `PORTER_UPSTREAM_ATTEMPTS` may ask for. One upstream's
+/// attempts run under one claim ([`CLAIM_TTL`]); were they to outlast it, a redelivery could
+/// claim the step too and forward a second copy.
+pub const MAX_ATTEMPTS: u32 = 11;
+
+const _: () = assert!(
+    MAX_ATTEMPTS as u128 * (REQUEST_TIMEOUT.as_millis() + MAX_BACKOFF.as_millis())
+        < CLAIM_TTL.as_millis(),
+    "MAX_ATTEMPTS attempts with their waits must end within CLAIM_TTL"
+);
+
 /// How often and how patiently a failing upstream is retried.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -76,8 +94,8 @@ impl Default for RetryPolicy {
         RetryPolicy {
             attempts: 5,
             backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(5),
-            timeout: Duration::from_secs(5),
+            max_backoff: MAX_BACKOFF,
+            timeout: REQUEST_TIMEOUT,
         }
     }
 }
