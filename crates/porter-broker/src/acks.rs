@@ -1,7 +1,12 @@
 //! Which deliveries of one AMQP channel a worker may acknowledge, and in how few `basic.ack`s.
 //!
 //! A task is acknowledged only once its reply is published ("ack after reply"), so that a
-//! worker that dies leaves exactly its unanswered tasks to the broker. [`AckWindow`] tracks the
+//! worker that dies leaves every unanswered task to the broker. It may leave a few answered
+//! ones too: a reply held for a `multiple` ack (up to the outbox's `ACK_STALL` plus one flush)
+//! is redelivered if the worker is killed or the channel is lost meanwhile, so delivery is at
+//! least once, bounded by `ACK_STALL`, and finished-but-unacknowledged tasks occupy prefetch
+//! briefly. A task abandoned without a reply ([`AckWindow::abandoned`]) leaves the window to be
+//! handed back. [`AckWindow`] tracks the
 //! deliveries a worker holds, by delivery tag, and turns "these replies are out" into acks:
 //!
 //! - the replied tasks at the low end of the window (every held tag up to some tag `t` has
