@@ -493,4 +493,69 @@ mod tests {
             );
         }
     }
+
+    /// A connection the outbox reports broken is dropped, and the task the worker held comes
+    /// back on the next one (over the real broker).
+    #[tokio::test]
+    async fn a_broken_connection_is_dropped_and_its_tasks_come_back() {
+        use lapin::options::{BasicPublishOptions, QueueDeleteOptions};
+        let prefix = format!(
+            "porter-test-broken-{}-{}.",
+            std::process::id(),
+            rand_suffix()
+        );
+        let config = AmqpConfig {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            queue_prefix: prefix.clone(),
+            reply_mode: super::super::ReplyMode::Exclusive,
+            task_auth: porter_core::task_auth::TaskAuth::off(),
+            queue_type: super::super::QueueType::Classic,
+        };
+        let connection =
+            lapin::Connection::connect(&config.url, lapin::ConnectionProperties::default())
+                .await
+                .expect("the test broker at 127.0.0.1:5672");
+        let channel = connection.create_channel().await.unwrap();
+        let name = queue_name(&prefix, Queue::Auth);
+        declare_task_queue(&channel, &name, config.queue_type)
+            .await
+            .unwrap();
+        channel
+            .basic_publish(
+                ShortString::default(),
+                name.as_str().into(),
+                BasicPublishOptions::default(),
+                b"not a task",
+                BasicProperties::default().with_correlation_id("t1".into()),
+            )
+            .await
+            .unwrap();
+        let mut source = AmqpSource::new(config, vec![Queue::Auth], 4, CancellationToken::new());
+        let within = Duration::from_secs(10);
+        let first = tokio::time::timeout(within, source.next())
+            .await
+            .unwrap()
+            .expect("the task");
+        assert!(!first.history.redelivered);
+        source.live.as_ref().expect("connected").broken.cancel();
+        let again = tokio::time::timeout(within, source.next())
+            .await
+            .expect("the source reconnects by itself")
+            .expect("the task again");
+        assert!(again.history.redelivered);
+        assert_eq!(again.correlation_id.as_deref(), Some("t1"));
+        drop((first, again));
+        source.shutdown().await;
+        let _ = channel
+            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = connection.close(200, "test done".into()).await;
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(0);
+        hasher.finish()
+    }
 }
