@@ -34,9 +34,7 @@ use porter_core::routing::{Queue, Route};
 use porter_core::wire::{Reply, Task};
 use thiserror::Error;
 
-pub use pending::{
-    BatchRefusal, BatchSummary, Delivery, MAX_BATCH_REPLIES, Pending, PendingReply,
-};
+pub use pending::{BatchRefusal, BatchSummary, Delivery, MAX_BATCH_REPLIES, Pending, PendingReply};
 
 #[derive(Debug, Error)]
 pub enum BrokerError {

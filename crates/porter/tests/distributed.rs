@@ -5,15 +5,15 @@
 //! whole workspace, and on the 2-core CI machine every extra binary costs a link of tens of
 //! seconds, so the end-to-end tests are grouped in a few files.
 
+/// Coalesced replies across versions, batched acks, a worker killed mid-window: part of this
+/// binary, in a file of its own.
+#[path = "distributed/coalesce.rs"]
+mod coalesce;
 mod common;
 /// Forged tasks and replies, mixed versions, key rotation (docs/task-auth.md): part of this
 /// binary, in a file of its own.
 #[path = "distributed/task_auth.rs"]
 mod task_auth;
-/// Coalesced replies across versions, batched acks, a worker killed mid-window: part of this
-/// binary, in a file of its own.
-#[path = "distributed/coalesce.rs"]
-mod coalesce;
 
 use std::time::{Duration, Instant};
 
