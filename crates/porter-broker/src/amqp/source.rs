@@ -552,6 +552,97 @@ mod tests {
         let _ = connection.close(200, "test done".into()).await;
     }
 
+    /// A reconnect on a healthy connection sends the acks the outbox held first: the replied
+    /// task does not come back, the one still running does (over the real broker).
+    #[tokio::test]
+    async fn a_reconnect_on_a_healthy_connection_sends_the_held_acks_first() {
+        use lapin::options::{BasicPublishOptions, QueueDeleteOptions};
+        let prefix = format!(
+            "porter-test-flush-{}-{}.",
+            std::process::id(),
+            rand_suffix()
+        );
+        let config = AmqpConfig {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            queue_prefix: prefix.clone(),
+            reply_mode: super::super::ReplyMode::Exclusive,
+            task_auth: porter_core::task_auth::TaskAuth::off(),
+            queue_type: super::super::QueueType::Classic,
+        };
+        let connection =
+            lapin::Connection::connect(&config.url, lapin::ConnectionProperties::default())
+                .await
+                .expect("the test broker at 127.0.0.1:5672");
+        let channel = connection.create_channel().await.unwrap();
+        let name = queue_name(&prefix, Queue::Auth);
+        declare_task_queue(&channel, &name, config.queue_type)
+            .await
+            .unwrap();
+        for id in ["t1", "t2"] {
+            channel
+                .basic_publish(
+                    ShortString::default(),
+                    name.as_str().into(),
+                    BasicPublishOptions::default(),
+                    b"not a task",
+                    BasicProperties::default().with_correlation_id(id.into()),
+                )
+                .await
+                .unwrap();
+        }
+        let mut source = AmqpSource::new(config, vec![Queue::Auth], 4, CancellationToken::new());
+        let within = Duration::from_secs(10);
+        let mut next = async || {
+            tokio::time::timeout(within, source.next())
+                .await
+                .expect("a task in time")
+                .expect("a task")
+        };
+        let t1 = next().await;
+        let t2 = next().await;
+        assert_eq!(t2.correlation_id.as_deref(), Some("t2"));
+        // t2 replied (no reply_to: nothing to publish) above t1, still running: its ack waits
+        // for a `multiple` with t1.
+        t2.responder
+            .reply_and_ack(&Reply::refused("t2", porter_core::reason::Reason::Expired))
+            .await
+            .unwrap();
+        source.drop_connection().await;
+        let again = tokio::time::timeout(within, source.next())
+            .await
+            .expect("the source reconnects")
+            .expect("a task");
+        assert_eq!(again.correlation_id.as_deref(), Some("t1"));
+        assert!(again.history.redelivered);
+        drop((t1, again));
+        source.shutdown().await;
+        // Everything the worker held is back in the queue now: t1 alone.
+        let mut queued = 0;
+        for _ in 0..50 {
+            queued = channel
+                .queue_declare(
+                    name.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap()
+                .message_count();
+            if queued > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(queued, 1, "t2 was acknowledged, not requeued");
+        let _ = channel
+            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = connection.close(200, "test done".into()).await;
+    }
+
     fn rand_suffix() -> u64 {
         use std::hash::{BuildHasher, Hasher};
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
