@@ -19,7 +19,9 @@
 //! is no longer open while the connection may still be up) would stall the worker for good:
 //! no reply goes out, so no task is acknowledged, and the prefetch fills with tasks nobody
 //! answers. The flusher then cancels the connection's `broken` token, on which the source drops
-//! the connection and reconnects; the unacknowledged tasks go back to their queue.
+//! the connection and reconnects; the unacknowledged tasks go back to their queue. A task
+//! whose responder is dropped unanswered ([`Event::Abandoned`]) leaves its window and is handed
+//! back (`basic.nack`, requeue) before any ack of the same turn could cover it.
 //!
 //! [`Task::coalesce`]: porter_core::wire::Task::coalesce
 
