@@ -305,8 +305,12 @@ async fn a_redis_master_killed_under_load_fails_over_and_porter_follows() {
     // 30 channels: their keys fall on every shard.
     let channels: Vec<String> = (0..30).map(|i| format!("private-message@{i}")).collect();
     let mut connection = cluster_connection().await;
+    // The names the store uses on a cluster (retained events are hash-tagged by channel).
+    let keys = porter_store::Keys::new(deployment.prefix.clone())
+        .for_cluster()
+        .expect("a prefix without braces");
     for channel in &channels {
-        let key = format!("{}retained:{channel}", deployment.prefix);
+        let key = keys.retained(channel);
         let data = json!({ "channel": channel }).to_string();
         let _: () = connection.hset(&key, "seeded", data).await.unwrap();
     }
@@ -432,7 +436,6 @@ async fn a_redis_master_killed_under_load_fails_over_and_porter_follows() {
     assert_eq!(with_token.status, 200, "{with_token:?}");
 
     for channel in &channels {
-        let key = format!("{}retained:{channel}", deployment.prefix);
-        let _: redis::RedisResult<()> = connection.del(&key).await;
+        let _: redis::RedisResult<()> = connection.del(keys.retained(channel)).await;
     }
 }
