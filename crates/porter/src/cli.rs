@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use porter_broker::amqp::ReplyMode;
 
+use crate::concealed::Concealed;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "porter",
@@ -188,34 +190,6 @@ pub struct Backends {
     /// step) or `require`. Default: `require` with task keys, `off` without.
     #[arg(long, env = "PORTER_TASK_AUTH")]
     pub task_auth: Option<String>,
-}
-
-/// A secret setting: printed as `<concealed>`, so a `{:?}` of the settings shows no key.
-#[derive(Clone)]
-pub struct Concealed(String);
-
-impl Concealed {
-    pub fn new(text: impl Into<String>) -> Concealed {
-        Concealed(text.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Concealed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<concealed>")
-    }
-}
-
-impl std::str::FromStr for Concealed {
-    type Err = std::convert::Infallible;
-
-    fn from_str(text: &str) -> Result<Concealed, Self::Err> {
-        Ok(Concealed(text.to_owned()))
-    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use porter_worker::publish::upstream::{
     AppCredentials, MAX_ATTEMPTS, RetryPolicy, Upstream, parse_bases,
 };
 
-use crate::cli::Concealed;
+use crate::concealed::Concealed;
 
 /// Where published events are forwarded, and how patiently. The secret is [`Concealed`]: a
 /// `{:?}` of the settings never shows it.

@@ -6,6 +6,7 @@
 //! The load generator behind `docs/benchmarks.md` is a binary of its own, `porter-bench`.
 
 mod cli;
+mod concealed;
 mod events_worker;
 mod serve;
 mod tools;

@@ -559,7 +559,7 @@ pub fn dev(args: DevArgs) -> anyhow::Result<()> {
         let upstream = crate::events_worker::EventsArgs {
             upstream_url: args.upstream_url.clone(),
             key: Some(DEV_KEY.to_owned()),
-            secret: Some(crate::cli::Concealed::new(DEV_SECRET)),
+            secret: Some(crate::concealed::Concealed::new(DEV_SECRET)),
             upstream_attempts: 5,
             upstream_backoff_ms: 200,
             events_concurrency: 16,
