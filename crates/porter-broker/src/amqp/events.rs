@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{AmqpConfig, BACKOFF_START, QueueType, back_off, connect};
+use super::{AmqpConfig, BACKOFF_START, QueueType, back_off, close_connection, connect};
 use crate::events::{EventSink, dead_events_queue_name, events_queue_name};
 use crate::{BrokerError, short_string};
 
@@ -289,7 +289,7 @@ async fn supervise(inner: Arc<SinkInner>) {
                     tokio::select! {
                         () = inner.broken.notified() => break,
                         () = inner.stop.cancelled() => {
-                            let _ = connection.close(200, "gateway shutting down".into()).await;
+                            close_connection(&connection, "gateway shutting down").await;
                             return;
                         }
                         () = tokio::time::sleep(WATCH_INTERVAL) => {
@@ -300,7 +300,7 @@ async fn supervise(inner: Arc<SinkInner>) {
                     }
                 }
                 mark_broken(&inner);
-                let _ = connection.close(200, "reconnecting".into()).await;
+                close_connection(&connection, "reconnecting").await;
             }
             Err(error) => {
                 warn!(%error, retry_in_ms = delay.as_millis() as u64, "events publisher cannot connect to the broker");
